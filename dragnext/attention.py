@@ -1,0 +1,65 @@
+"""Mutual self-attention (MasaCtrl): while a batch [reference, edited] is denoised, the
+edited branch's decoder self-attention layers read keys and values from the reference
+branch, so the content it renders is the reference's, at the edited layout."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def self_attention_layers(unet: nn.Module) -> list[str]:
+    """Names of the self-attention (`attn1`) processors in forward order: down, mid, up."""
+    names = [n for n in unet.attn_processors if n.endswith("attn1.processor")]
+    rank = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(names, key=lambda n: rank[n.split(".")[0]])  # stable: keeps order within
+
+
+def first_decoder_layer(unet: nn.Module) -> int:
+    layers = self_attention_layers(unet)
+    return next(i for i, n in enumerate(layers) if n.startswith("up_blocks"))
+
+
+class MutualSelfAttention:
+    """Processor for one self-attention layer; batch is [reference…, edited…] halves."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
+        batch, tokens, _ = hidden_states.shape
+        heads = attn.heads
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        q = split_heads(attn.to_q(hidden_states))
+        k = split_heads(attn.to_k(hidden_states))
+        v = split_heads(attn.to_v(hidden_states))
+        half = batch // 2
+        k = torch.cat([k[:half], k[:half]])
+        v = torch.cat([v[:half], v[:half]])
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(batch, tokens, -1).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+@contextmanager
+def mutual_self_attention(unet: nn.Module, start_layer: int | None = None):
+    """Install mutual self-attention on self-attention layers from `start_layer` (forward
+    order; default: the first decoder layer) onward; restore the original processors after."""
+    layers = self_attention_layers(unet)
+    start = first_decoder_layer(unet) if start_layer is None else start_layer
+    if start >= len(layers):
+        raise ValueError(f"attention.start_layer={start}: the UNet has {len(layers)} "
+                         "self-attention layers")
+    original = unet.attn_processors
+    processors = dict(original)
+    for name in layers[start:]:
+        processors[name] = MutualSelfAttention()
+    unet.set_attn_processor(processors)
+    try:
+        yield layers[start:]
+    finally:
+        unet.set_attn_processor(original)

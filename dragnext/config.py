@@ -1,0 +1,147 @@
+"""The edit configuration: one typed object with the keys and defaults of SPEC §3.
+
+Every result records the full config, so a run can be reproduced from its record alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    rank: int = Field(16, ge=1)
+    steps: int = Field(80, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+
+
+class InversionConfig(_Section):
+    num_steps: int = Field(50, ge=1)
+    strength: float = Field(0.75, gt=0, le=1)
+
+    @property
+    def start_step(self) -> int:
+        """T: the step (counted from the clean end) that the image is inverted to."""
+        return round(self.num_steps * self.strength)
+
+
+class PbsiConfig(_Section):
+    steps: int = Field(6, ge=1, description="T - T' + 1: denoising steps that run PBSI")
+    iterations: int = Field(10, ge=1, description="K: Adam iterations per step")
+    lr: float = Field(0.02, gt=0)
+    lam: float = Field(0.1, ge=0, description="weight of the background term")
+    progressive: bool = True
+
+
+class FeaturesConfig(_Section):
+    blocks: list[int] = Field(default_factory=lambda: [2], min_length=1)
+
+
+class AttentionConfig(_Section):
+    mutual: bool = True
+    start_layer: int | None = Field(
+        None, ge=0, description="first self-attention layer (forward order) that attends to the "
+        "reference; None = the first decoder self-attention layer")
+
+
+class OutputConfig(_Section):
+    paste_background: bool = False
+
+
+class EditConfig(_Section):
+    size: int = Field(512, ge=8, description="working size of the longer image side, px")
+    seed: int = 0
+    method: Literal["dragnext"] = "dragnext"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
+    pbsi: PbsiConfig = Field(default_factory=PbsiConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("pbsi")
+    @classmethod
+    def _pbsi_fits_inversion(cls, pbsi: PbsiConfig, info) -> PbsiConfig:
+        inversion = info.data.get("inversion")
+        if inversion is not None and pbsi.steps > inversion.start_step:
+            raise ValueError(
+                f"pbsi.steps={pbsi.steps} exceeds the inverted steps "
+                f"T=round(inversion.num_steps*inversion.strength)={inversion.start_step}")
+        return pbsi
+
+    def to_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<config>"
+        problems.append(f"{key}: {item['msg']}")
+    return "invalid config: " + "; ".join(problems)
+
+
+def build_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> EditConfig:
+    """Defaults, then `base` (e.g. a config file), then `key=value` overrides, validated."""
+    tree: dict[str, Any] = json.loads(json.dumps(base or {}))
+    items = overrides.items() if isinstance(overrides, dict) else (
+        _split_override(text) for text in overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return EditConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    return key.strip(), _parse_value(value.strip())
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file '{path}' is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a JSON object")
+    return data

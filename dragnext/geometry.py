@@ -1,0 +1,90 @@
+"""Region drag geometry (SPEC §2): the maps T_η, the progress η(t, k), the intermediate
+target region ρ(η) and the correspondence Π, all as pure tensor code.
+
+A `RegionDrag` lives at one resolution; `.at(size)` moves it to another (image, features,
+latent). ρ and Π are computed by inverse mapping: p' ∈ ρ(η) iff ϑ(T_η⁻¹(p')) is set, and
+Π(p') = T_η⁻¹(p') is a `grid_sample` grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dragnext.resize import Size, resize_mask, scale_point
+
+
+def eta(t: int, k: int, T: int, T_prime: int, K: int) -> float:
+    """Progress of iteration k (1..K) at denoising step t (T..T'), paper Eq. 5."""
+    return (K * (T - t) + k) / (K * (T - T_prime + 1))
+
+
+def rotation(angle: float | torch.Tensor) -> torch.Tensor:
+    angle = torch.as_tensor(angle, dtype=torch.float64)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+
+
+@dataclass(frozen=True)
+class RegionDrag:
+    type: str
+    handle_mask: torch.Tensor  # ϑ, bool (H, W)
+    handle: torch.Tensor  # h, (2,) float64 (x, y)
+    target: torch.Tensor  # g
+    center: torch.Tensor | None = None  # c, rotate only
+
+    @property
+    def size(self) -> Size:
+        return tuple(self.handle_mask.shape)
+
+    @property
+    def theta(self) -> float:
+        """Signed angle from (h − c) to (g − c)."""
+        a, b = self.handle - self.center, self.target - self.center
+        return math.atan2(float(a[0] * b[1] - a[1] * b[0]), float(a @ b))
+
+    def at(self, size: Size) -> RegionDrag:
+        if tuple(size) == self.size:
+            return self
+        move = lambda p: None if p is None else scale_point(p, self.size, size)
+        return RegionDrag(self.type, resize_mask(self.handle_mask, size),
+                          move(self.handle), move(self.target), move(self.center))
+
+    def forward(self, eta: float, p: torch.Tensor) -> torch.Tensor:
+        """T_η(p) for points p of shape (..., 2)."""
+        if self.type == "rotate":
+            return self.center + (p - self.center) @ rotation(eta * self.theta).T
+        return p + eta * (self.target - self.handle)
+
+    def inverse(self, eta: float, p: torch.Tensor) -> torch.Tensor:
+        """T_η⁻¹(p') for points p' of shape (..., 2)."""
+        if self.type == "rotate":
+            return self.center + (p - self.center) @ rotation(-eta * self.theta).T
+        return p - eta * (self.target - self.handle)
+
+    def sources(self, eta: float) -> torch.Tensor:
+        """T_η⁻¹(p') for every pixel p' of the grid, (H, W, 2) as (x, y)."""
+        h, w = self.size
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                                torch.arange(w, dtype=torch.float64), indexing="ij")
+        return self.inverse(eta, torch.stack([xs, ys], dim=-1))
+
+    def correspondence(self, eta: float) -> torch.Tensor:
+        """Π as a (1, H, W, 2) `grid_sample` grid (align_corners=False)."""
+        h, w = self.size
+        src = self.sources(eta)
+        scale = src.new_tensor([2.0 / w, 2.0 / h])
+        return ((src + 0.5) * scale - 1.0).float()[None]
+
+    def target_region(self, eta: float) -> torch.Tensor:
+        """ρ(η) = T_η(ϑ), bool (H, W)."""
+        return sample(self.handle_mask.float()[None, None], self.correspondence(eta))[0, 0] >= 0.5
+
+
+def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear sampling of (N, C, H, W) at a grid from `RegionDrag.correspondence`."""
+    return F.grid_sample(x, grid.to(x.dtype).expand(x.shape[0], -1, -1, -1),
+                         mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,230 @@
+"""The instruction model of SPEC §2: an edit item with its region drags, and its validation.
+
+An item's masks are boolean arrays of the image's size; points are (x, y) in input-image
+pixels (x right, y down), with pixel centres at integer coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+DragType = Literal["translate", "deform", "rotate"]
+DRAG_TYPES = ("translate", "deform", "rotate")
+Point = tuple[float, float]
+
+
+class InvalidItemError(ValueError):
+    """Input that cannot be edited. Names the item (or file) and the field."""
+
+    def __init__(self, item: str, field: str, reason: str):
+        self.item, self.field, self.reason = item, field, reason
+        super().__init__(f"item '{item}': {field}: {reason}")
+
+
+@dataclass(frozen=True)
+class Drag:
+    type: DragType
+    handle_mask: np.ndarray
+    handle: Point
+    target: Point
+    center: Point | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return self.handle == self.target
+
+
+@dataclass(frozen=True)
+class Instruction:
+    drags: tuple[Drag, ...]
+    prompt: str = ""
+    editable_mask: np.ndarray | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class EditItem:
+    image: Image.Image
+    instruction: Instruction
+    item_id: str = "item"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the input image."""
+        return self.image.size
+
+    @property
+    def editable(self) -> np.ndarray:
+        """M, with an absent mask meaning the whole image."""
+        mask = self.instruction.editable_mask
+        return np.ones((self.image.height, self.image.width), dtype=bool) if mask is None else mask != 0
+
+    def to_record(self) -> dict:
+        instruction = self.instruction
+        return {
+            "item_id": self.item_id,
+            "prompt": instruction.prompt,
+            "image_size": list(self.size),
+            "has_editable_mask": instruction.editable_mask is not None,
+            "drags": [
+                {"type": d.type, "handle": list(d.handle), "target": list(d.target),
+                 "center": None if d.center is None else list(d.center),
+                 "handle_pixels": int(d.handle_mask.sum())}
+                for d in instruction.drags
+            ],
+            "warnings": list(instruction.warnings),
+        }
+
+
+# The instruction file (SPEC §2), parsed with pydantic so that a bad field is named.
+class _DragSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: DragType
+    handle_mask: str
+    handle: tuple[float, float]
+    target: tuple[float, float]
+    center: tuple[float, float] | None = None
+
+
+class _InstructionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = ""
+    editable_mask: str | None = None
+    drags: list[_DragSpec]
+
+
+def _field_name(loc: tuple) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "<root>"
+
+
+def read_image(path: str | Path, item: str, field: str = "image") -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise InvalidItemError(item, field, f"file '{path}' does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidItemError(item, field, f"'{path}' is not a readable image ({error})") from None
+
+
+def read_mask(path: str | Path, item: str, field: str) -> np.ndarray:
+    """A mask PNG: any non-zero pixel (in any channel) is 1."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise InvalidItemError(item, field, f"file '{path}' does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidItemError(item, field, f"'{path}' is not a readable image ({error})") from None
+    return array.any(axis=-1) if array.ndim == 3 else array != 0
+
+
+def read_instruction(path: str | Path, item_id: str | None = None) -> Instruction:
+    """Load an instruction JSON (mask paths relative to it). Checks the file's structure;
+    the rules that need the image are checked by `validate_item`."""
+    path = Path(path)
+    item = item_id or path.stem
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InvalidItemError(item, "instruction", f"file '{path}' does not exist") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidItemError(
+            item, "instruction", f"'{path}' is not valid JSON (line {error.lineno}, "
+            f"column {error.colno}: {error.msg})") from None
+    try:
+        spec = _InstructionSpec.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidItemError(item, _field_name(first["loc"]), first["msg"]) from None
+    base = path.parent
+    drags = tuple(
+        Drag(type=d.type, handle=d.handle, target=d.target, center=d.center,
+             handle_mask=read_mask(base / d.handle_mask, item, f"drags[{i}].handle_mask"))
+        for i, d in enumerate(spec.drags)
+    )
+    editable = (None if spec.editable_mask is None
+                else read_mask(base / spec.editable_mask, item, "editable_mask"))
+    return Instruction(drags=drags, prompt=spec.prompt, editable_mask=editable)
+
+
+def _check_point(item: str, field: str, point: Point, width: int, height: int) -> None:
+    x, y = point
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise InvalidItemError(item, field, f"{list(point)} is not a finite point")
+    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+        raise InvalidItemError(
+            item, field, f"{list(point)} lies outside the {width}x{height} image "
+            f"(x in [0, {width - 1}], y in [0, {height - 1}])")
+
+
+def _check_mask(item: str, field: str, mask: np.ndarray, width: int, height: int) -> None:
+    if mask.shape != (height, width):
+        raise InvalidItemError(
+            item, field, f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}")
+    if not mask.any():
+        raise InvalidItemError(item, field, "mask is empty")
+
+
+def _validate_drag(item: EditItem, i: int, drag: Drag, warnings: list[str]) -> Drag:
+    width, height = item.size
+    name = f"drags[{i}]"
+    if drag.type not in DRAG_TYPES:
+        raise InvalidItemError(item.item_id, f"{name}.type",
+                               f"'{drag.type}' is not one of {', '.join(DRAG_TYPES)}")
+    _check_mask(item.item_id, f"{name}.handle_mask", drag.handle_mask, width, height)
+    for point_name in ("handle", "target", "center"):
+        point = getattr(drag, point_name)
+        if point is not None:
+            _check_point(item.item_id, f"{name}.{point_name}", point, width, height)
+    if drag.type == "rotate":
+        if drag.center is None:
+            raise InvalidItemError(item.item_id, f"{name}.center", "required for a rotate drag")
+        for point_name in ("handle", "target"):
+            if getattr(drag, point_name) == drag.center:
+                raise InvalidItemError(
+                    item.item_id, f"{name}.center",
+                    f"equals the {point_name}, so the rotation angle is undefined")
+    elif drag.center is not None:
+        raise InvalidItemError(item.item_id, f"{name}.center",
+                               f"only allowed for rotate drags, not {drag.type}")
+    handle_mask = drag.handle_mask != 0
+    inside = handle_mask & item.editable
+    if not inside.any():
+        raise InvalidItemError(item.item_id, f"{name}.handle_mask",
+                               "lies entirely outside the editable mask")
+    if inside.sum() < handle_mask.sum():
+        warnings.append(f"{name}.handle_mask: {int(handle_mask.sum() - inside.sum())} pixels "
+                        "outside the editable mask were dropped")
+    if drag.is_noop:
+        warnings.append(f"{name}: handle equals target, so this drag is a no-op "
+                        "(its region is held in place)")
+    return replace(drag, handle_mask=inside)
+
+
+def validate_item(item: EditItem) -> EditItem:
+    """Check every rule of SPEC §2; return the item with masks intersected and warnings set."""
+    width, height = item.size
+    instruction = item.instruction
+    if not instruction.drags:
+        raise InvalidItemError(item.item_id, "drags", "at least one drag is required")
+    if instruction.editable_mask is not None:
+        _check_mask(item.item_id, "editable_mask", instruction.editable_mask, width, height)
+    warnings: list[str] = list(instruction.warnings)
+    drags = tuple(_validate_drag(item, i, d, warnings) for i, d in enumerate(instruction.drags))
+    editable = None if instruction.editable_mask is None else instruction.editable_mask != 0
+    checked = replace(instruction, drags=drags, editable_mask=editable, warnings=tuple(warnings))
+    return replace(item, instruction=checked)

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from dragnext.config import ConfigError, EditConfig, build_config, read_config_file
+
+
+def test_defaults_are_the_papers():
+    c = EditConfig().to_record()
+    assert c == {
+        "size": 512, "seed": 0, "method": "dragnext",
+        "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4},
+        "inversion": {"num_steps": 50, "strength": 0.75},
+        "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True},
+        "features": {"blocks": [2]},
+        "attention": {"mutual": True, "start_layer": None},
+        "output": {"paste_background": False},
+    }
+    assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
+    assert EditConfig().inversion.start_step - EditConfig().pbsi.steps + 1 == 33  # T'
+
+
+def test_overrides_are_typed_and_nested():
+    c = build_config(overrides=["lora.steps=2", "pbsi.progressive=false", "features.blocks=[1,2]",
+                                "attention.start_layer=10", "pbsi.lr=0.05"])
+    assert c.lora.steps == 2 and c.pbsi.progressive is False
+    assert c.features.blocks == [1, 2] and c.attention.start_layer == 10 and c.pbsi.lr == 0.05
+
+
+def test_a_file_then_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"size": 256, "lora": {"enabled": False}}))
+    c = build_config(read_config_file(path), ["size=128"])
+    assert c.size == 128 and c.lora.enabled is False and c.lora.steps == 80
+
+
+@pytest.mark.parametrize("override,named", [
+    ("lora.stepz=2", "lora.stepz"),
+    ("lora.steps=many", "lora.steps"),
+    ("method=magic", "method"),
+    ("pbsi.steps=40", "pbsi"),
+    ("size", "size"),
+    ("size.x=1", "size"),
+])
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        build_config(overrides=[override])
+
+
+def test_a_bad_config_file_is_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{size: 1")
+    with pytest.raises(ConfigError, match="c.json"):
+        read_config_file(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_config_file(tmp_path / "missing.json")

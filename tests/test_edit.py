@@ -1,0 +1,157 @@
+"""`edit()` end to end on the tiny model, and the `dragnext edit` command."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dragnext.attention import MutualSelfAttention
+from dragnext.cli import main
+from dragnext.config import build_config
+from dragnext.edit import STAGES, edit
+from dragnext.instruction import read_instruction
+from tests.conftest import FAST, save_mask
+
+
+def load_scene(folder, spec):
+    (folder / "drag.json").write_text(json.dumps(spec))
+    return Image.open(folder / "image.png").convert("RGB"), read_instruction(folder / "drag.json")
+
+
+def test_edit_returns_an_image_of_the_input_size_with_a_full_record(tiny_model, scene, fast_config):
+    image, instruction = load_scene(*scene)
+    weights_before = {k: v.clone() for k, v in tiny_model.unet.state_dict().items()}
+    seen = []
+    result = edit(image, instruction, tiny_model, fast_config, item_id="scene",
+                  callback=lambda stage, done, total: seen.append(stage))
+    assert result.image.size == (128, 96) and result.working_size == (48, 64)
+    assert list(result.timings) == list(STAGES) and all(t >= 0 for t in result.timings.values())
+    assert set(seen) == set(STAGES)
+    record = result.to_record()
+    assert record["config"] == fast_config.to_record() and record["lora"] == "trained"
+    assert record["item"]["item_id"] == "scene" and len(record["item"]["drags"]) == 2
+    assert record["device"] == "cpu" and record["peak_memory"]["mb"] > 0
+    json.dumps(record)
+    state = tiny_model.unet.state_dict()
+    assert state.keys() == weights_before.keys()
+    assert all((state[k] == v).all() for k, v in weights_before.items())
+    assert not any(isinstance(p, MutualSelfAttention) for p in tiny_model.unet.attn_processors.values())
+    assert np.asarray(result.image).std() > 1  # decoded content, not a flat fill
+
+
+def test_stored_lora_weights_reproduce_the_edit_without_training(tiny_model, scene, fast_config):
+    image, instruction = load_scene(*scene)
+    first = edit(image, instruction, tiny_model, fast_config)
+    again = edit(image, instruction, tiny_model, fast_config, lora_weights=first.lora_weights)
+    assert again.lora_source == "provided" and again.timings["lora"] < first.timings["lora"]
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+
+
+def test_pasting_the_background_keeps_the_input_outside_the_editable_mask(tiny_model, scene):
+    folder, spec = scene
+    editable = np.zeros((96, 128), dtype=bool)
+    editable[20:62, 20:80] = True
+    spec["editable_mask"] = save_mask(folder / "editable.png", editable)
+    spec["drags"] = spec["drags"][:1]
+    image, instruction = load_scene(folder, spec)
+    config = build_config(overrides=FAST + ["output.paste_background=true", "lora.enabled=false"])
+    result = edit(image, instruction, tiny_model, config)
+    far = np.zeros_like(editable)
+    far[:, 100:] = True
+    assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
+    assert result.to_record()["postprocess"] == ["paste_background"]
+    assert result.lora_source == "disabled"
+
+
+def dragnext_command() -> list[str]:
+    script = Path(sys.executable).parent / "dragnext"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dragnext.cli"]
+
+
+def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene, tmp_path):
+    folder, spec = scene
+    (folder / "drag.json").write_text(json.dumps(spec))
+    out = tmp_path / "out" / "edited.png"
+    sets = [arg for key in FAST for arg in ("--set", key)]
+    done = subprocess.run(
+        dragnext_command() + ["edit", "--model", str(tiny_model_dir), "--image",
+                              str(folder / "image.png"), "--instruction", str(folder / "drag.json"),
+                              "--out", str(out), "--device", "cpu", *sets],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (128, 96)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert set(record["timings_s"]) == set(STAGES)
+    assert record["config"]["lora"]["steps"] == 2 and record["item"]["item_id"] == "edited"
+    assert "pbsi" in done.stderr  # the progress bars name the stages
+
+
+@pytest.fixture
+def cli_scene(scene, tiny_model_dir, tmp_path):
+    folder, spec = scene
+
+    def run(change=None, image="image.png", sets=()):
+        if change:
+            change(folder, spec)
+        (folder / "drag.json").write_text(json.dumps(spec))
+        args = ["-q", "edit", "--model", str(tiny_model_dir), "--image", str(folder / image),
+                "--instruction", str(folder / "drag.json"), "--out", str(tmp_path / "o.png")]
+        for s in sets:
+            args += ["--set", s]
+        return main(args)
+
+    return run
+
+
+def wrong_size(folder, spec):
+    spec["drags"][0]["handle_mask"] = save_mask(folder / "s.png", np.ones((10, 10), dtype=bool))
+
+
+def empty(folder, spec):
+    spec["drags"][0]["handle_mask"] = save_mask(folder / "e.png", np.zeros((96, 128), dtype=bool))
+
+
+@pytest.mark.parametrize("change,image,sets,message", [
+    (wrong_size, "image.png", (), "drags[0].handle_mask: mask is 10x10, image is 128x96"),
+    (lambda f, s: s["drags"][1].pop("center"), "image.png", (), "drags[1].center: required"),
+    (lambda f, s: s["drags"][0].update(target=[500, 3]), "image.png", (), "drags[0].target"),
+    (empty, "image.png", (), "drags[0].handle_mask: mask is empty"),
+    (None, "missing.png", (), "image: file"),
+    (lambda f, s: s["drags"][0].update(handle_mask="gone.png"), "image.png", (),
+     "drags[0].handle_mask: file"),
+    (None, "image.png", ("lora.stepz=1",), "lora.stepz"),
+])
+def test_bad_input_is_one_clear_error(cli_scene, capsys, change, image, sets, message):
+    assert cli_scene(change, image, sets) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("dragnext: error:")
+
+
+def test_malformed_json_exits_non_zero_without_a_traceback(scene, tmp_path):
+    folder, _ = scene
+    (folder / "drag.json").write_text('{"prompt": "x", "drags": [}')
+    done = subprocess.run(
+        dragnext_command() + ["edit", "--model", "/no/model", "--image", str(folder / "image.png"),
+                              "--instruction", str(folder / "drag.json"), "--out",
+                              str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "instruction: " in done.stderr and "not valid JSON (line 1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_edit_on_cuda(tiny_model_dir, scene, fast_config):
+    from dragnext.model import load_model
+
+    model = load_model(tiny_model_dir)
+    result = edit(*load_scene(*scene), model, fast_config)
+    record = result.to_record()
+    assert record["device"].startswith("cuda") and record["dtype"] in ("float16", "bfloat16")
+    assert record["peak_memory"]["kind"] == "cuda_max_allocated"
+    assert result.image.size == (128, 96)

@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dragnext.geometry import RegionDrag, eta, sample
+from dragnext.resize import resize_mask, scale_point, working_size
+from tests.conftest import disc
+
+
+def drag(kind, mask, handle, target, center=None):
+    t = lambda p: None if p is None else torch.tensor(p, dtype=torch.float64)
+    return RegionDrag(kind, torch.from_numpy(mask), t(handle), t(target), t(center))
+
+
+@pytest.mark.parametrize("T,T_prime,K", [(38, 33, 10), (6, 5, 3), (10, 10, 1)])
+def test_eta_is_monotone_and_reaches_one_exactly_at_the_last_iteration(T, T_prime, K):
+    values = [eta(t, k, T, T_prime, K) for t in range(T, T_prime - 1, -1) for k in range(1, K + 1)]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert values[-1] == 1.0
+    assert values[0] == pytest.approx(1 / (K * (T - T_prime + 1)))
+    assert eta(T_prime, K, T, T_prime, K) == 1.0
+
+
+def test_rotating_by_theta_then_minus_theta_is_the_identity():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[5:9, 5:20] = True
+    d = drag("rotate", mask, (19, 7), (12, 20), center=(12, 12))
+    points = torch.rand(100, 2, dtype=torch.float64) * 32
+    for progress in (0.0, 0.3, 1.0):
+        assert torch.allclose(d.inverse(progress, d.forward(progress, points)), points, atol=1e-9)
+        assert torch.allclose(d.forward(progress, d.inverse(progress, points)), points, atol=1e-9)
+
+
+def test_rotate_moves_the_handle_onto_the_ray_through_the_target():
+    mask = np.ones((32, 32), dtype=bool)
+    d = drag("rotate", mask, (20, 10), (10, 4), center=(10, 10))
+    moved = d.forward(1.0, d.handle) - d.center
+    towards = d.target - d.center
+    assert float(moved[0] * towards[1] - moved[1] * towards[0]) == pytest.approx(0, abs=1e-9)
+    assert float(moved @ towards) > 0
+    assert d.theta == pytest.approx(-math.pi / 2)  # right to up, with y pointing down
+
+
+def test_target_region_of_a_translated_disc_is_the_shifted_disc():
+    handle = disc(48, 64, 20, 20, 6)
+    d = drag("translate", handle, (20, 20), (31, 27))
+    expected = disc(48, 64, 31, 27, 6)
+    assert torch.equal(d.target_region(1.0), torch.from_numpy(expected))
+    assert torch.equal(d.target_region(0.0), torch.from_numpy(handle))
+
+
+def test_a_square_rotated_90_degrees_about_its_centre_maps_onto_itself():
+    square = np.zeros((32, 32), dtype=bool)
+    square[10:17, 12:19] = True  # 7x7, centre pixel (15, 13)
+    d = drag("rotate", square, (18, 13), (15, 16), center=(15, 13))
+    assert d.theta == pytest.approx(math.pi / 2)
+    assert torch.equal(d.target_region(1.0), torch.from_numpy(square))
+    assert not torch.equal(d.target_region(0.5), torch.from_numpy(square))  # 45° is not
+
+
+def test_correspondence_of_a_translate_samples_the_handle_pixel():
+    features = torch.randn(1, 5, 24, 32)
+    d = drag("translate", np.ones((24, 32), dtype=bool), (7, 5), (19, 11))
+    sampled = sample(features, d.correspondence(1.0))
+    assert torch.allclose(sampled[0, :, 11, 19], features[0, :, 5, 7], atol=1e-5)
+    halfway = sample(features, d.correspondence(0.5))
+    assert torch.allclose(halfway[0, :, 8, 13], features[0, :, 5, 7], atol=1e-5)
+
+
+def test_correspondence_of_a_rotate_samples_the_rotated_source():
+    features = torch.randn(1, 3, 32, 32)
+    d = drag("rotate", np.ones((32, 32), dtype=bool), (20, 10), (10, 20), center=(10, 10))
+    sampled = sample(features, d.correspondence(1.0))
+    # rotating (20, 10) by 90° about (10, 10) gives (10, 20)
+    assert torch.allclose(sampled[0, :, 20, 10], features[0, :, 10, 20], atol=1e-5)
+
+
+def test_drags_move_between_resolutions_with_their_points_and_masks():
+    handle = disc(64, 64, 31.5, 31.5, 8)
+    d = drag("translate", handle, (31.5, 31.5), (47.5, 31.5)).at((32, 32))
+    assert d.size == (32, 32)
+    assert d.handle.tolist() == [15.5, 15.5] and d.target.tolist() == [23.5, 15.5]
+    assert abs(int(d.handle_mask.sum()) - handle.sum() / 4) < 12
+
+
+def test_points_scale_with_pixel_centres():
+    p = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    assert scale_point(p, (10, 10), (20, 20)).tolist() == [0.5, 0.5]
+    assert scale_point(scale_point(p, (10, 10), (20, 30)), (20, 30), (10, 10)).tolist() == [0, 0]
+
+
+def test_working_size_keeps_the_longer_side_and_the_multiple():
+    assert working_size(682, 512, 512, 64) == (384, 512)  # DragBench 512x682: 3:4 kept
+    assert working_size(128, 96, 64, 16) == (48, 64)
+    assert working_size(10, 1000, 512, 64) == (512, 64)  # never below one multiple
+
+
+def test_a_small_region_survives_downsampling():
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[10, 10] = True
+    small = resize_mask(mask, (8, 8))
+    assert small.sum() == 1 and small[1, 1]
