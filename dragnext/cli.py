@@ -68,7 +68,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(out)
     record_path = out.with_suffix(".json")
-    record_path.write_text(json.dumps(result.to_record(), indent=2))
+    record = {"inputs": {"image": str(args.image), "instruction": str(args.instruction)},
+              "output": str(out), **result.to_record()}
+    record_path.write_text(json.dumps(record, indent=2))
     total = sum(result.timings.values())
     log.info("wrote %s and %s (%.1f s on %s)", out, record_path, total, result.device)
     return 0

@@ -87,6 +87,7 @@ def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene,
     record = json.loads(out.with_suffix(".json").read_text())
     assert set(record["timings_s"]) == set(STAGES)
     assert record["config"]["lora"]["steps"] == 2 and record["item"]["item_id"] == "edited"
+    assert record["inputs"]["instruction"].endswith("drag.json") and record["output"] == str(out)
     assert "pbsi" in done.stderr  # the progress bars name the stages
 
 
