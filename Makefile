@@ -27,12 +27,14 @@ test: setup
 build/tiny-model: | setup
 	$(BIN)/dragnext -q tiny-model $@
 
-# The tiny model has random weights: the demo shows the whole pipeline working, not an
-# edit worth looking at. Any SD1.5-architecture model works with --model.
+# The demo runs the batch flow (Prefect, ephemeral mode) over the shipped synthetic
+# manifest. The tiny model has random weights: the demo shows the whole pipeline working
+# (images, previews, records, results.parquet), not an edit worth looking at. Any
+# SD1.5-architecture model works with --model.
 demo: setup build/tiny-model
-	$(BIN)/dragnext edit --model build/tiny-model --image examples/shapes/image.png \
-		--instruction examples/shapes/drag.json --out $(DEMO_OUT)/shapes.png --set size=64
-	@echo "edited image: $(DEMO_OUT)/shapes.png, record: $(DEMO_OUT)/shapes.json"
+	$(BIN)/dragnext run manifests/examples/synthetic/manifest.parquet --output $(DEMO_OUT) \
+		--model build/tiny-model --set size=64
+	@echo "previews: $(DEMO_OUT)/items/*/preview.png, results: $(DEMO_OUT)/results.parquet"
 
 clean:
 	rm -rf $(VENV) build out

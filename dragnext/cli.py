@@ -84,12 +84,8 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="dragnext", description="Region-based drag editing "
-                                   "with diffusion models (DragNeXt).")
-    root.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    commands = root.add_subparsers(dest="command", required=True)
-
+def add_commands(commands) -> None:
+    """The library's commands, for any `dragnext` parser."""
     edit = commands.add_parser("edit", help="edit one image with a drag instruction file")
     edit.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder "
                       f"(default: {DEFAULT_MODEL})")
@@ -97,9 +93,7 @@ def parser() -> argparse.ArgumentParser:
     edit.add_argument("--instruction", required=True, help="instruction JSON (SPEC §2)")
     edit.add_argument("--out", required=True, help="edited image path; the record goes beside "
                       "it as .json")
-    edit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set lora.steps=2 (repeatable)")
-    edit.add_argument("--config", help="JSON file of config keys, applied before --set")
+    add_config_arguments(edit)
     edit.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")
     edit.add_argument("--item-id", help="name used in errors and the record (default: out's stem)")
     edit.set_defaults(run=cmd_edit)
@@ -109,11 +103,27 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=cmd_tiny_model)
+
+
+def add_config_arguments(command) -> None:
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set lora.steps=2 (repeatable)")
+    command.add_argument("--config", help="JSON file of config keys, applied before --set")
+
+
+def parser(*command_groups) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="dragnext", description="Region-based drag editing "
+                                   "with diffusion models (DragNeXt).")
+    root.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    commands = root.add_subparsers(dest="command", required=True)
+    for add in command_groups or (add_commands,):
+        add(commands)
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, root: argparse.ArgumentParser | None = None,
+         expected_errors: tuple[type[Exception], ...] = EXPECTED_ERRORS) -> int:
+    args = (root or parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     try:
         return args.run(args)
-    except EXPECTED_ERRORS as error:
+    except expected_errors as error:
         print(f"dragnext: error: {error}", file=sys.stderr)
         return 2
 

@@ -112,14 +112,19 @@ def _format_validation_error(error: ValidationError) -> str:
     return "invalid config: " + "; ".join(problems)
 
 
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """`["lora.steps=2", …]` as `{"lora.steps": 2, …}`, values read as JSON where they parse."""
+    return dict(_split_override(text) for text in texts)
+
+
 def build_config(
     base: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> EditConfig:
     """Defaults, then `base` (e.g. a config file), then `key=value` overrides, validated."""
     tree: dict[str, Any] = json.loads(json.dumps(base or {}))
-    items = overrides.items() if isinstance(overrides, dict) else (
-        _split_override(text) for text in overrides or [])
-    for key, value in items:
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides or [])
+    for key, value in overrides.items():
         _set_dotted(tree, key, value)
     try:
         return EditConfig.model_validate(tree)

@@ -104,6 +104,66 @@ def paste_background(edited: Image.Image, original: Image.Image, editable: np.nd
     return Image.composite(edited, original.convert("RGB"), alpha)
 
 
+def finetune(model: DragModel, prep: Prepared, config: EditConfig,
+             notify: Callback = lambda *a: None) -> dict[str, torch.Tensor] | None:
+    """LoRA weights for this item, or None when LoRA is off."""
+    if not config.lora.enabled:
+        return None
+    return train_lora(model, prep.x, prep.context, config.lora, config.seed,
+                      on_step=lambda done: notify("lora", done, config.lora.steps))
+
+
+def _schedule(model: DragModel, config: EditConfig) -> DDIMSchedule:
+    return DDIMSchedule.from_scheduler(model.scheduler, config.inversion.num_steps)
+
+
+def invert_image(model: DragModel, prep: Prepared, config: EditConfig,
+                 lora_weights: dict[str, torch.Tensor] | None,
+                 notify: Callback = lambda *a: None) -> list[torch.Tensor]:
+    """The reference trajectory [z_0 … z_T]."""
+    T = config.inversion.start_step
+    with lora_applied(model, lora_weights, config.lora.rank):
+        return invert(_schedule(model, config), model.encode(prep.x), T,
+                      lambda z, t: model.predict_noise(z, t, prep.context),
+                      on_step=lambda done: notify("inversion", done, T))
+
+
+def optimise(model: DragModel, prep: Prepared, trajectory: list[torch.Tensor], config: EditConfig,
+             lora_weights: dict[str, torch.Tensor] | None,
+             notify: Callback = lambda *a: None) -> torch.Tensor:
+    """PBSI over steps T … T'; returns the edited z_{T'−1}."""
+    schedule = _schedule(model, config)
+    feature_size = (prep.size[0] // 2, prep.size[1] // 2)
+    total = config.pbsi.steps * config.pbsi.iterations
+    with lora_applied(model, lora_weights, config.lora.rank), \
+            feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
+        def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return model.predict_noise(z, schedule.timesteps[k], prep.context), hooks.pop()
+
+        return pbsi(trajectory, prep.drags, prep.editable, schedule, config.pbsi, forward,
+                    on_iteration=lambda done: notify("pbsi", done, total))
+
+
+def denoise_latent(model: DragModel, prep: Prepared, trajectory: list[torch.Tensor],
+                   z_edit: torch.Tensor, config: EditConfig,
+                   lora_weights: dict[str, torch.Tensor] | None,
+                   notify: Callback = lambda *a: None) -> torch.Tensor:
+    """Denoise z_{T'−1} to z_0 next to the reference branch."""
+    k = config.inversion.start_step - config.pbsi.steps
+    with lora_applied(model, lora_weights, config.lora.rank):
+        return denoise_edited(model, _schedule(model, config), z_edit, trajectory[k], k,
+                              prep.context, config.attention,
+                              on_step=lambda step: notify("denoise", k - step + 1, k))
+
+
+def decode_image(model: DragModel, item: EditItem, z_0: torch.Tensor, config: EditConfig) -> Image.Image:
+    """The edited image at the input size."""
+    edited = tensor_to_image(model.decode(z_0), *item.size)
+    if config.output.paste_background:
+        edited = paste_background(edited, item.image, item.editable)
+    return edited
+
+
 def edit(image: Image.Image, instruction: Instruction, model: DragModel,
          config: EditConfig | None = None, *, item_id: str = "item",
          lora_weights: dict[str, torch.Tensor] | None = None,
@@ -118,50 +178,25 @@ def edit(image: Image.Image, instruction: Instruction, model: DragModel,
         log.warning("item '%s': %s", item_id, warning)
     notify = callback or (lambda stage, done, total: None)
     timer = StageTimer(model.device)
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, config.inversion.num_steps)
-    T = config.inversion.start_step
-    T_prime = T - config.pbsi.steps + 1
 
     with timer.stage("prepare"):
         prep = prepare(item, model, config)
     notify("prepare", 1, 1)
-
     lora_source = "disabled" if not config.lora.enabled else (
         "provided" if lora_weights is not None else "trained")
     with timer.stage("lora"):
         if lora_source == "trained":
-            lora_weights = train_lora(
-                model, prep.x, prep.context, config.lora, config.seed,
-                on_step=lambda done: notify("lora", done, config.lora.steps))
-    active_weights = lora_weights if config.lora.enabled else None
-
-    def predict(z: torch.Tensor, t: int) -> torch.Tensor:
-        return model.predict_noise(z, t, prep.context)
-
-    with lora_applied(model, active_weights, config.lora.rank):
-        with timer.stage("inversion"):
-            z_0 = model.encode(prep.x)
-            trajectory = invert(schedule, z_0, T, predict,
-                                on_step=lambda done: notify("inversion", done, T))
-        feature_size = (prep.size[0] // 2, prep.size[1] // 2)
-        with timer.stage("pbsi"), feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
-            def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-                return predict(z, schedule.timesteps[k]), hooks.pop()
-
-            total = config.pbsi.steps * config.pbsi.iterations
-            z_edit = pbsi(trajectory, prep.drags, prep.editable, schedule, config.pbsi, forward,
-                          on_iteration=lambda done: notify("pbsi", done, total))
-        with timer.stage("denoise"):
-            z_0_edit = denoise_edited(
-                model, schedule, z_edit, trajectory[T_prime - 1], T_prime - 1, prep.context,
-                config.attention, on_step=lambda k: notify("denoise", T_prime - k, T_prime - 1))
-
+            lora_weights = finetune(model, prep, config, notify)
+    active = lora_weights if config.lora.enabled else None
+    with timer.stage("inversion"):
+        trajectory = invert_image(model, prep, config, active, notify)
+    with timer.stage("pbsi"):
+        z_edit = optimise(model, prep, trajectory, config, active, notify)
+    with timer.stage("denoise"):
+        z_0 = denoise_latent(model, prep, trajectory, z_edit, config, active, notify)
     with timer.stage("decode"):
-        edited = tensor_to_image(model.decode(z_0_edit), *item.size)
-        if config.output.paste_background:
-            edited = paste_background(edited, item.image, item.editable)
+        edited = decode_image(model, item, z_0, config)
     notify("decode", 1, 1)
-
     return EditResult(
         image=edited, item=item, config=config, model=model.spec, device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."), working_size=prep.size,

@@ -65,19 +65,21 @@ class RegionDrag:
             return self.center + (p - self.center) @ rotation(-eta * self.theta).T
         return p - eta * (self.target - self.handle)
 
-    def sources(self, eta: float) -> torch.Tensor:
-        """T_η⁻¹(p') for every pixel p' of the grid, (H, W, 2) as (x, y)."""
+    def pixels(self) -> torch.Tensor:
+        """Every pixel p of the grid, (H, W, 2) as (x, y)."""
         h, w = self.size
         ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64),
                                 torch.arange(w, dtype=torch.float64), indexing="ij")
-        return self.inverse(eta, torch.stack([xs, ys], dim=-1))
+        return torch.stack([xs, ys], dim=-1)
+
+    def grid(self, points: torch.Tensor) -> torch.Tensor:
+        """(H, W, 2) points as a (1, H, W, 2) `grid_sample` grid (align_corners=False)."""
+        h, w = self.size
+        return ((points + 0.5) * points.new_tensor([2.0 / w, 2.0 / h]) - 1.0).float()[None]
 
     def correspondence(self, eta: float) -> torch.Tensor:
-        """Π as a (1, H, W, 2) `grid_sample` grid (align_corners=False)."""
-        h, w = self.size
-        src = self.sources(eta)
-        scale = src.new_tensor([2.0 / w, 2.0 / h])
-        return ((src + 0.5) * scale - 1.0).float()[None]
+        """Π: for every pixel p', where to sample its source T_η⁻¹(p')."""
+        return self.grid(self.inverse(eta, self.pixels()))
 
     def target_region(self, eta: float) -> torch.Tensor:
         """ρ(η) = T_η(ϑ), bool (H, W)."""

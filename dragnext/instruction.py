@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -85,7 +86,7 @@ class EditItem:
 
 
 # The instruction file (SPEC §2), parsed with pydantic so that a bad field is named.
-class _DragSpec(BaseModel):
+class DragSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: DragType
     handle_mask: str
@@ -94,11 +95,11 @@ class _DragSpec(BaseModel):
     center: tuple[float, float] | None = None
 
 
-class _InstructionSpec(BaseModel):
+class InstructionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = ""
     editable_mask: str | None = None
-    drags: list[_DragSpec]
+    drags: list[DragSpec]
 
 
 def _field_name(loc: tuple) -> str:
@@ -108,26 +109,46 @@ def _field_name(loc: tuple) -> str:
     return name or "<root>"
 
 
-def read_image(path: str | Path, item: str, field: str = "image") -> Image.Image:
+def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        image = Image.open(source)
+        image.load()
+        return image
     except FileNotFoundError:
-        raise InvalidItemError(item, field, f"file '{path}' does not exist") from None
+        raise InvalidItemError(item, field, f"file '{source}' does not exist") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise InvalidItemError(item, field, f"'{path}' is not a readable image ({error})") from None
+        raise InvalidItemError(item, field, f"not a readable image ({error})") from None
 
 
-def read_mask(path: str | Path, item: str, field: str) -> np.ndarray:
+def read_image(source: str | Path | BinaryIO, item: str, field: str = "image") -> Image.Image:
+    return _open_image(source, item, field).convert("RGB")
+
+
+def read_mask(source: str | Path | BinaryIO, item: str, field: str) -> np.ndarray:
     """A mask PNG: any non-zero pixel (in any channel) is 1."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise InvalidItemError(item, field, f"file '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise InvalidItemError(item, field, f"'{path}' is not a readable image ({error})") from None
+    array = np.asarray(_open_image(source, item, field))
     return array.any(axis=-1) if array.ndim == 3 else array != 0
+
+
+def parse_instruction(raw: object, item: str) -> InstructionSpec:
+    """Check the structure of an instruction (the JSON file's, or a manifest row's)."""
+    try:
+        return InstructionSpec.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidItemError(item, _field_name(first["loc"]), first["msg"]) from None
+
+
+def build_instruction(spec: InstructionSpec, item: str,
+                      mask: Callable[[str, str], np.ndarray]) -> Instruction:
+    """Load the masks of a checked spec; `mask(reference, field)` reads one."""
+    drags = tuple(
+        Drag(type=d.type, handle=d.handle, target=d.target, center=d.center,
+             handle_mask=mask(d.handle_mask, f"drags[{i}].handle_mask"))
+        for i, d in enumerate(spec.drags)
+    )
+    editable = None if spec.editable_mask is None else mask(spec.editable_mask, "editable_mask")
+    return Instruction(drags=drags, prompt=spec.prompt, editable_mask=editable)
 
 
 def read_instruction(path: str | Path, item_id: str | None = None) -> Instruction:
@@ -145,20 +166,8 @@ def read_instruction(path: str | Path, item_id: str | None = None) -> Instructio
         raise InvalidItemError(
             item, "instruction", f"'{path}' is not valid JSON (line {error.lineno}, "
             f"column {error.colno}: {error.msg})") from None
-    try:
-        spec = _InstructionSpec.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise InvalidItemError(item, _field_name(first["loc"]), first["msg"]) from None
-    base = path.parent
-    drags = tuple(
-        Drag(type=d.type, handle=d.handle, target=d.target, center=d.center,
-             handle_mask=read_mask(base / d.handle_mask, item, f"drags[{i}].handle_mask"))
-        for i, d in enumerate(spec.drags)
-    )
-    editable = (None if spec.editable_mask is None
-                else read_mask(base / spec.editable_mask, item, "editable_mask"))
-    return Instruction(drags=drags, prompt=spec.prompt, editable_mask=editable)
+    spec = parse_instruction(raw, item)
+    return build_instruction(spec, item, lambda ref, field: read_mask(path.parent / ref, item, field))
 
 
 def _check_point(item: str, field: str, point: Point, width: int, height: int) -> None:

@@ -4,19 +4,65 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spin-waiting costs 15x on 2 cores
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")  # an empty cache: no stray models
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry lookups off the machine
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dragnext.config import build_config  # noqa: E402
+from dragnext.config import build_config, parse_overrides  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Small everywhere: a 64 px working size (latent 32x24 for 128x96), 2 LoRA steps, T = 6.
 FAST = ["size=64", "lora.steps=2", "inversion.num_steps=10", "inversion.strength=0.6",
         "pbsi.steps=2", "pbsi.iterations=3"]
+FAST_OVERRIDES = parse_overrides(FAST)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect API for the session (worker processes report to it too)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A real S3 endpoint (moto's server) on 127.0.0.1 with one bucket; configured through the
+    standard AWS variables, which the worker processes inherit."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+           "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from manifests.storage import filesystem
+
+    fs, _ = filesystem("s3://dragnext-test")
+    fs.mkdir("dragnext-test")
+    yield "s3://dragnext-test"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""A preview strip for people: original | instruction drawn over it | edited."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dragnext.instruction import EditItem
+
+HANDLE_TINTS = [(255, 80, 80), (80, 160, 255), (80, 220, 120), (250, 200, 60), (200, 100, 255)]
+
+
+def _arrow(draw: ImageDraw.ImageDraw, start, end, colour, width: int) -> None:
+    draw.line([start, end], fill=colour, width=width)
+    angle = math.atan2(end[1] - start[1], end[0] - start[0])
+    size = 4 * width
+    for side in (-0.45, 0.45):
+        tip = (end[0] - size * math.cos(angle + side), end[1] - size * math.sin(angle + side))
+        draw.line([end, tip], fill=colour, width=width)
+
+
+def overlay(item: EditItem) -> Image.Image:
+    """The input with the area outside M darkened, handle regions tinted, and each drag
+    drawn as an arrow (a rotate also marks its centre)."""
+    base = np.asarray(item.image.convert("RGB"), dtype=np.float32)
+    base[~item.editable] *= 0.35
+    for i, drag in enumerate(item.instruction.drags):
+        tint = np.array(HANDLE_TINTS[i % len(HANDLE_TINTS)], dtype=np.float32)
+        base[drag.handle_mask] = 0.5 * base[drag.handle_mask] + 0.5 * tint
+    image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 200))
+    for i, drag in enumerate(item.instruction.drags):
+        colour = HANDLE_TINTS[i % len(HANDLE_TINTS)]
+        _arrow(draw, drag.handle, drag.target, (255, 255, 255), width + 2)
+        _arrow(draw, drag.handle, drag.target, colour, width)
+        if drag.center is not None:
+            r = 3 * width
+            cx, cy = drag.center
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
+    return image
+
+
+def preview(item: EditItem, edited: Image.Image) -> Image.Image:
+    panels = [item.image.convert("RGB"), overlay(item), edited.convert("RGB")]
+    width, height = item.image.size
+    gap = max(2, width // 64)
+    strip = Image.new("RGB", (3 * width + 2 * gap, height), (255, 255, 255))
+    for i, panel in enumerate(panels):
+        strip.paste(panel, (i * (width + gap), 0))
+    return strip

@@ -1,0 +1,122 @@
+"""The `dragnext` command: the library's commands plus batch runs, retries and manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from dragnext import cli as library_cli
+from dragnext.config import build_config, parse_overrides, read_config_file
+from dragnext.model import DEFAULT_MODEL
+from flows.bulk_edit import bulk_edit, progress_listeners, retry_failed
+from manifests.dragbench import UnsafePickleError, import_dragbench
+from manifests.items import conform, validate_rows
+from manifests.schema import read_table
+from manifests.storage import parent
+
+
+def _run_with_progress(run, quiet: bool) -> dict:
+    bar = tqdm(desc="items", unit="item", disable=quiet)
+
+    def advance(done: int, total: int, row: dict) -> None:
+        bar.total = total
+        bar.set_postfix_str(f"{row['item_id']}: {row['status']}")
+        bar.update(1)
+
+    progress_listeners.append(advance)
+    try:
+        return run()
+    finally:
+        progress_listeners.remove(advance)
+        bar.close()
+
+
+def _finish(summary: dict) -> int:
+    counts = summary["counts"]
+    line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"{line} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
+    return 0 if set(counts) <= {"succeeded", "skipped"} else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
+    summary = _run_with_progress(lambda: bulk_edit(
+        args.manifest, args.output, model=args.model, overrides=overrides,
+        item_filter=args.items.split(",") if args.items else None, workers=args.workers,
+        retries=args.retries), args.quiet)
+    return _finish(summary)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    summary = _run_with_progress(lambda: retry_failed(
+        args.results, include_invalid=args.include_invalid, workers=args.workers,
+        retries=args.retries), args.quiet)
+    return _finish(summary)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    table, problems = conform(read_table(args.manifest))
+    if problems:
+        for problem in problems:
+            print(f"{args.manifest}: {problem}")
+        return 1
+    config = build_config(overrides=parse_overrides(args.set))
+    found = validate_rows(table.to_pylist(), config, None if args.no_files else parent(args.manifest))
+    for problem in found:
+        print(problem)
+    print(f"{table.num_rows} rows, {len(found)} invalid")
+    return 1 if found else 0
+
+
+def cmd_from_dragbench(args: argparse.Namespace) -> int:
+    rows = import_dragbench(args.directory, args.out, radius=args.radius)
+    print(json.dumps({"manifest": args.out, "items": len(rows)}))
+    return 0
+
+
+def add_commands(commands) -> None:
+    run = commands.add_parser("run", help="edit every item of a manifest (Prefect flow)")
+    run.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
+    run.add_argument("--output", required=True, help="output URI for images, records, results")
+    run.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder")
+    library_cli.add_config_arguments(run)
+    run.add_argument("--items", help="comma-separated item ids to run (others are skipped)")
+    run.add_argument("--workers", type=int, help="items at once, one process each "
+                     "(default: one per GPU, 1 on CPU)")
+    run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
+    run.set_defaults(run=cmd_run)
+
+    retry = commands.add_parser("retry", help="re-run the failed items of a finished run")
+    retry.add_argument("results", help="the run's results.parquet URI")
+    retry.add_argument("--include-invalid", action="store_true",
+                       help="also re-run invalid items (after the manifest was fixed)")
+    retry.add_argument("--workers", type=int)
+    retry.add_argument("--retries", type=int, default=2)
+    retry.set_defaults(run=cmd_retry)
+
+    manifest = commands.add_parser("manifest", help="check or create manifests")
+    actions = manifest.add_subparsers(dest="action", required=True)
+    validate = actions.add_parser("validate", help="report every bad row of a manifest")
+    validate.add_argument("manifest")
+    validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="the run's config overrides, to check rows' params against")
+    validate.set_defaults(run=cmd_validate)
+    importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
+    importer.add_argument("directory")
+    importer.add_argument("--out", required=True, help="manifest URI; images and masks go beside it")
+    importer.add_argument("--radius", type=int, help="handle disc radius in px (default: 4%% of "
+                          "the shorter side)")
+    importer.set_defaults(run=cmd_from_dragbench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = library_cli.parser(library_cli.add_commands, add_commands)
+    return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (UnsafePickleError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The manifest and results schemas (SPEC §5) as pyarrow schemas, with their versions.
+
+Documented column by column in `manifests/README.md`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.storage import filesystem, write_bytes
+
+SCHEMA_VERSION = "1"
+VERSION_KEY = b"dragnext.schema_version"
+
+POINT = pa.struct([pa.field("x", pa.float64(), nullable=False),
+                   pa.field("y", pa.float64(), nullable=False)])
+DRAG = pa.struct([
+    pa.field("type", pa.string(), nullable=False),
+    pa.field("handle_mask_uri", pa.string(), nullable=False),
+    pa.field("handle", POINT, nullable=False),
+    pa.field("target", POINT, nullable=False),
+    pa.field("center", POINT),
+])
+MANIFEST = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("image_uri", pa.string(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("editable_mask_uri", pa.string()),
+    pa.field("drags", pa.list_(DRAG), nullable=False),
+    pa.field("params", pa.string()),  # a JSON object of config overrides for this item
+], metadata={VERSION_KEY: SCHEMA_VERSION.encode()})
+
+STATUSES = ("succeeded", "failed", "invalid", "skipped")
+RESULTS = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("image_uri", pa.string()),
+    pa.field("preview_uri", pa.string()),
+    pa.field("record_uri", pa.string()),
+    pa.field("metrics", pa.map_(pa.string(), pa.float64())),
+    pa.field("timings_s", pa.map_(pa.string(), pa.float64())),
+    pa.field("attempts", pa.int32(), nullable=False),
+    pa.field("config_hash", pa.string()),
+    pa.field("device", pa.string()),
+], metadata={VERSION_KEY: SCHEMA_VERSION.encode()})
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    write_bytes(uri, table_bytes(table))
+
+
+def read_table(uri: str) -> pa.Table:
+    # Always through fsspec: pyarrow's own S3 client would ignore the configured endpoint.
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def write_manifest(rows: list[dict], uri: str) -> None:
+    write_table(pa.Table.from_pylist(rows, schema=MANIFEST), uri)

@@ -1,0 +1,164 @@
+"""The batch pipeline end to end through Prefect, on S3 (moto's server) and a local folder."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import tasks.stages
+from flows.bulk_edit import bulk_edit, retry_failed
+from flows.cli import main
+from manifests.dragbench import import_dragbench
+from manifests.schema import read_table, write_table
+from manifests.storage import filesystem, read_bytes, write_bytes
+from tests.conftest import FAST, FAST_OVERRIDES
+from tests.test_manifests import SYNTHETIC, dragbench_subset
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def open_image(uri: str) -> Image.Image:
+    image = Image.open(io.BytesIO(read_bytes(uri)))
+    image.load()
+    return image
+
+
+def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, tiny_model_dir):
+    root = dragbench_subset(tmp_path, ["animals", "building_countryside_view", "human_full_body",
+                                       "other_objects"])
+    manifest = f"{s3_bucket}/bench/manifest.parquet"
+    import_dragbench(root, manifest)
+    table = read_table(manifest)
+    rows = table.to_pylist()
+    small = io.BytesIO()
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(small, "PNG")
+    write_bytes(f"{s3_bucket}/bench/masks/small.png", small.getvalue())
+    rows += [{**rows[0], "item_id": "missing-image", "image_uri": "images/nowhere.png"},
+             {**rows[0], "item_id": "wrong-size-mask", "editable_mask_uri": "masks/small.png"}]
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    write_table(table.append_column("batch", pa.array(["b1"] * len(rows))), manifest)
+
+    summary = bulk_edit(manifest, f"{s3_bucket}/out", model=str(tiny_model_dir),
+                        overrides=FAST_OVERRIDES, retry_delay_s=0.1)
+
+    results = {r["item_id"]: r for r in read_table(f"{s3_bucket}/out/results.parquet").to_pylist()}
+    assert len(results) == 6 and summary["counts"] == {"succeeded": 4, "invalid": 2}
+    missing = results["missing-image"]["error"]
+    assert "image_uri" in missing and "nowhere.png" in missing
+    assert "editable_mask_uri: mask is 10x10" in results["wrong-size-mask"]["error"]
+    for row in results.values():
+        assert row["batch"] == "b1"  # unknown manifest columns pass through
+        if row["status"] != "succeeded":
+            continue
+        original = open_image(f"{s3_bucket}/bench/images/{row['item_id']}.png")
+        assert open_image(row["image_uri"]).size == original.size
+        assert open_image(row["preview_uri"]).height == original.height
+        record = json.loads(read_bytes(row["record_uri"]))
+        assert set(record["timings_s"]) == {"lora", "inversion", "pbsi", "render"}
+        assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
+    assert json.loads(read_bytes(f"{s3_bucket}/out/summary.json"))["counts"]["succeeded"] == 4
+    fs, _ = filesystem(s3_bucket)
+    assert any(k.endswith("lora.safetensors") for k in fs.find(f"{s3_bucket}/out/items"))
+
+
+def test_the_run_command_writes_locally_from_two_worker_processes(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "run"
+    sets = [a for s in FAST for a in ("--set", s)]
+    code = main(["-q", "run", str(SYNTHETIC), "--output", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", *sets])
+    assert code == 0
+    assert "3 succeeded in" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("items/*/record.json"))]
+    assert len(records) == 3
+    pids = {r["worker"]["pid"] for r in records}
+    assert len(pids) == 2  # the items ran in two worker processes
+    assert all(r["worker"]["models_loaded"] == 1 for r in records)  # one model per process
+    for row in read_table(str(out / "results.parquet")).to_pylist():
+        assert row["status"] == "succeeded" and Image.open(row["image_uri"]).size > (0, 0)
+
+
+def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_path, tiny_model_dir,
+                                                                          monkeypatch):
+    calls = {"render": 0}
+    render, pbsi = tasks.stages.render_task, tasks.stages.pbsi_task
+
+    def flaky_render(ctx):
+        if ctx.item_id == "translate-disc" and calls["render"] == 0:
+            calls["render"] += 1
+            raise OSError("simulated network blip")
+        return render(ctx)
+
+    def broken_pbsi(ctx):
+        if ctx.item_id == "rotate-bar":
+            raise RuntimeError("simulated bug in the optimiser")
+        return pbsi(ctx)
+
+    monkeypatch.setattr(tasks.stages, "render_task", flaky_render)
+    monkeypatch.setattr(tasks.stages, "pbsi_task", broken_pbsi)
+    out = tmp_path / "run"
+    summary = bulk_edit(str(SYNTHETIC), str(out), model=str(tiny_model_dir), overrides=FAST_OVERRIDES,
+                        item_filter=["translate-disc", "rotate-bar"], workers=1, retry_delay_s=0.1)
+    results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
+    assert results["translate-disc"]["status"] == "succeeded"
+    assert results["translate-disc"]["attempts"] == 2
+    assert results["rotate-bar"]["status"] == "failed" and results["rotate-bar"]["attempts"] == 1
+    assert "simulated bug" in results["rotate-bar"]["error"]
+    assert results["deform-bar-end"]["status"] == "skipped"
+
+    lora = out / "items" / "rotate-bar" / "artefacts" / "lora.safetensors"
+    stored, stamp = lora.read_bytes(), lora.stat().st_mtime_ns
+    monkeypatch.setattr(tasks.stages, "pbsi_task", pbsi)  # the cause is removed
+    summary = retry_failed(summary["results_uri"], workers=1)
+    results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
+    assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
+    assert results["translate-disc"]["attempts"] == 2  # kept from the first run
+    assert results["deform-bar-end"]["status"] == "skipped"
+    assert lora.read_bytes() == stored and lora.stat().st_mtime_ns == stamp  # not trained again
+    record = json.loads((out / "items" / "rotate-bar" / "record.json").read_text())
+    assert record["reused"] == ["inversion", "lora"]  # resumed after the last finished stage
+
+
+def test_a_manifest_that_cannot_be_read_fails_the_run_before_any_item(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.parquet"
+    write_table(read_table(str(SYNTHETIC)).drop_columns(["drags"]), str(bad))
+    with pytest.raises(ValueError, match="missing column"):
+        bulk_edit(str(bad), str(tmp_path / "out"), model=str(tiny_model_dir))
+    assert not Path(tmp_path / "out" / "results.parquet").exists()
+
+
+def test_the_deployments_apply_to_a_prefect_server(tmp_path):
+    """`infra/prefect.yaml` deploys as the infra README says: two deployments on the `gpu`
+    pool with enforced parameter schemas, and the nightly schedule."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DRAGNEXT_HOME": str(root)}
+    prefect = [sys.executable, "-m", "prefect"]
+    for args in (["work-pool", "create", "gpu", "--type", "process", "--overwrite"],
+                 ["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"]):
+        done = subprocess.run(prefect + args, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    async def read():
+        async with get_client() as client:
+            return {d.name: d for d in await client.read_deployments()}
+
+    deployments = asyncio.run(read())
+    assert {"bulk-edit", "retry-failed"} <= set(deployments)
+    bulk = deployments["bulk-edit"]
+    assert bulk.work_pool_name == "gpu" and bulk.enforce_parameter_schema
+    assert {"manifest_uri", "output_uri", "overrides", "item_filter"} <= set(
+        bulk.parameter_openapi_schema["properties"])
+    assert bulk.schedules[0].schedule.cron == "0 2 * * *"
+    assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
