@@ -59,19 +59,22 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
     invalid = {p.row: p for p in validate_rows(rows, base)}
     wanted = set(item_filter) if item_filter is not None else None
 
+    def context(row: dict, config: dict) -> ItemContext:
+        return ItemContext(row={k: row[k] for k in MANIFEST.names}, manifest_dir=manifest_dir,
+                           output_uri=output_uri, model=model, config=config)
+
     results: list[dict | None] = [None] * len(rows)
     contexts: dict[int, ItemContext] = {}
     for index, row in enumerate(rows):
-        ctx = ItemContext(row={k: row[k] for k in MANIFEST.names}, manifest_dir=manifest_dir,
-                          output_uri=output_uri, model=model, config=base.to_record())
         if wanted is not None and row["item_id"] not in wanted:
-            results[index] = previous.get(row["item_id"]) or result_row(ctx, "skipped", 0)
+            results[index] = previous.get(row["item_id"]) or result_row(
+                context(row, base.to_record()), "skipped", 0)
         elif index in invalid:
             p = invalid[index]
-            results[index] = result_row(ctx, "invalid", 0, error=f"item '{p.item_id}': {p.field}: {p.reason}")
+            results[index] = result_row(context(row, base.to_record()), "invalid", 0,
+                                        error=f"item '{p.item_id}': {p.field}: {p.reason}")
         else:
-            config = item_config(row, base)
-            contexts[index] = ItemContext(ctx.row, manifest_dir, output_uri, model, config.to_record())
+            contexts[index] = context(row, item_config(row, base).to_record())
     log.info("%d items: %d to edit, %d invalid, %d not selected", len(rows), len(contexts),
              len(invalid), len(rows) - len(contexts) - len(invalid))
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from manifests.storage import exists, join, read_bytes, write_bytes
+from manifests.storage import filesystem, join, read_bytes, write_bytes
 
 
 def digest(*parts: object) -> str:
@@ -28,15 +28,20 @@ class Artefacts:
     def uri(self, name: str) -> str:
         return join(self.dir, f"{name}.safetensors")
 
+    def key_of(self, name: str) -> str | None:
+        """The input digest stored with an artefact, read from its header alone."""
+        fs, path = filesystem(self.uri(name))
+        if not fs.exists(path):
+            return None
+        header_len = int.from_bytes(fs.cat_file(path, start=0, end=8), "little")  # safetensors: u64
+        header = json.loads(fs.cat_file(path, start=8, end=8 + header_len))
+        return header.get("__metadata__", {}).get("key")
+
     def load(self, name: str, key: str) -> dict[str, torch.Tensor] | None:
         """The artefact if it exists and was made from inputs with this digest."""
-        uri = self.uri(name)
-        if not exists(uri):
+        if self.key_of(name) != key:
             return None
-        data = read_bytes(uri)
-        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 length, JSON header
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {})
-        return load_tensors(data) if metadata.get("key") == key else None
+        return load_tensors(read_bytes(self.uri(name)))
 
     def save(self, name: str, key: str, tensors: dict[str, torch.Tensor]) -> str:
         uri = self.uri(name)

@@ -23,6 +23,7 @@ from dragnext.config import EditConfig
 from dragnext.edit import Prepared, decode_image, denoise_latent, finetune, invert_image, optimise, prepare
 from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
+from dragnext.model import DragModel
 from dragnext.preview import preview
 from manifests.items import load_item
 from manifests.storage import join, read_bytes, write_bytes
@@ -87,9 +88,9 @@ def _keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
             "pbsi": digest(inversion, drags, c["pbsi"], c["features"])}
 
 
-def _prepared(ctx: ItemContext) -> tuple[EditItem, Prepared]:
-    item = _item(ctx)
-    return item, prepare(item, model_cache.get_model(ctx.model), ctx.edit_config)
+def _prepared(ctx: ItemContext) -> tuple[DragModel, EditItem, Prepared]:
+    model, item = model_cache.get_model(ctx.model), _item(ctx)
+    return model, item, prepare(item, model, ctx.edit_config)
 
 
 def _lora_weights(ctx: ItemContext) -> dict[str, torch.Tensor] | None:
@@ -98,16 +99,21 @@ def _lora_weights(ctx: ItemContext) -> dict[str, torch.Tensor] | None:
     return Artefacts(ctx.item_dir).load("lora", _keys(ctx, _item(ctx))["lora"])
 
 
+def _stored_latent(ctx: ItemContext, stage: str) -> torch.Tensor:
+    """A stage's stored latents on this worker's device."""
+    stored = Artefacts(ctx.item_dir).load(stage, _keys(ctx, _item(ctx))[stage])
+    return stored["z"].to(model_cache.device())
+
+
 def _trajectory(ctx: ItemContext) -> list[torch.Tensor]:
-    stored = Artefacts(ctx.item_dir).load("inversion", _keys(ctx, _item(ctx))["inversion"])
-    return list(stored["z"].unbind(0))
+    return list(_stored_latent(ctx, "inversion").unbind(0))
 
 
 def _timed_stage(name: str, ctx: ItemContext, make) -> dict:
     """Reuse the stage's artefact if its inputs are unchanged, else run `make` and store it."""
     store, key = Artefacts(ctx.item_dir), _keys(ctx, _item(ctx))[name]
     start = time.perf_counter()
-    reused = store.load(name, key) is not None
+    reused = store.key_of(name) == key
     if not reused:
         store.save(name, key, make())
     return {"uri": store.uri(name), "reused": reused, "seconds": time.perf_counter() - start}
@@ -124,8 +130,8 @@ def lora_task(ctx: ItemContext) -> dict:
         return {"uri": None, "reused": False, "seconds": 0.0}
 
     def make():
-        item, prep = _prepared(ctx)
-        return finetune(model_cache.get_model(ctx.model), prep, ctx.edit_config)
+        model, _, prep = _prepared(ctx)
+        return finetune(model, prep, ctx.edit_config)
 
     return _timed_stage("lora", ctx, make)
 
@@ -133,8 +139,7 @@ def lora_task(ctx: ItemContext) -> dict:
 @task(name="invert", cache_policy=NO_CACHE)
 def invert_task(ctx: ItemContext) -> dict:
     def make():
-        _, prep = _prepared(ctx)
-        model = model_cache.get_model(ctx.model)
+        model, _, prep = _prepared(ctx)
         return {"z": torch.stack(invert_image(model, prep, ctx.edit_config, _lora_weights(ctx)))}
 
     return _timed_stage("inversion", ctx, make)
@@ -143,8 +148,7 @@ def invert_task(ctx: ItemContext) -> dict:
 @task(name="pbsi", cache_policy=NO_CACHE)
 def pbsi_task(ctx: ItemContext) -> dict:
     def make():
-        _, prep = _prepared(ctx)
-        model = model_cache.get_model(ctx.model)
+        model, _, prep = _prepared(ctx)
         return {"z": optimise(model, prep, _trajectory(ctx), ctx.edit_config, _lora_weights(ctx))}
 
     return _timed_stage("pbsi", ctx, make)
@@ -160,11 +164,9 @@ def _png(image: Image.Image) -> bytes:
 def render_task(ctx: ItemContext) -> dict:
     """Mutual-attention denoising and decoding; writes the edited image."""
     start = time.perf_counter()
-    item, prep = _prepared(ctx)
-    model = model_cache.get_model(ctx.model)
-    z_edit = Artefacts(ctx.item_dir).load("pbsi", _keys(ctx, item)["pbsi"])["z"].to(model.device)
-    trajectory = [z.to(model.device) for z in _trajectory(ctx)]
-    z_0 = denoise_latent(model, prep, trajectory, z_edit, ctx.edit_config, _lora_weights(ctx))
+    model, item, prep = _prepared(ctx)
+    z_0 = denoise_latent(model, prep, _trajectory(ctx), _stored_latent(ctx, "pbsi"), ctx.edit_config,
+                         _lora_weights(ctx))
     uri = join(ctx.item_dir, "edited.png")
     write_bytes(uri, _png(decode_image(model, item, z_0, ctx.edit_config)))
     return {"uri": uri, "seconds": time.perf_counter() - start}
