@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -18,12 +19,15 @@ from manifests.items import conform, load_item, validate_rows
 from manifests.schema import MANIFEST, SCHEMA_VERSION, VERSION_KEY, read_table, write_manifest
 from manifests.storage import resolve
 
-DRAGBENCH = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dragbench-sample"
+# CI lays shared/ beside the checkout; DRAGBENCH_FIXTURES points elsewhere if needed.
+DRAGBENCH = Path(os.environ.get("DRAGBENCH_FIXTURES", Path(__file__).resolve().parents[2] / "shared"
+                                / "fixtures" / "dragbench-sample"))
 SYNTHETIC = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "synthetic" / "manifest.parquet"
 
 
 def dragbench_subset(tmp_path: Path, names: list[str]) -> Path:
     """A copy of some fixture samples (the fixtures themselves stay read-only)."""
+    assert DRAGBENCH.is_dir(), f"DragBench fixtures not found at {DRAGBENCH} (set DRAGBENCH_FIXTURES)"
     root = tmp_path / "dragbench"
     for name in names:
         sample = next(DRAGBENCH.glob(f"{name}/*"))
