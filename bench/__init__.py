@@ -1,0 +1,1 @@
+"""The ground-truth drag benchmark: seeded synthetic scenes with exact expected results."""

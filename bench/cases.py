@@ -1,0 +1,141 @@
+"""Benchmark cases: a scene, one drag on its top-most shape, and the exact expected scene.
+
+- translate: the whole shape moves by d;
+- deform: one end of a bar or rectangle moves; the far end stays (the shape stretches and
+  turns between them);
+- rotate: an asymmetric shape turns by φ about its centre or one of its ends.
+
+The dragged shape's colour is kept far from the background's and the other shapes', so
+its pixels can be found again by colour in any edited image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from dragnext.metrics import colour_mask, iou
+from synthetic.scenes import COLOURS, Scene, Shape, random_background, random_shape
+
+TYPES = ("translate", "deform", "rotate")
+ELONGATED = ("bar", "rect")
+ASYMMETRIC = ("triangle", "rect", "ellipse", "bar")
+MIN_COLOUR_DISTANCE = 90.0
+MAX_OVERLAP = 0.6  # IoU of the shape before and after: leaves room for the success margin
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    type: str
+    scene: Scene
+    expected: Scene  # the same scene with the dragged shape's pose changed
+    handle: tuple[float, float]
+    target: tuple[float, float]
+    center: tuple[float, float] | None
+
+    @property
+    def shape(self) -> Shape:
+        return self.scene.shapes[-1]
+
+    @property
+    def colour(self) -> tuple[int, int, int]:
+        return COLOURS[self.shape.colour]
+
+    def object_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The dragged shape found by colour in the input and in the expected image."""
+        return (colour_mask(self.scene.render(), self.colour),
+                colour_mask(self.expected.render(), self.colour))
+
+    def handle_mask(self) -> np.ndarray:
+        """ϑ: the part of the shape that is dragged (all of it, or the moving end)."""
+        mask = self.scene.visible_mask(len(self.scene.shapes) - 1)
+        if self.type != "deform":
+            return mask
+        ys, xs = np.mgrid[: self.scene.height, : self.scene.width]
+        first, second = self.shape.ends()
+        axis = np.array(second) - np.array(first)
+        along = ((xs - first[0]) * axis[0] + (ys - first[1]) * axis[1]) / (axis @ axis)
+        return mask & (along >= 0.6)  # the last 40% of its length
+
+    def editable_mask(self, margin: int = 4) -> np.ndarray:
+        """M: where the shape is before and after, widened by `margin` px."""
+        last = len(self.scene.shapes) - 1
+        both = self.scene.visible_mask(last) | self.expected.visible_mask(last)
+        widened = Image.fromarray(both.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * margin + 1))
+        return np.asarray(widened) > 0
+
+
+def _distance_to_segment(p, a, b) -> float:
+    """RGB distance from colour p to the nearest colour between a and b (a gradient)."""
+    p, a, b = (np.array(c, float) for c in (p, a, b))
+    t = np.clip((p - a) @ (b - a) / max((b - a) @ (b - a), 1e-9), 0, 1)
+    return float(np.linalg.norm(p - (a + t * (b - a))))
+
+
+def _distinct(colour: str, scene_colours: list, background) -> bool:
+    """Far from every other shape's colour and from every background colour (with margin
+    for texture), so a colour mask finds the dragged shape and nothing else."""
+    rgb = COLOURS[colour]
+    return (all(_distance_to_segment(rgb, c, c) >= MIN_COLOUR_DISTANCE for c in scene_colours)
+            and _distance_to_segment(rgb, *background.colours) >= MIN_COLOUR_DISTANCE)
+
+
+def _inside(scene: Scene, shape: Shape, margin: float = 2) -> bool:
+    """The whole shape (and so its coverage) lies in the image."""
+    ys, xs = np.mgrid[: scene.height, : scene.width]
+    hit = shape.inside(xs, ys)
+    border = int(margin)
+    return hit.any() and not (hit[:border].any() or hit[-border:].any()
+                              or hit[:, :border].any() or hit[:, -border:].any())
+
+
+def _drag(kind: str, shape: Shape, rng: np.random.Generator):
+    """(expected shape, handle, target, centre) for one drag of `kind` on `shape`."""
+    if kind == "translate":
+        distance, direction = rng.uniform(6, 14), rng.uniform(-math.pi, math.pi)
+        d = (distance * math.cos(direction), distance * math.sin(direction))
+        handle = shape.center
+        return shape.moved(d), handle, (handle[0] + d[0], handle[1] + d[1]), None
+    if kind == "deform":
+        _, end = shape.ends()
+        distance, direction = rng.uniform(5, 10), rng.uniform(-math.pi, math.pi)
+        target = (end[0] + distance * math.cos(direction), end[1] + distance * math.sin(direction))
+        return shape.with_end(target), end, target, None
+    phi = float(rng.choice([-1, 1]) * rng.uniform(math.radians(30), math.radians(90)))
+    first, second = shape.ends()
+    center = shape.center if rng.random() < 0.5 else first
+    handle = second
+    cos, sin = math.cos(phi), math.sin(phi)
+    dx, dy = handle[0] - center[0], handle[1] - center[1]
+    target = (center[0] + cos * dx - sin * dy, center[1] + sin * dx + cos * dy)
+    return shape.rotated(center, phi), handle, target, center
+
+
+def make_case(kind: str, seed: int, size: int = 64) -> Case:
+    """A case of `kind`, drawn from `seed` (retrying until the drag fits the image)."""
+    rng = np.random.default_rng([TYPES.index(kind), seed])
+    kinds = {"translate": None, "deform": ELONGATED, "rotate": ASYMMETRIC}[kind]
+    while True:
+        background = random_background(rng)
+        others = [random_shape(rng, size, size) for _ in range(int(rng.integers(0, 3)))]
+        free = [c for c in COLOURS if _distinct(c, [COLOURS[o.colour] for o in others], background)]
+        if not free:
+            continue
+        shape = random_shape(rng, size, size, kind=None if kinds is None else str(rng.choice(kinds)),
+                             colour=str(rng.choice(free)))
+        scene = Scene(size, size, background, (*others, shape))
+        moved, handle, target, center = _drag(kind, shape, rng)
+        expected = scene.with_shape(len(others), moved)
+        last = len(others)
+        if not (_inside(scene, shape) and _inside(expected, moved)):
+            continue
+        if scene.visible_mask(last).sum() < 30 or expected.visible_mask(last).sum() < 30:
+            continue
+        case = Case(f"{kind}-{seed:04d}", kind, scene, expected, handle, target, center)
+        if iou(*case.object_masks()) > MAX_OVERLAP:
+            continue  # too small a change to tell an edit from no edit
+        return case

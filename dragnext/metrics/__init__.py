@@ -1,0 +1,16 @@
+"""Edit quality: image fidelity (SPEC §4) and, where the exact result is known, agreement
+with the ground truth."""
+
+from dragnext.metrics.fidelity import DISTANCE, image_fidelity, ssim_map
+from dragnext.metrics.ground_truth import (
+           DragScore,
+           centroid,
+           colour_mask,
+           iou,
+           region_psnr,
+           region_ssim,
+           score_drag,
+)
+
+__all__ = ["DISTANCE", "DragScore", "centroid", "colour_mask", "image_fidelity", "iou", "region_psnr",
+           "region_ssim", "score_drag", "ssim_map"]

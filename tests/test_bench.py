@@ -1,0 +1,61 @@
+"""The ground-truth benchmark: cases, their manifest, and the success rule."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.cases import TYPES, make_case
+from bench.generate import cases, write
+from dragnext.config import EditConfig
+from dragnext.metrics import colour_mask, region_psnr, region_ssim, score_drag
+from manifests.items import validate_rows
+from manifests.schema import read_table
+
+CASES = cases(30, seed=0)
+
+
+def score(case, image: np.ndarray):
+    original, expected = case.object_masks()
+    return score_drag(colour_mask(image, case.colour), expected, original)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_the_unedited_input_scores_zero_and_the_ground_truth_scores_all(kind):
+    of_kind = [c for c in CASES if c.type == kind]
+    assert len(of_kind) == 30
+    assert not any(score(c, c.scene.render()).success for c in of_kind)
+    assert all(score(c, c.expected.render()).success for c in of_kind)
+
+
+def test_a_perfect_result_has_zero_centroid_error_and_full_overlap():
+    case = make_case("translate", 3)
+    s = score(case, case.expected.render())
+    assert s.centroid_err == 0 and s.iou_expected == 1.0
+
+
+def test_identical_images_have_infinite_psnr_and_unit_ssim():
+    image = make_case("rotate", 1).scene.render()
+    region = np.ones(image.shape[:2], dtype=bool)
+    assert region_psnr(image, image, region) == math.inf
+    assert region_ssim(image, image, region) == pytest.approx(1.0)
+    noisy = (image.astype(int) + 10).clip(0, 255).astype(np.uint8)
+    assert 25 < region_psnr(image, noisy, region) < 30
+
+
+def test_a_deform_keeps_the_far_end_and_a_rotate_carries_the_handle_to_the_target():
+    deform = make_case("deform", 5)
+    assert np.allclose(deform.shape.ends()[0], deform.expected.shapes[-1].ends()[0])
+    assert np.allclose(deform.expected.shapes[-1].ends()[1], deform.target)
+    rotate = make_case("rotate", 5)
+    assert np.allclose(rotate.expected.shapes[-1].ends()[1], rotate.target)
+    assert deform.handle_mask().sum() < deform.scene.visible_mask(len(deform.scene.shapes) - 1).sum()
+
+
+def test_the_generated_manifest_is_valid_and_carries_the_ground_truth(tmp_path):
+    manifest = write(CASES[::15], str(tmp_path))
+    rows = read_table(manifest).to_pylist()
+    assert validate_rows(rows, EditConfig(), str(tmp_path)) == []
+    truth = read_table(str(tmp_path / "ground_truth.parquet")).to_pylist()
+    assert [t["item_id"] for t in truth] == [r["item_id"] for r in rows]
+    assert {r["drags"][0]["type"] for r in rows} == set(TYPES)
