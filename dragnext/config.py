@@ -46,6 +46,15 @@ class PbsiConfig(_Section):
     progressive: bool = True
 
 
+class DragDiffusionConfig(_Section):
+    """The `dragdiffusion` peer (SPEC §8)."""
+    iterations: int = Field(80, ge=1)
+    lr: float = Field(0.01, gt=0)
+    lam: float = Field(0.1, ge=0)
+    r_m: int = Field(1, ge=0, description="motion supervision patch radius, feature px")
+    r_p: int = Field(3, ge=1, description="point tracking search radius, feature px")
+
+
 class FeaturesConfig(_Section):
     blocks: list[int] = Field(default_factory=lambda: [2], min_length=1)
 
@@ -64,10 +73,11 @@ class OutputConfig(_Section):
 class EditConfig(_Section):
     size: int = Field(512, ge=8, description="working size of the longer image side, px")
     seed: int = 0
-    method: Literal["dragnext"] = "dragnext"
+    method: Literal["dragnext", "dragdiffusion", "warp"] = "dragnext"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     pbsi: PbsiConfig = Field(default_factory=PbsiConfig)
+    dragdiffusion: DragDiffusionConfig = Field(default_factory=DragDiffusionConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -81,6 +91,12 @@ class EditConfig(_Section):
                 f"pbsi.steps={pbsi.steps} exceeds the inverted steps "
                 f"T=round(inversion.num_steps*inversion.strength)={inversion.start_step}")
         return pbsi
+
+    @property
+    def edit_step(self) -> int:
+        """The step whose latent the method edits; denoising continues below it."""
+        T = self.inversion.start_step
+        return T - self.pbsi.steps if self.method == "dragnext" else T
 
     def to_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

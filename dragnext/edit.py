@@ -22,6 +22,8 @@ from dragnext.instruction import EditItem, Instruction, validate_item
 from dragnext.lora import lora_applied, train_lora
 from dragnext.model import DragModel
 from dragnext.pbsi import pbsi
+from dragnext.peers.dragdiffusion import drag_diffusion
+from dragnext.peers.warp import warp_latent
 from dragnext.profiling import StageTimer
 from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, tensor_to_image, working_size
 
@@ -131,15 +133,22 @@ def invert_image(model: DragModel, prep: Prepared, config: EditConfig,
 def optimise(model: DragModel, prep: Prepared, trajectory: list[torch.Tensor], config: EditConfig,
              lora_weights: dict[str, torch.Tensor] | None,
              notify: Callback = lambda *a: None) -> torch.Tensor:
-    """PBSI over steps T … T'; returns the edited z_{T'−1}."""
+    """The method's latent edit: PBSI over T … T' for DragNeXt (returns z_{T'−1}); the
+    peers edit z_T. Denoising continues from `config.edit_step`."""
+    if config.method == "warp":
+        return warp_latent(trajectory[-1], prep.drags, config.seed)
     schedule = _schedule(model, config)
     feature_size = (prep.size[0] // 2, prep.size[1] // 2)
-    total = config.pbsi.steps * config.pbsi.iterations
     with lora_applied(model, lora_weights, config.lora.rank), \
             feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
         def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             return model.predict_noise(z, schedule.timesteps[k], prep.context), hooks.pop()
 
+        if config.method == "dragdiffusion":
+            total = config.dragdiffusion.iterations
+            return drag_diffusion(trajectory, prep.drags, prep.editable, schedule, config.dragdiffusion,
+                                  forward, on_iteration=lambda done: notify("pbsi", done, total))
+        total = config.pbsi.steps * config.pbsi.iterations
         return pbsi(trajectory, prep.drags, prep.editable, schedule, config.pbsi, forward,
                     on_iteration=lambda done: notify("pbsi", done, total))
 
@@ -148,8 +157,8 @@ def denoise_latent(model: DragModel, prep: Prepared, trajectory: list[torch.Tens
                    z_edit: torch.Tensor, config: EditConfig,
                    lora_weights: dict[str, torch.Tensor] | None,
                    notify: Callback = lambda *a: None) -> torch.Tensor:
-    """Denoise z_{T'−1} to z_0 next to the reference branch."""
-    k = config.inversion.start_step - config.pbsi.steps
+    """Denoise the edited latent from `config.edit_step` to z_0 next to the reference branch."""
+    k = config.edit_step
     with lora_applied(model, lora_weights, config.lora.rank):
         return denoise_edited(model, _schedule(model, config), z_edit, trajectory[k], k,
                               prep.context, config.attention,

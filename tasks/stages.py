@@ -85,7 +85,7 @@ def _keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
     lora = digest(ctx.model, image, item.instruction.prompt, c["size"], c["seed"], c["lora"])
     inversion = digest(lora, c["inversion"])
     return {"lora": lora, "inversion": inversion,
-            "pbsi": digest(inversion, drags, c["pbsi"], c["features"])}
+            "pbsi": digest(inversion, drags, c["method"], c["pbsi"], c["dragdiffusion"], c["features"])}
 
 
 def _prepared(ctx: ItemContext) -> tuple[DragModel, EditItem, Prepared]:

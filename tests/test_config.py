@@ -12,12 +12,14 @@ def test_defaults_are_the_papers():
         "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4},
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True},
+        "dragdiffusion": {"iterations": 80, "lr": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3},
         "features": {"blocks": [2]},
         "attention": {"mutual": True, "start_layer": None},
         "output": {"paste_background": False},
     }
     assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
     assert EditConfig().inversion.start_step - EditConfig().pbsi.steps + 1 == 33  # T'
+    assert EditConfig().edit_step == 32 and EditConfig(method="warp").edit_step == 38
 
 
 def test_overrides_are_typed_and_nested():

@@ -1,0 +1,84 @@
+"""`dragdiffusion`: point-based motion supervision with point tracking at one timestep
+(DragDiffusion; SPEC §8 defaults: 80 iterations, Adam lr 0.01, λ 0.1).
+
+Each iteration, for every handle h_i moving towards g_i with d_i = (g_i − h_i)/‖g_i − h_i‖:
+
+    L = Σ_i Σ_{q ∈ Ω(h_i, r_m)} |F(q + d_i) − sg(F(q))|₁ + λ · Σ |(x_{t−1}(z) − x_{t−1}(z^ref)) ⊙ (1 − M)|₁
+
+then each h_i is tracked to the point of Ω(h_i, r_p) whose features are nearest to the
+original features at the first handle. It stops once every handle is within 1 px of its
+target. Only the drags' points are used: region masks and drag types are what this peer
+lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dragnext.config import DragDiffusionConfig
+from dragnext.ddim import DDIMSchedule, denoise_step
+from dragnext.geometry import RegionDrag
+from dragnext.pbsi import Forward, background_loss
+from dragnext.resize import resize_soft_mask
+
+
+def _sample_points(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Features at (N, 2) sub-pixel points (x, y), as (N, C)."""
+    h, w = features.shape[-2:]
+    grid = (points + 0.5) * points.new_tensor([2 / w, 2 / h]) - 1
+    return F.grid_sample(features, grid[None, None].to(features.dtype), mode="bilinear",
+                         align_corners=False)[0, :, 0].T
+
+
+def _square(radius: int, device) -> torch.Tensor:
+    r = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    ys, xs = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+
+
+def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torch.Tensor,
+                   schedule: DDIMSchedule, config: DragDiffusionConfig, forward: Forward,
+                   on_iteration: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Optimise z_T; returns the edited z_T (denoising continues from T)."""
+    T = len(trajectory) - 1
+    z_ref = trajectory[T]
+    outside = 1 - resize_soft_mask(editable, z_ref.shape[-2:]).to(z_ref.device)
+    with torch.no_grad():
+        eps_ref, F_0 = forward(z_ref, T)
+        x_prev_ref = denoise_step(schedule, z_ref, eps_ref, T)
+    size = tuple(F_0.shape[-2:])
+    handles = torch.stack([d.at(size).handle for d in drags]).to(F_0.device)
+    targets = torch.stack([d.at(size).target for d in drags]).to(F_0.device)
+    F_0_handles = _sample_points(F_0, handles)
+    patch, search = _square(config.r_m, F_0.device), _square(config.r_p, F_0.device)
+    z = z_ref.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=config.lr)
+    for iteration in range(config.iterations):
+        eps, F_k = forward(z, T)
+        if iteration > 0:
+            with torch.no_grad():  # point tracking on this iteration's features
+                for i in range(len(drags)):
+                    candidates = handles[i].round() + search
+                    distance = (_sample_points(F_k, candidates) - F_0_handles[i]).abs().sum(-1)
+                    handles[i] = candidates[distance.argmin()]
+        remaining = (targets - handles).norm(dim=-1)
+        if (remaining < 1.0).all():
+            break
+        loss = F_k.new_zeros(())
+        for i in range(len(drags)):
+            if remaining[i] < 1.0:
+                continue
+            direction = (targets[i] - handles[i]) / remaining[i]
+            q = handles[i] + patch
+            loss = loss + (_sample_points(F_k, q + direction) - _sample_points(F_k, q).detach()).abs().mean()
+        if config.lam:
+            loss = loss + config.lam * background_loss(denoise_step(schedule, z, eps, T), x_prev_ref, outside)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_iteration:
+            on_iteration(iteration + 1)
+    return z.detach()
