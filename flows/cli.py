@@ -8,6 +8,7 @@ import sys
 
 from tqdm import tqdm
 
+from bench import cli as bench_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import DEFAULT_MODEL
@@ -114,7 +115,7 @@ def add_commands(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    root = library_cli.parser(library_cli.add_commands, add_commands)
+    root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands)
     return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (UnsafePickleError, FileNotFoundError))
 
 

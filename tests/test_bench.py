@@ -59,3 +59,26 @@ def test_the_generated_manifest_is_valid_and_carries_the_ground_truth(tmp_path):
     truth = read_table(str(tmp_path / "ground_truth.parquet")).to_pylist()
     assert [t["item_id"] for t in truth] == [r["item_id"] for r in rows]
     assert {r["drags"][0]["type"] for r in rows} == set(TYPES)
+
+
+def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from flows.cli import main
+    from tests.conftest import FAST
+
+    out = tmp_path / "bench"
+    sets = [a for s in FAST for a in ("--set", s)]
+    assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "warp", "--n", "1",
+                 "--out", str(out), "--json", str(tmp_path / "r.json"), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "warp" in printed and "rotate" in printed and "success" in printed
+    results = json.loads((tmp_path / "r.json").read_text())
+    warp = results["methods"]["warp"]
+    assert set(warp["by_type"]) == set(TYPES) and warp["overall"]["n"] == 3
+    for row in [warp["overall"], *warp["by_type"].values()]:
+        assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
+    assert Image.open(out / "grid.png").size[0] == 4 * 66  # input, instruction, expected, warp
+    assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()

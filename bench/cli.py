@@ -1,0 +1,48 @@
+"""`dragnext bench`: methods side by side on the ground-truth benchmark."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench import generate, run
+from dragnext.config import build_config, read_config_file
+from dragnext.model import load_model
+
+FIXTURE_MODEL = Path(__file__).resolve().parents[1] / "fixture" / "model"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    base = build_config(read_config_file(args.config) if args.config else None, args.set).to_record()
+    methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",")]
+    cases = generate.cases(args.n, args.seed)
+    out = Path(args.out)
+    generate.write(cases, str(out))  # the same cases as a manifest, for `dragnext run`
+    model = load_model(args.model, device=args.device)
+    results, images = run.run(model, cases, methods, base, quiet=args.quiet)
+    print(run.table(results))
+    run.write_json(results, args.json or str(out / "results.json"))
+    run.grid(cases[:: max(1, args.n)], images_every(images, max(1, args.n))).save(out / "grid.png")
+    return 0
+
+
+def images_every(images: dict, step: int) -> dict:
+    return {label: edited[::step] for label, edited in images.items()}
+
+
+def add_commands(commands) -> None:
+    bench = commands.add_parser("bench", help="compare methods on the ground-truth drag benchmark")
+    bench.add_argument("--model", default=str(FIXTURE_MODEL), help="model (default: the fixture model)")
+    bench.add_argument("--methods", default="dragnext,dragdiffusion,warp",
+                       help="comma-separated; a method may carry overrides after ':' joined by "
+                            "',' (then separate methods with ';'), e.g. "
+                            "'dragnext;dragnext:pbsi.progressive=false'")
+    bench.add_argument("--n", type=int, default=30, help="cases per drag type")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", help="results JSON (default: OUT/results.json)")
+    bench.add_argument("--out", default="out/bench", help="folder for the cases' manifest and the grid")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config for every method, e.g. --set lora.steps=20")
+    bench.add_argument("--config", help="JSON config file applied before --set")
+    bench.add_argument("--device")
+    bench.set_defaults(run=cmd_bench)

@@ -1,0 +1,127 @@
+"""Run methods on benchmark cases with one model and score them against the ground truth.
+
+A method is a name with optional config overrides: `dragnext`, `warp`, `dragdiffusion`,
+or e.g. `dragnext:pbsi.progressive=false` (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from bench.cases import TYPES, Case
+from dragnext.config import EditConfig, build_config, parse_overrides
+from dragnext.edit import edit
+from dragnext.instruction import Drag, EditItem, Instruction, validate_item
+from dragnext.metrics import colour_mask, image_fidelity, region_psnr, region_ssim, score_drag
+from dragnext.model import DragModel
+from dragnext.preview import overlay
+
+METRICS = ("success", "centroid_err", "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "seconds")
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    overrides: dict
+
+    @classmethod
+    def parse(cls, text: str) -> Method:
+        name, _, rest = text.partition(":")
+        overrides = parse_overrides([part for part in rest.split(",") if part]) if rest else {}
+        return cls(text, {"method": name, **overrides})
+
+
+def item_of(case: Case) -> EditItem:
+    drag = Drag(case.type, case.handle_mask(), case.handle, case.target, case.center)
+    instruction = Instruction(drags=(drag,), prompt=case.scene.prompt(), editable_mask=case.editable_mask())
+    return validate_item(EditItem(Image.fromarray(case.scene.render()), instruction, case.case_id))
+
+
+def score(case: Case, item: EditItem, edited: Image.Image, seconds: float) -> dict:
+    image = np.asarray(edited)
+    original, expected = case.object_masks()
+    drag = score_drag(colour_mask(image, case.colour), expected, original)
+    fidelity = image_fidelity(item.image, edited, item)
+    region = item.editable
+    return {"success": float(drag.success), "centroid_err": drag.centroid_err,
+            "psnr_gt": region_psnr(image, case.expected.render(), region),
+            "ssim_gt": region_ssim(image, case.expected.render(), region),
+            "if_ed": fidelity["if_ed_ssim"], "if_th": fidelity["if_th_ssim"],
+            "if_hh": fidelity["if_hh_ssim"], "seconds": seconds}
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarise(scores: list[dict]) -> dict:
+    """Means per metric (centroid error and PSNR over finite values), with n."""
+    return {**{m: _mean([s[m] for s in scores]) for m in METRICS}, "n": len(scores)}
+
+
+def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
+        quiet: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """The results JSON ({"methods": {label: {"overall", "by_type"}}}) and edited images."""
+    items = [item_of(c) for c in cases]
+    results, images = {}, {}
+    for method in methods:
+        config: EditConfig = build_config(base, method.overrides)
+        scores, edited = [], []
+        for case, item in tqdm(list(zip(cases, items, strict=True)), desc=method.label, disable=quiet):
+            start = time.perf_counter()
+            result = edit(item.image, item.instruction, model, config, item_id=case.case_id)
+            edited.append(result.image)
+            scores.append({"type": case.type, **score(case, item, result.image, time.perf_counter() - start)})
+        results[method.label] = {
+            "overall": summarise(scores),
+            "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in TYPES},
+            "config": config.to_record(),
+        }
+        images[method.label] = edited
+    return {"methods": results}, images
+
+
+def table(results: dict) -> str:
+    header = f"{'method':34s} {'type':9s} {'n':>3s} {'success':>7s} {'cent_px':>7s} {'psnr_gt':>7s} " \
+             f"{'IF_ed':>6s} {'IF_th':>6s} {'IF_hh':>6s} {'s/item':>7s}"
+    lines = [header, "-" * len(header)]
+
+    def fmt(v, spec):
+        return format(v, spec) if v is not None else "—".rjust(int(spec.split(".")[0]))
+
+    for label, result in results["methods"].items():
+        for kind, row in [("overall", result["overall"]), *result["by_type"].items()]:
+            success = None if row["success"] is None else 100 * row["success"]
+            fidelity = " ".join(fmt(row[m], "6.3f") for m in ("if_ed", "if_th", "if_hh"))
+            lines.append(f"{label:34s} {kind:9s} {row['n']:3d} {fmt(success, '6.0f')}% "
+                         f"{fmt(row['centroid_err'], '7.2f')} {fmt(row['psnr_gt'], '7.2f')} "
+                         f"{fidelity} {fmt(row['seconds'], '7.1f')}")
+    return "\n".join(lines)
+
+
+def grid(cases: list[Case], images: dict[str, list[Image.Image]], rows: int = 6) -> Image.Image:
+    """input | instruction | expected | each method, one case per row."""
+    picked = list(range(min(rows, len(cases))))
+    columns = 3 + len(images)
+    size = cases[0].scene.width
+    canvas = Image.new("RGB", (columns * (size + 2), len(picked) * (size + 2)), (255, 255, 255))
+    for r, i in enumerate(picked):
+        item = item_of(cases[i])
+        panels = [item.image, overlay(item), Image.fromarray(cases[i].expected.render())]
+        panels += [edited[i] for edited in images.values()]
+        for c, panel in enumerate(panels):
+            canvas.paste(panel, (c * (size + 2), r * (size + 2)))
+    return canvas
+
+
+def write_json(results: dict, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2, default=lambda v: None)
