@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 from bench import cli as bench_cli
+from bench.cli import FIXTURE_MODEL
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import DEFAULT_MODEL
 from flows.bulk_edit import bulk_edit, progress_listeners, retry_failed
+from flows.results import read_results
 from manifests.dragbench import UnsafePickleError, import_dragbench
 from manifests.items import conform, validate_rows
 from manifests.schema import read_table
-from manifests.storage import parent
+from manifests.storage import parent, read_bytes
 
 
 def _run_with_progress(run, quiet: bool) -> dict:
@@ -78,7 +83,43 @@ def cmd_from_dragbench(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "bench" / "manifest.parquet"
+
+
+def preview_sheet(results_uri: str) -> Image.Image:
+    """Every succeeded item's preview strip, stacked."""
+    strips = [Image.open(io.BytesIO(read_bytes(row["preview_uri"]))).convert("RGB")
+              for row in read_results(results_uri) if row["status"] == "succeeded"]
+    if not strips:
+        raise FileNotFoundError(f"no previews in {results_uri}: no item succeeded")
+    sheet = Image.new("RGB", (max(s.width for s in strips), sum(s.height + 2 for s in strips)), "white")
+    for i, strip in enumerate(strips):
+        sheet.paste(strip, (0, sum(s.height + 2 for s in strips[:i])))
+    return sheet
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not Path(args.model).exists() and args.model == str(FIXTURE_MODEL):
+        print(f"dragnext: error: the fixture model is not at {FIXTURE_MODEL} yet (see fixture/README.md); "
+              "run with --model DIR, e.g. a `dragnext tiny-model` folder", file=sys.stderr)
+        return 2
+    summary = _run_with_progress(lambda: bulk_edit(
+        str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
+        workers=args.workers), args.quiet)
+    sheet = Path(args.out) / "previews.png"
+    preview_sheet(summary["results_uri"]).save(sheet)
+    print(f"previews (input | instruction | edited): {sheet}")
+    return _finish(summary)
+
+
 def add_commands(commands) -> None:
+    demo = commands.add_parser("demo", help="run the batch flow on the shipped benchmark scenes")
+    demo.add_argument("--model", default=str(FIXTURE_MODEL), help="default: the fixture model")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--workers", type=int)
+    demo.set_defaults(run=cmd_demo)
+
     run = commands.add_parser("run", help="edit every item of a manifest (Prefect flow)")
     run.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
     run.add_argument("--output", required=True, help="output URI for images, records, results")

@@ -162,3 +162,22 @@ def test_the_deployments_apply_to_a_prefect_server(tmp_path):
         bulk.parameter_openapi_schema["properties"])
     assert bulk.schedules[0].schedule.cron == "0 2 * * *"
     assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
+
+
+def test_the_demo_runs_the_shipped_benchmark_scenes_and_stacks_their_previews(tmp_path, tiny_model_dir,
+                                                                               capsys):
+    out = tmp_path / "demo"
+    sets = [a for s in FAST for a in ("--set", s)]
+    assert main(["-q", "demo", "--model", str(tiny_model_dir), "--out", str(out), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "6 succeeded" in printed and "previews.png" in printed
+    sheet = Image.open(out / "previews.png")
+    assert sheet.height == 6 * (64 + 2)  # one 64 px strip per scene
+
+
+def test_the_demo_without_the_fixture_model_says_where_it_should_be(tmp_path, capsys, monkeypatch):
+    import flows.cli
+
+    monkeypatch.setattr(flows.cli, "FIXTURE_MODEL", tmp_path / "no-model")
+    assert main(["-q", "demo", "--out", str(tmp_path / "o")]) == 2
+    assert "fixture/README.md" in capsys.readouterr().err
