@@ -7,13 +7,14 @@ from pathlib import Path
 
 from bench import generate, run
 from dragnext.config import build_config, read_config_file
-from dragnext.model import load_model
+from dragnext.model import load_model, model_preset
 
 FIXTURE_MODEL = Path(__file__).resolve().parents[1] / "fixture" / "model"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    base = build_config(read_config_file(args.config) if args.config else None, args.set).to_record()
+    base = build_config(read_config_file(args.config) if args.config else None, args.set,
+                        preset=model_preset(args.model)).to_record()
     methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",")]
     cases = generate.cases(args.n, args.seed)
     out = Path(args.out)

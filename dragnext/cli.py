@@ -15,7 +15,7 @@ from tqdm import tqdm
 from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
-from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, load_model
+from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, load_model, model_preset
 
 log = logging.getLogger("dragnext")
 EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError)
@@ -53,7 +53,7 @@ class StageProgress:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     base = read_config_file(args.config) if args.config else None
-    config = build_config(base, args.set)
+    config = build_config(base, args.set, preset=model_preset(args.model))
     out = Path(args.out)
     item_id = args.item_id or out.stem
     image = read_image(args.image, item_id)

@@ -120,6 +120,15 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _merge(into: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
 def _format_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
@@ -134,10 +143,15 @@ def parse_overrides(texts: list[str]) -> dict[str, Any]:
 
 
 def build_config(
-    base: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None
+    base: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
 ) -> EditConfig:
-    """Defaults, then `base` (e.g. a config file), then `key=value` overrides, validated."""
-    tree: dict[str, Any] = json.loads(json.dumps(base or {}))
+    """Defaults, then a model's `preset`, then `base` (e.g. a config file), then `key=value`
+    overrides, validated. Preset and overrides take dotted keys."""
+    tree: dict[str, Any] = {}
+    for key, value in (preset or {}).items():
+        _set_dotted(tree, key, value)
+    tree = _merge(tree, json.loads(json.dumps(base or {})))
     if not isinstance(overrides, dict):
         overrides = parse_overrides(overrides or [])
     for key, value in overrides.items():

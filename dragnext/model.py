@@ -3,6 +3,7 @@ algorithm makes on it (text embedding, VAE encode/decode, a UNet forward)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ class DragModel:
         """ε_Θ(z, t) in fp32, whatever precision the UNet runs at; differentiable in z."""
         context = context.expand(z.shape[0], -1, -1).to(self.dtype)
         return self.unet(z.to(self.dtype), timestep, encoder_hidden_states=context).sample.float()
+
+
+PRESET_FILE = "dragnext.json"
+
+
+def model_preset(spec: str | Path) -> dict:
+    """Config keys a local model folder recommends for itself (its `dragnext.json`), e.g. a
+    working size other than SD1.5's 512. They sit between the defaults and the user's keys."""
+    path = Path(spec).expanduser() / PRESET_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _not_found(spec: str, cause: Exception) -> ModelNotFoundError:

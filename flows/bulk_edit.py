@@ -13,7 +13,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from dragnext.config import build_config
-from dragnext.model import DEFAULT_MODEL
+from dragnext.model import DEFAULT_MODEL, model_preset
 from flows.results import counts, publish_table, read_results, results_table, write_run
 from flows.workers import default_workers, task_runner
 from manifests.items import conform, item_config, validate_rows
@@ -49,7 +49,7 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
     """
     log = get_run_logger()
     started = time.time()
-    base = build_config(overrides=overrides or {})
+    base = build_config(overrides=overrides or {}, preset=model_preset(model))
     table, problems = conform(read_table(manifest_uri))
     if problems:
         raise ValueError(f"manifest {manifest_uri} cannot be read: {'; '.join(problems)}")

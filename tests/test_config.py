@@ -56,3 +56,14 @@ def test_a_bad_config_file_is_named(tmp_path):
         read_config_file(path)
     with pytest.raises(ConfigError, match="does not exist"):
         read_config_file(tmp_path / "missing.json")
+
+
+def test_a_model_preset_sits_between_the_defaults_and_the_users_keys(tmp_path):
+    from dragnext.model import model_preset
+
+    (tmp_path / "dragnext.json").write_text(json.dumps({"size": 64, "pbsi.iterations": 20}))
+    preset = model_preset(tmp_path)
+    c = build_config({"pbsi": {"iterations": 5}}, ["lora.steps=3"], preset=preset)
+    assert c.size == 64 and c.pbsi.iterations == 5 and c.lora.steps == 3 and c.pbsi.steps == 6
+    assert build_config(preset=preset).pbsi.iterations == 20
+    assert model_preset(tmp_path / "none") == {} and model_preset("org/hub-model") == {}

@@ -2,7 +2,7 @@
 
 import torch
 
-from dragnext.model import load_model
+from dragnext.model import load_model, model_preset
 from fixture import checkpoint
 from fixture.export import export
 from fixture.train_unet import train as train_unet
@@ -32,5 +32,6 @@ def test_the_exported_model_loads_through_load_model(tmp_path):
     model = load_model(out, device="cpu")
     assert model.vae_factor == 4 and model.size_multiple == 32
     assert model.embed_prompt("a red disc").shape == (1, 77, 64)
+    assert model_preset(out) == {"size": 64}
     weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     assert weights < 25 * 2**20  # the size budget for the committed model
