@@ -4,6 +4,7 @@ import torch
 
 from dragnext.model import load_model, model_preset
 from fixture import checkpoint
+from fixture.evaluate import evaluate
 from fixture.export import export
 from fixture.train_unet import train as train_unet
 from fixture.train_vae import train as train_vae
@@ -35,3 +36,8 @@ def test_the_exported_model_loads_through_load_model(tmp_path):
     assert model_preset(out) == {"size": 64}
     weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     assert weights < 25 * 2**20  # the size budget for the committed model
+
+    report = evaluate(model, 2, tmp_path / "eval")
+    assert {"vae_psnr", "vae_colour_error", "inversion_psnr"} <= set(report)
+    assert (tmp_path / "eval" / "samples.png").exists()
+    assert (tmp_path / "eval" / "reconstruction.png").exists()
