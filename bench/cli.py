@@ -23,12 +23,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results, images = run.run(model, cases, methods, base, quiet=args.quiet)
     print(run.table(results))
     run.write_json(results, args.json or str(out / "results.json"))
-    run.grid(cases[:: max(1, args.n)], images_every(images, max(1, args.n))).save(out / "grid.png")
+    run.grid(cases, images).save(out / "grid.png")
     return 0
-
-
-def images_every(images: dict, step: int) -> dict:
-    return {label: edited[::step] for label, edited in images.items()}
 
 
 def add_commands(commands) -> None:

@@ -107,9 +107,9 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def grid(cases: list[Case], images: dict[str, list[Image.Image]], rows: int = 6) -> Image.Image:
-    """input | instruction | expected | each method, one case per row."""
-    picked = list(range(min(rows, len(cases))))
+def grid(cases: list[Case], images: dict[str, list[Image.Image]], per_type: int = 2) -> Image.Image:
+    """input | instruction | expected | each method, for the first cases of each drag type."""
+    picked = [i for kind in TYPES for i in [j for j, c in enumerate(cases) if c.type == kind][:per_type]]
     columns = 3 + len(images)
     size = cases[0].scene.width
     canvas = Image.new("RGB", (columns * (size + 2), len(picked) * (size + 2)), (255, 255, 255))
