@@ -156,3 +156,12 @@ def test_edit_on_cuda(tiny_model_dir, scene, fast_config):
     assert record["device"].startswith("cuda") and record["dtype"] in ("float16", "bfloat16")
     assert record["peak_memory"]["kind"] == "cuda_max_allocated"
     assert result.image.size == (128, 96)
+
+
+@pytest.mark.slow
+def test_the_papers_defaults_run_end_to_end(tiny_model, scene):
+    """Every default but the working size (LoRA 80 steps, T = 38 of 50, 6 × 10 PBSI)."""
+    result = edit(*load_scene(*scene), tiny_model, build_config(overrides=["size=64"]))
+    record = result.to_record()
+    assert record["config"]["lora"]["steps"] == 80 and record["config"]["pbsi"]["iterations"] == 10
+    assert result.image.size == (128, 96) and all(t > 0 for t in result.timings.values())
