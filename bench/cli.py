@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from bench import generate, run
+from dragnext import cli as library_cli
 from dragnext.config import build_config, read_config_file
 from dragnext.model import load_model, model_preset
 
@@ -38,8 +39,6 @@ def add_commands(commands) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", help="results JSON (default: OUT/results.json)")
     bench.add_argument("--out", default="out/bench", help="folder for the cases' manifest and the grid")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="config for every method, e.g. --set lora.steps=20")
-    bench.add_argument("--config", help="JSON config file applied before --set")
+    library_cli.add_config_arguments(bench)
     bench.add_argument("--device")
     bench.set_defaults(run=cmd_bench)

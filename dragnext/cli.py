@@ -105,9 +105,13 @@ def add_commands(commands) -> None:
     tiny.set_defaults(run=cmd_tiny_model)
 
 
+def add_set_argument(command, help: str = "override a config key, e.g. --set lora.steps=2 "
+                     "(repeatable)") -> None:
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_config_arguments(command) -> None:
-    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key, e.g. --set lora.steps=2 (repeatable)")
+    add_set_argument(command)
     command.add_argument("--config", help="JSON file of config keys, applied before --set")
 
 

@@ -116,7 +116,7 @@ def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="run the batch flow on the shipped benchmark scenes")
     demo.add_argument("--model", default=str(FIXTURE_MODEL), help="default: the fixture model")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    library_cli.add_set_argument(demo)
     demo.add_argument("--workers", type=int)
     demo.set_defaults(run=cmd_demo)
 
@@ -144,8 +144,7 @@ def add_commands(commands) -> None:
     validate = actions.add_parser("validate", help="report every bad row of a manifest")
     validate.add_argument("manifest")
     validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
-    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="the run's config overrides, to check rows' params against")
+    library_cli.add_set_argument(validate, help="the run's config overrides, to check rows' params against")
     validate.set_defaults(run=cmd_validate)
     importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
     importer.add_argument("directory")

@@ -76,8 +76,20 @@ def _item(ctx: ItemContext) -> EditItem:
     return _items[key]
 
 
+_stage_keys: dict[str, dict[str, str]] = {}  # the current item's keys, by context digest
+
+
 def _keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
-    """Digests of each stage's inputs: a stored artefact is reused only if its key matches."""
+    """Digests of each stage's inputs: a stored artefact is reused only if its key matches.
+    Hashing the image and masks once per item, not once per lookup."""
+    cache_key = digest(ctx.row, ctx.manifest_dir, ctx.model, ctx.config)
+    if cache_key not in _stage_keys:
+        _stage_keys.clear()
+        _stage_keys[cache_key] = _compute_keys(ctx, item)
+    return _stage_keys[cache_key]
+
+
+def _compute_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
     c = ctx.edit_config.to_record()
     image = digest(np.asarray(item.image).tobytes())
     drags = digest([(d.type, d.handle, d.target, d.center, d.handle_mask.tobytes())
