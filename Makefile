@@ -24,15 +24,11 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/pytest
 
-build/tiny-model: | setup
-	$(BIN)/dragnext -q tiny-model $@
-
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
-# (manifests/examples/bench: a translate, a deform and a rotate, twice) and stacks their
-# previews. Until the fixture model is trained (fixture/README.md) it uses the tiny model,
-# whose random weights show the whole pipeline working, not an edit worth looking at.
-demo: setup build/tiny-model
-	$(BIN)/dragnext demo --model build/tiny-model --out $(DEMO_OUT) --set size=64 --set lora.steps=20
+# (manifests/examples/bench: a translate, a deform and a rotate, twice) with the committed
+# fixture model (fixture/README.md) and its preset, and stacks the previews.
+demo: setup
+	$(BIN)/dragnext demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) build out

@@ -67,19 +67,34 @@ def summarise(scores: list[dict]) -> dict:
     return {**{m: _mean([s[m] for s in scores]) for m in METRICS}, "n": len(scores)}
 
 
+def _lora_key(case: Case, config: EditConfig) -> tuple | None:
+    """Methods that finetune the same item the same way share one LoRA (it does not depend
+    on the method); each is still charged the finetune's time."""
+    if not config.lora.enabled:
+        return None
+    return case.case_id, config.size, config.seed, json.dumps(config.lora.model_dump(), sort_keys=True)
+
+
 def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
         quiet: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
     """The results JSON ({"methods": {label: {"overall", "by_type"}}}) and edited images."""
     items = [item_of(c) for c in cases]
     results, images = {}, {}
+    finetuned: dict[tuple, tuple[dict, float]] = {}
     for method in methods:
         config: EditConfig = build_config(base, method.overrides)
         scores, edited = [], []
         for case, item in tqdm(list(zip(cases, items, strict=True)), desc=method.label, disable=quiet):
+            key = _lora_key(case, config)
+            weights, lora_seconds = finetuned.get(key, (None, 0.0))
             start = time.perf_counter()
-            result = edit(item.image, item.instruction, model, config, item_id=case.case_id)
+            result = edit(item.image, item.instruction, model, config, item_id=case.case_id,
+                          lora_weights=weights)
+            seconds = time.perf_counter() - start + lora_seconds
+            if key and weights is None:
+                finetuned[key] = (result.lora_weights, result.timings["lora"])
             edited.append(result.image)
-            scores.append({"type": case.type, **score(case, item, result.image, time.perf_counter() - start)})
+            scores.append({"type": case.type, **score(case, item, result.image, seconds)})
         results[method.label] = {
             "overall": summarise(scores),
             "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in TYPES},

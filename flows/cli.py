@@ -100,8 +100,8 @@ def preview_sheet(results_uri: str) -> Image.Image:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if not Path(args.model).exists() and args.model == str(FIXTURE_MODEL):
-        print(f"dragnext: error: the fixture model is not at {FIXTURE_MODEL} yet (see fixture/README.md); "
-              "run with --model DIR, e.g. a `dragnext tiny-model` folder", file=sys.stderr)
+        print(f"dragnext: error: the fixture model is missing from {FIXTURE_MODEL} (it is committed; "
+              "fixture/README.md rebuilds it); or run with --model DIR", file=sys.stderr)
         return 2
     summary = _run_with_progress(lambda: bulk_edit(
         str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),

@@ -82,3 +82,29 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
     assert Image.open(out / "grid.png").size[0] == 4 * 66  # input, instruction, expected, warp
     assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()
+
+
+def test_methods_share_one_finetune_per_case_and_are_each_charged_for_it(tiny_model, monkeypatch):
+    import importlib
+
+    from bench import run
+    from dragnext.config import build_config
+    from tests.conftest import FAST
+
+    calls = []
+    stages = importlib.import_module("dragnext.edit")  # the package re-exports the function `edit`
+    real = stages.train_lora
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "train_lora", counted)
+    picked = cases(1, seed=3)[:2]
+    methods = [run.Method.parse("warp"), run.Method.parse("warp:seed=0"),
+               run.Method.parse("warp:lora.rank=4")]
+    base = build_config(overrides=FAST).to_record()
+    results, _ = run.run(tiny_model, picked, methods, base, quiet=True)
+    assert len(calls) == 2 * len(picked)  # the rank-4 LoRA is a different finetune
+    first, second = (results["methods"][m.label]["overall"]["seconds"] for m in methods[:2])
+    assert second > 0.5 * first

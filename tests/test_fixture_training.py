@@ -5,7 +5,7 @@ import torch
 from dragnext.model import load_model, model_preset
 from fixture import checkpoint
 from fixture.evaluate import evaluate
-from fixture.export import export
+from fixture.export import PRESET, export
 from fixture.train_unet import train as train_unet
 from fixture.train_vae import train as train_vae
 
@@ -33,7 +33,7 @@ def test_the_exported_model_loads_through_load_model(tmp_path):
     model = load_model(out, device="cpu")
     assert model.vae_factor == 4 and model.size_multiple == 32
     assert model.embed_prompt("a red disc").shape == (1, 77, 64)
-    assert model_preset(out) == {"size": 64}
+    assert model_preset(out) == PRESET
     weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     assert weights < 25 * 2**20  # the size budget for the committed model
 

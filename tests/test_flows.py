@@ -164,11 +164,11 @@ def test_the_deployments_apply_to_a_prefect_server(tmp_path):
     assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
 
 
-def test_the_demo_runs_the_shipped_benchmark_scenes_and_stacks_their_previews(tmp_path, tiny_model_dir,
-                                                                               capsys):
+def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_stacks_previews(tmp_path,
+                                                                                                capsys):
     out = tmp_path / "demo"
     sets = [a for s in FAST for a in ("--set", s)]
-    assert main(["-q", "demo", "--model", str(tiny_model_dir), "--out", str(out), *sets]) == 0
+    assert main(["-q", "demo", "--out", str(out), *sets]) == 0
     printed = capsys.readouterr().out
     assert "6 succeeded" in printed and "previews.png" in printed
     sheet = Image.open(out / "previews.png")

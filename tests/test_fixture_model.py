@@ -1,0 +1,63 @@
+"""The committed fixture model: it loads offline like any hub model, and it really edits."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from diffusers import UNet2DConditionModel
+from PIL import Image
+from safetensors import safe_open
+
+from bench.cases import make_case
+from dragnext.metrics import colour_mask, score_drag
+from dragnext.model import load_model, model_preset
+from tests.test_edit import dragnext_command
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixture" / "model"
+CASE_SEED = 0  # a translate the shipped preset gets right; the test checks that it still does
+
+
+def test_the_fixture_model_is_sd_shaped_fp16_within_budget_and_loads_through_load_model():
+    files = sorted(FIXTURE.rglob("*.safetensors"))
+    assert {f.parent.name for f in files} == {"unet", "vae", "text_encoder"}
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    for file in files:
+        with safe_open(file, "pt") as weights:
+            assert all(weights.get_slice(k).get_dtype() == "F16" for k in weights.keys())
+    model = load_model(str(FIXTURE), device="cpu")
+    assert isinstance(model.unet, UNet2DConditionModel)
+    assert model.unet.config.cross_attention_dim == model.embed_prompt("a red disc").shape[-1]
+    assert model_preset(FIXTURE)["size"] == 64
+
+
+def _write_case(case, folder: Path) -> tuple[Path, Path]:
+    def save(array: np.ndarray, name: str) -> str:
+        Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1)).save(folder / name)
+        return name
+
+    image = folder / save(case.scene.render(), "image.png")
+    instruction = {"prompt": case.scene.prompt(), "editable_mask": save(case.editable_mask(), "m.png"),
+                   "drags": [{"type": case.type, "handle_mask": save(case.handle_mask(), "h.png"),
+                              "handle": [float(v) for v in case.handle],
+                              "target": [float(v) for v in case.target]}]}
+    (folder / "drag.json").write_text(json.dumps(instruction))
+    return image, folder / "drag.json"
+
+
+def test_a_benchmark_translate_runs_offline_through_dragnext_edit_and_lands_on_target(tmp_path):
+    case = make_case("translate", CASE_SEED)
+    image, instruction = _write_case(case, tmp_path)
+    out = tmp_path / "edited.png"
+    done = subprocess.run(
+        dragnext_command() + ["-q", "edit", "--model", str(FIXTURE), "--image", str(image),
+                              "--instruction", str(instruction), "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["size"] == 64  # the preset
+    original, expected = case.object_masks()
+    before = score_drag(colour_mask(case.scene.render(), case.colour), expected, original)
+    after = score_drag(colour_mask(np.asarray(Image.open(out)), case.colour), expected, original)
+    assert not before.success and after.success, (before, after)
