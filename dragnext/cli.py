@@ -119,6 +119,8 @@ def parser(*command_groups) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="dragnext", description="Region-based drag editing "
                                    "with diffusion models (DragNeXt).")
     root.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    root.add_argument("-v", "--verbose", action="store_true",
+                      help="also Prefect's line per flow and task run")
     commands = root.add_subparsers(dest="command", required=True)
     for add in command_groups or (add_commands,):
         add(commands)

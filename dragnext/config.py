@@ -22,14 +22,14 @@ class _Section(BaseModel):
 
 class LoraConfig(_Section):
     enabled: bool = True
-    rank: int = Field(16, ge=1)
-    steps: int = Field(80, ge=0)
+    rank: int = Field(16, ge=1, le=256)
+    steps: int = Field(80, ge=0, le=10_000)
     lr: float = Field(5e-4, gt=0)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=64)
 
 
 class InversionConfig(_Section):
-    num_steps: int = Field(50, ge=1)
+    num_steps: int = Field(50, ge=1, le=1000)
     strength: float = Field(0.75, gt=0, le=1)
 
     @property
@@ -40,7 +40,7 @@ class InversionConfig(_Section):
 
 class PbsiConfig(_Section):
     steps: int = Field(6, ge=1, description="T - T' + 1: denoising steps that run PBSI")
-    iterations: int = Field(10, ge=1, description="K: Adam iterations per step")
+    iterations: int = Field(10, ge=1, le=1000, description="K: Adam iterations per step")
     lr: float = Field(0.02, gt=0)
     lam: float = Field(0.1, ge=0, description="weight of the background term")
     progressive: bool = True
@@ -48,7 +48,7 @@ class PbsiConfig(_Section):
 
 class DragDiffusionConfig(_Section):
     """The `dragdiffusion` peer (SPEC §8)."""
-    iterations: int = Field(80, ge=1)
+    iterations: int = Field(80, ge=1, le=10_000)
     lr: float = Field(0.01, gt=0)
     lam: float = Field(0.1, ge=0)
     r_m: int = Field(1, ge=0, description="motion supervision patch radius, feature px")
@@ -71,7 +71,8 @@ class OutputConfig(_Section):
 
 
 class EditConfig(_Section):
-    size: int = Field(512, ge=8, description="working size of the longer image side, px")
+    # Bounded: memory grows with its square (2048 px already takes ~16x the 512 px memory).
+    size: int = Field(512, ge=8, le=2048, description="working size of the longer image side, px")
     seed: int = 0
     method: Literal["dragnext", "dragdiffusion", "warp"] = "dragnext"
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, ten
 
 log = logging.getLogger(__name__)
 
+# The stages, in order. `edit()` runs them in memory; the batch tasks run the same sequence
+# through `run_stage` and store the latents between them, so a retry resumes.
 STAGES = ("prepare", "lora", "inversion", "pbsi", "denoise", "decode")
 Callback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -173,6 +176,31 @@ def decode_image(model: DragModel, item: EditItem, z_0: torch.Tensor, config: Ed
     return edited
 
 
+def run_stage(name: str, model: DragModel, item: EditItem, config: EditConfig,
+              done: dict[str, Any], notify: Callback = lambda *a: None) -> Any:
+    """Stage `name` of an item, from the outputs of the stages before it (`done`, by name):
+    prepare → `Prepared`, lora → weights | None, inversion → [z_0 … z_T], pbsi → the edited
+    latent, denoise → z_0, decode → the edited image."""
+    if name == "prepare":
+        prep = prepare(item, model, config)
+        notify("prepare", 1, 1)
+        return prep
+    prep, lora = done["prepare"], done.get("lora") if config.lora.enabled else None
+    if name == "lora":
+        return finetune(model, prep, config, notify)
+    if name == "inversion":
+        return invert_image(model, prep, config, lora, notify)
+    if name == "pbsi":
+        return optimise(model, prep, done["inversion"], config, lora, notify)
+    if name == "denoise":
+        return denoise_latent(model, prep, done["inversion"], done["pbsi"], config, lora, notify)
+    if name == "decode":
+        edited = decode_image(model, item, done["denoise"], config)
+        notify("decode", 1, 1)
+        return edited
+    raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}")
+
+
 def edit(image: Image.Image, instruction: Instruction, model: DragModel,
          config: EditConfig | None = None, *, item_id: str = "item",
          lora_weights: dict[str, torch.Tensor] | None = None,
@@ -187,27 +215,15 @@ def edit(image: Image.Image, instruction: Instruction, model: DragModel,
         log.warning("item '%s': %s", item_id, warning)
     notify = callback or (lambda stage, done, total: None)
     timer = StageTimer(model.device)
-
-    with timer.stage("prepare"):
-        prep = prepare(item, model, config)
-    notify("prepare", 1, 1)
     lora_source = "disabled" if not config.lora.enabled else (
         "provided" if lora_weights is not None else "trained")
-    with timer.stage("lora"):
-        if lora_source == "trained":
-            lora_weights = finetune(model, prep, config, notify)
-    active = lora_weights if config.lora.enabled else None
-    with timer.stage("inversion"):
-        trajectory = invert_image(model, prep, config, active, notify)
-    with timer.stage("pbsi"):
-        z_edit = optimise(model, prep, trajectory, config, active, notify)
-    with timer.stage("denoise"):
-        z_0 = denoise_latent(model, prep, trajectory, z_edit, config, active, notify)
-    with timer.stage("decode"):
-        edited = decode_image(model, item, z_0, config)
-    notify("decode", 1, 1)
+    done: dict[str, Any] = {"lora": lora_weights} if lora_source == "provided" else {}
+    for name in STAGES:
+        with timer.stage(name):
+            if name not in done:
+                done[name] = run_stage(name, model, item, config, done, notify)
     return EditResult(
-        image=edited, item=item, config=config, model=model.spec, device=str(model.device),
-        dtype=str(model.dtype).removeprefix("torch."), working_size=prep.size,
+        image=done["decode"], item=item, config=config, model=model.spec, device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."), working_size=done["prepare"].size,
         timings=timer.seconds, peak_memory=timer.peak_memory(), lora_source=lora_source,
-        lora_weights=lora_weights)
+        lora_weights=done["lora"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 DragType = Literal["translate", "deform", "rotate"]
 DRAG_TYPES = ("translate", "deform", "rotate")
 Point = tuple[float, float]
+# Checked from the file header, before any pixel is decoded: a 20000x20000 PNG is a few
+# hundred kB on disk and 1.2 GB in memory.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_SIDE = 8192
 
 
 class InvalidItemError(ValueError):
@@ -109,15 +114,37 @@ def _field_name(loc: tuple) -> str:
     return name or "<root>"
 
 
-def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
+def _bomb_pixels(error: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+
+
+def open_image_header(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
+    """The image opened lazily (header only), refused before decoding if it is too large."""
     try:
         image = Image.open(source)
-        image.load()
-        return image
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"file '{source}' does not exist") from None
+    except Image.DecompressionBombError as error:
+        raise InvalidItemError(item, field, f"image has {_bomb_pixels(error)}; at most "
+                               f"{MAX_IMAGE_PIXELS:,} are accepted") from None
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidItemError(item, field, f"not a readable image ({error})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
+        raise InvalidItemError(item, field, f"image is {width}x{height} = {width * height:,} pixels; "
+                               f"at most {MAX_IMAGE_PIXELS:,} pixels and {MAX_IMAGE_SIDE} px a side "
+                               "are accepted")
+    return image
+
+
+def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
+    image = open_image_header(source, item, field)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidItemError(item, field, f"not a readable image ({error})") from None
+    return image
 
 
 def read_image(source: str | Path | BinaryIO, item: str, field: str = "image") -> Image.Image:
@@ -174,7 +201,7 @@ def _check_point(item: str, field: str, point: Point, width: int, height: int) -
     x, y = point
     if not (math.isfinite(x) and math.isfinite(y)):
         raise InvalidItemError(item, field, f"{list(point)} is not a finite point")
-    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):  # always true for an unknown size
         raise InvalidItemError(
             item, field, f"{list(point)} lies outside the {width}x{height} image "
             f"(x in [0, {width - 1}], y in [0, {height - 1}])")
@@ -188,28 +215,41 @@ def _check_mask(item: str, field: str, mask: np.ndarray, width: int, height: int
         raise InvalidItemError(item, field, "mask is empty")
 
 
-def _validate_drag(item: EditItem, i: int, drag: Drag, warnings: list[str]) -> Drag:
-    width, height = item.size
+def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
+                        size: tuple[int, int] | None = None) -> None:
+    """The rules of one drag that need no file: its type, finite points (inside the image
+    when its (width, height) is known), and the centre rules of rotate."""
     name = f"drags[{i}]"
     if drag.type not in DRAG_TYPES:
-        raise InvalidItemError(item.item_id, f"{name}.type",
-                               f"'{drag.type}' is not one of {', '.join(DRAG_TYPES)}")
-    _check_mask(item.item_id, f"{name}.handle_mask", drag.handle_mask, width, height)
+        raise InvalidItemError(item, f"{name}.type", f"'{drag.type}' is not one of {', '.join(DRAG_TYPES)}")
     for point_name in ("handle", "target", "center"):
         point = getattr(drag, point_name)
         if point is not None:
-            _check_point(item.item_id, f"{name}.{point_name}", point, width, height)
+            _check_point(item, f"{name}.{point_name}", point, *(size or (math.inf, math.inf)))
     if drag.type == "rotate":
         if drag.center is None:
-            raise InvalidItemError(item.item_id, f"{name}.center", "required for a rotate drag")
+            raise InvalidItemError(item, f"{name}.center", "required for a rotate drag")
         for point_name in ("handle", "target"):
-            if getattr(drag, point_name) == drag.center:
-                raise InvalidItemError(
-                    item.item_id, f"{name}.center",
-                    f"equals the {point_name}, so the rotation angle is undefined")
+            if tuple(getattr(drag, point_name)) == tuple(drag.center):
+                raise InvalidItemError(item, f"{name}.center",
+                                       f"equals the {point_name}, so the rotation angle is undefined")
     elif drag.center is not None:
-        raise InvalidItemError(item.item_id, f"{name}.center",
-                               f"only allowed for rotate drags, not {drag.type}")
+        raise InvalidItemError(item, f"{name}.center", f"only allowed for rotate drags, not {drag.type}")
+
+
+def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = None) -> None:
+    """Every rule of an instruction that needs no mask file."""
+    if not spec.drags:
+        raise InvalidItemError(item, "drags", "at least one drag is required")
+    for i, drag in enumerate(spec.drags):
+        check_drag_geometry(item, i, drag, size)
+
+
+def _validate_drag(item: EditItem, i: int, drag: Drag, warnings: list[str]) -> Drag:
+    width, height = item.size
+    name = f"drags[{i}]"
+    check_drag_geometry(item.item_id, i, drag, item.size)
+    _check_mask(item.item_id, f"{name}.handle_mask", drag.handle_mask, width, height)
     handle_mask = drag.handle_mask != 0
     inside = handle_mask & item.editable
     if not inside.any():

@@ -1,62 +1,91 @@
-"""`bulk_edit`: validate a manifest, fan its items out over workers, and write one results
-row per manifest item. `retry_failed` re-runs the failed items of a finished run."""
+"""`bulk-edit`: validate a manifest, split the items still to do into shards, run the
+shards (here, or as flow runs on the `gpu` work pool), and merge one results row per
+manifest row. `retry-failed` re-runs a run's failed and unfinished items.
+
+Nothing is lost: `summary.json` is written before the first item, each item's row as it
+finishes, and a rerun into the same output (or a UI "Retry") resumes: items that
+succeeded with the same config are kept as they are, with their attempts.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.runtime import flow_run
 
 from dragnext.config import build_config
 from dragnext.model import DEFAULT_MODEL, model_preset
-from flows.results import counts, publish_table, read_results, results_table, write_run
-from flows.workers import default_workers, task_runner
+from flows import fanout
+from flows.results import (
+    counts,
+    previous_rows,
+    publish,
+    results_table,
+    write_final,
+    write_summary,
+)
+from flows.shard import ItemsFailed, run_shard, shard_dir
 from manifests.items import conform, item_config, validate_rows
-from manifests.schema import MANIFEST, read_table
-from manifests.storage import join, parent, read_bytes
-from tasks.stages import ItemContext, edit_item, is_transient, result_row
-
-# Called as (done, total, row) when an item finishes: the CLI hangs its progress bar here.
-progress_listeners: list[Callable[[int, int, dict], None]] = []
+from manifests.schema import MANIFEST, ManifestError, read_table
+from manifests.storage import join, parent, read_bytes, write_bytes
+from manifests.uris import UriPolicy
+from tasks.stages import ItemContext, result_row
 
 
-def _backoff(retries: int, delay_s: float) -> list[float]:
-    return [delay_s * 4**i for i in range(retries)]
+def expand_output(output_uri: str) -> str:
+    """`{date}` and `{flow_run}` in an output URI: the run's scheduled date (a nightly
+    schedule writes a new folder each night) and its name."""
+    scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    return output_uri.format(date=scheduled.strftime("%Y-%m-%d"), flow_run=flow_run.name or "local")
 
 
-def _failed_row(ctx: ItemContext, error: BaseException, retries: int) -> dict:
-    attempts = retries + 1 if is_transient(error) else 1
-    return result_row(ctx, "failed", attempts, error=f"{type(error).__name__}: {error}")
+def _chunks(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 @flow(name="bulk-edit")
 def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               overrides: dict[str, Any] | None = None, item_filter: list[str] | None = None,
-              workers: int | None = None, retries: int = 2, retry_delay_s: float = 10.0,
-              merge_with: str | None = None) -> dict:
+              allow_prefixes: list[str] | None = None, workers: int | None = None,
+              shard_size: int | None = None, shard_deployment: str | None = None,
+              retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = 300.0) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
     overrides: config keys for the whole run (e.g. {"lora.steps": 40}); a row's `params`
         override them for that item.
-    item_filter: run only these item ids; the others are `skipped` (or keep their rows in
-        `merge_with`, a previous results file, as `retry_failed` does).
-    workers: items edited at once, each in its own process (default: one per GPU, 1 on CPU).
+    item_filter: run only these item ids; the others keep their earlier rows (or are `skipped`).
+    allow_prefixes: where images and masks may come from besides the manifest's folder
+        (e.g. ["s3://bucket/images/"]); see manifests/README.md.
+    workers: items edited at once per shard, each in its own process (default: one per GPU).
+    shard_deployment: run shards as flow runs of this deployment (e.g.
+        "bulk-edit-shard/bulk-edit-shard" on the `gpu` pool); None runs them here.
+    shard_size: items per shard (default: all here; two shards per online pool worker).
+    lost_after_s: a shard's run that stops beating this long is declared lost.
     """
     log = get_run_logger()
+    output_uri = expand_output(output_uri)
     started = time.time()
     base = build_config(overrides=overrides or {}, preset=model_preset(model))
     table, problems = conform(read_table(manifest_uri))
     if problems:
-        raise ValueError(f"manifest {manifest_uri} cannot be read: {'; '.join(problems)}")
+        raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(problems)}")
     rows = table.to_pylist()
-    manifest_dir = parent(manifest_uri)
-    previous = {r["item_id"]: r for r in read_results(merge_with)} if merge_with else {}
-    invalid = {p.row: p for p in validate_rows(rows, base)}
+    manifest_dir, run_id = parent(manifest_uri), str(flow_run.id)
+    summary = {
+        "status": "running", "run_id": run_id, "manifest_uri": manifest_uri, "output_uri": output_uri,
+        "model": model, "overrides": overrides or {}, "allow_prefixes": allow_prefixes or [],
+        "config": base.to_record(), "workers": workers, "shard_deployment": shard_deployment,
+        "started": started,
+        "results_uri": join(output_uri, "results.parquet"),
+    }
+    write_summary(output_uri, summary)
+    policy = UriPolicy(manifest_dir, tuple(allow_prefixes or ()))
+    invalid = {p.row: p for p in validate_rows(rows, base, policy)}
+    previous = previous_rows(output_uri)
     wanted = set(item_filter) if item_filter is not None else None
 
     def context(row: dict, config: dict) -> ItemContext:
@@ -64,64 +93,91 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
                            output_uri=output_uri, model=model, config=config)
 
     results: list[dict | None] = [None] * len(rows)
-    contexts: dict[int, ItemContext] = {}
+    to_run: dict[str, int] = {}
     for index, row in enumerate(rows):
-        if wanted is not None and row["item_id"] not in wanted:
-            results[index] = previous.get(row["item_id"]) or result_row(
-                context(row, base.to_record()), "skipped", 0)
-        elif index in invalid:
+        item_id = row["item_id"]
+        if index in invalid:
             p = invalid[index]
-            results[index] = result_row(context(row, base.to_record()), "invalid", 0,
+            placeholder = {**row, "item_id": item_id or f"<row {index}>"}
+            results[index] = result_row(context(placeholder, base.to_record()), "invalid", 0,
                                         error=f"item '{p.item_id}': {p.field}: {p.reason}")
+            continue
+        config = item_config(row, base).to_record()
+        earlier = previous.get(item_id)
+        if wanted is not None and item_id not in wanted:
+            results[index] = earlier or result_row(context(row, config), "skipped", 0)
+        elif earlier and earlier["status"] == "succeeded" and \
+                earlier["config_hash"] == context(row, config).config_hash:
+            results[index] = earlier
         else:
-            contexts[index] = context(row, item_config(row, base).to_record())
-    log.info("%d items: %d to edit, %d invalid, %d not selected", len(rows), len(contexts),
-             len(invalid), len(rows) - len(contexts) - len(invalid))
+            to_run[item_id] = index
+    resumed = sum(1 for i, r in enumerate(results) if r is not None and r["status"] == "succeeded")
+    log.info("%d items: %d to edit, %d invalid, %d already done, %d not selected", len(rows), len(to_run),
+             len(invalid), resumed, len(rows) - len(to_run) - len(invalid) - resumed)
 
-    progress = create_progress_artifact(0.0, key="bulk-edit-progress",
-                                        description=f"items of {manifest_uri}")
-    n_workers = workers or default_workers()
-    task = edit_item.with_options(retries=retries, retry_delay_seconds=_backoff(retries, retry_delay_s))
-    with task_runner(n_workers) as runner:
-        futures = {runner.submit(task, parameters={"ctx": ctx}): index for index, ctx in contexts.items()}
-        for done, future in enumerate(as_completed(futures), start=1):
-            index = futures[future]
-            try:
-                row = future.result()
-            except Exception as error:  # one item's failure never fails its siblings
-                row = _failed_row(contexts[index], error, retries)
-                log.error("item %s failed: %s", row["item_id"], row["error"])
-            earlier = previous.get(row["item_id"])
-            if earlier:
-                row["attempts"] += earlier["attempts"]
-            results[index] = row
-            update_progress_artifact(progress, 100.0 * done / len(futures))
-            for listener in progress_listeners:
-                listener(done, len(futures), row)
-    update_progress_artifact(progress, 100.0)
+    ids = list(to_run)
+    size = shard_size or (fanout.default_shard_size(len(ids), shard_deployment) if shard_deployment
+                          else max(1, len(ids)))
+    shards = []
+    for k, chunk in enumerate(_chunks(ids, size)):
+        plan_uri = join(shard_dir(output_uri, k), "plan.json")
+        write_bytes(plan_uri, json.dumps({
+            "shard": k, "manifest_uri": manifest_uri, "output_uri": output_uri, "model": model,
+            "config": base.to_record(), "allowed_prefixes": list(allow_prefixes or ()),
+            "item_ids": chunk, "retries": retries, "retry_delay_s": retry_delay_s,
+            "previous_attempts": {i: previous[i]["attempts"] for i in chunk if i in previous},
+        }).encode())
+        shards.append(fanout.Shard(k, plan_uri, chunk))
+
+    finished: dict[str, dict] = {}
+    if shard_deployment:
+        fanout.launch(shards, shard_deployment, run_id)
+        fanout.wait(shards, output_uri, lost_after_s)
+        for shard in shards:
+            finished.update(fanout.collect(shard, output_uri))
+    else:
+        for shard in shards:
+            finished.update({r["item_id"]: r for r in run_shard(shard.plan_uri, workers)})
+    for shard in shards:
+        for item_id in shard.item_ids:
+            if item_id not in finished:
+                index = to_run[item_id]
+                earlier = previous.get(item_id)
+                finished[item_id] = result_row(
+                    context(rows[index], item_config(rows[index], base).to_record()), "failed",
+                    earlier["attempts"] if earlier else 0,
+                    error=f"not finished: shard {shard.index}'s {shard.lost or 'run ended without its row'}")
+    for item_id, index in to_run.items():
+        results[index] = finished[item_id]
 
     extra = {name: table[name].to_pylist() for name in table.column_names if name not in MANIFEST.names}
-    summary = {
-        "manifest_uri": manifest_uri, "output_uri": output_uri, "model": model,
-        "overrides": overrides or {}, "config": base.to_record(), "workers": n_workers,
-        "counts": counts(results), "wall_s": round(time.time() - started, 2),
-        "results_uri": join(output_uri, "results.parquet"),
-    }
-    write_run(output_uri, results_table(results, extra), summary)
-    publish_table(results)
+    summary.update(status="finished", counts=counts(results), resumed=resumed, shards=len(shards),
+                   wall_s=round(time.time() - started, 2))
+    write_final(output_uri, results_table(results, extra), summary)
+    publish(results)
     log.info("done: %s in %.1f s -> %s", summary["counts"], summary["wall_s"], summary["results_uri"])
+    failed = summary["counts"].get("failed", 0)
+    if failed:
+        raise ItemsFailed(f"{failed} of {len(rows)} items failed ({summary['counts']}); retry them with "
+                          f"`dragnext retry {summary['results_uri']}` or the retry-failed deployment",
+                          summary)
     return summary
 
 
 @flow(name="retry-failed")
 def retry_failed(results_uri: str, include_invalid: bool = False, workers: int | None = None,
                  retries: int = 2, retry_delay_s: float = 10.0) -> dict:
-    """Re-run a finished run's `failed` items (and `invalid` ones, once the manifest was
-    fixed) with the run's config, reusing every stage artefact whose inputs are unchanged."""
-    summary = json.loads(read_bytes(join(parent(results_uri), "summary.json")))
-    statuses = {"failed", "invalid"} if include_invalid else {"failed"}
-    ids = [r["item_id"] for r in read_results(results_uri) if r["status"] in statuses]
-    get_run_logger().info("retrying %d items (%s)", len(ids), ", ".join(sorted(statuses)))
-    return bulk_edit(summary["manifest_uri"], summary["output_uri"], model=summary["model"],
-                     overrides=summary["overrides"], item_filter=ids, workers=workers,
-                     retries=retries, retry_delay_s=retry_delay_s, merge_with=results_uri)
+    """Re-run a run's `failed` items and those it never finished (and `invalid` ones, once the
+    manifest was fixed) with the run's config, reusing every stored stage whose inputs are
+    unchanged. Works on a run that was killed too: its summary.json is written first."""
+    output_uri = parent(results_uri)
+    summary = json.loads(read_bytes(join(output_uri, "summary.json")))
+    manifest = read_table(summary["manifest_uri"]).column("item_id").to_pylist()
+    earlier = previous_rows(output_uri)
+    keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
+    ids = [i for i in manifest if i is None or earlier.get(i, {}).get("status") not in keep]
+    get_run_logger().info("retrying %d items", len(ids))
+    return bulk_edit(summary["manifest_uri"], output_uri, model=summary["model"],
+                     overrides=summary["overrides"], item_filter=[i for i in ids if i is not None],
+                     allow_prefixes=summary["allow_prefixes"], workers=workers, retries=retries,
+                     retry_delay_s=retry_delay_s, shard_deployment=summary["shard_deployment"])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,51 +19,78 @@ from bench.cli import FIXTURE_MODEL
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import DEFAULT_MODEL
-from flows.bulk_edit import bulk_edit, progress_listeners, retry_failed
+from flows import watchdog
+from flows.bulk_edit import bulk_edit, retry_failed
 from flows.results import read_results
+from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import UnsafePickleError, import_dragbench
 from manifests.items import conform, validate_rows
-from manifests.schema import read_table
-from manifests.storage import parent, read_bytes
+from manifests.schema import ManifestError, read_table
+from manifests.storage import StoreUnavailable, parent, read_bytes
+from manifests.uris import UriPolicy
 
 
-def _run_with_progress(run, quiet: bool) -> dict:
-    bar = tqdm(desc="items", unit="item", disable=quiet)
+class ProgressBar(logging.Handler):
+    """The items bar, fed by the shard's progress records (data, not a callback: nothing of
+    the CLI travels to a worker)."""
 
-    def advance(done: int, total: int, row: dict) -> None:
-        bar.total = total
-        bar.set_postfix_str(f"{row['item_id']}: {row['status']}")
-        bar.update(1)
+    def __init__(self, quiet: bool):
+        super().__init__()
+        self.bar = tqdm(desc="items", unit="item", disable=quiet)
 
-    progress_listeners.append(advance)
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "done"):
+            self.bar.total = record.total
+            self.bar.set_postfix_str(f"{record.row['item_id']}: {record.row['status']}", refresh=False)
+            self.bar.update(record.done - self.bar.n)
+
+
+def _on_terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_flow(run, args: argparse.Namespace) -> int:
+    """Run a flow with the progress bar, and end with its summary line and exit code: 0 when
+    every item succeeded, 1 when some failed or were invalid, 3 when the store was down."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    watchdog.start(os.getpid())
+    signal.signal(signal.SIGTERM, _on_terminate)
+    bar = ProgressBar(args.quiet)
+    progress_log.addHandler(bar)
+    progress_log.propagate = False
     try:
-        return run()
+        summary = run()
+    except ItemsFailed as error:
+        summary = error.summary
+    except StoreUnavailable as error:
+        print(f"dragnext: error: {error}", file=sys.stderr)
+        return 3
     finally:
-        progress_listeners.remove(advance)
-        bar.close()
-
-
-def _finish(summary: dict) -> int:
+        progress_log.removeHandler(bar)
+        progress_log.propagate = True
+        bar.bar.close()
     counts = summary["counts"]
     line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"{line} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
+    resumed = f" ({summary['resumed']} kept from before)" if summary.get("resumed") else ""
+    print(f"{line}{resumed} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
+    if counts.get("failed"):
+        print(f"retry the failed items: dragnext retry {summary['results_uri']}")
     return 0 if set(counts) <= {"succeeded", "skipped"} else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
-    summary = _run_with_progress(lambda: bulk_edit(
+    return _run_flow(lambda: bulk_edit(
         args.manifest, args.output, model=args.model, overrides=overrides,
-        item_filter=args.items.split(",") if args.items else None, workers=args.workers,
-        retries=args.retries), args.quiet)
-    return _finish(summary)
+        item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
+        workers=args.workers, retries=args.retries), args)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    summary = _run_with_progress(lambda: retry_failed(
+    return _run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
-        retries=args.retries), args.quiet)
-    return _finish(summary)
+        retries=args.retries), args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -70,7 +100,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"{args.manifest}: {problem}")
         return 1
     config = build_config(overrides=parse_overrides(args.set))
-    found = validate_rows(table.to_pylist(), config, None if args.no_files else parent(args.manifest))
+    policy = UriPolicy(parent(args.manifest), tuple(args.allow_prefix))
+    found = validate_rows(table.to_pylist(), config, policy, "rows" if args.no_files else "files")
     for problem in found:
         print(problem)
     print(f"{table.num_rows} rows, {len(found)} invalid")
@@ -103,13 +134,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"dragnext: error: the fixture model is missing from {FIXTURE_MODEL} (it is committed; "
               "fixture/README.md rebuilds it); or run with --model DIR", file=sys.stderr)
         return 2
-    summary = _run_with_progress(lambda: bulk_edit(
+    code = _run_flow(lambda: bulk_edit(
         str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
-        workers=args.workers), args.quiet)
+        workers=args.workers), args)
     sheet = Path(args.out) / "previews.png"
-    preview_sheet(summary["results_uri"]).save(sheet)
+    preview_sheet(str(Path(args.out) / "results.parquet")).save(sheet)
     print(f"previews (input | instruction | edited): {sheet}")
-    return _finish(summary)
+    return code
+
+
+def add_allow_prefix(command) -> None:
+    command.add_argument("--allow-prefix", action="append", default=[], metavar="URI",
+                         help="also read images and masks under this prefix, e.g. s3://bucket/images/ "
+                         "(repeatable; default: only under the manifest's own folder)")
 
 
 def add_commands(commands) -> None:
@@ -129,6 +166,7 @@ def add_commands(commands) -> None:
     run.add_argument("--workers", type=int, help="items at once, one process each "
                      "(default: one per GPU, 1 on CPU)")
     run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
+    add_allow_prefix(run)
     run.set_defaults(run=cmd_run)
 
     retry = commands.add_parser("retry", help="re-run the failed items of a finished run")
@@ -144,6 +182,7 @@ def add_commands(commands) -> None:
     validate = actions.add_parser("validate", help="report every bad row of a manifest")
     validate.add_argument("manifest")
     validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
+    add_allow_prefix(validate)
     library_cli.add_set_argument(validate, help="the run's config overrides, to check rows' params against")
     validate.set_defaults(run=cmd_validate)
     importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
@@ -156,7 +195,8 @@ def add_commands(commands) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands)
-    return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (UnsafePickleError, FileNotFoundError))
+    return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
+        UnsafePickleError, FileNotFoundError, ManifestError))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.storage import filesystem, write_bytes
+from manifests.storage import read_bytes, write_bytes
 
 SCHEMA_VERSION = "1"
 VERSION_KEY = b"dragnext.schema_version"
@@ -59,11 +59,17 @@ def write_table(table: pa.Table, uri: str) -> None:
     write_bytes(uri, table_bytes(table))
 
 
+class ManifestError(ValueError):
+    """A file that cannot be read as a manifest (or results) table at all."""
+
+
 def read_table(uri: str) -> pa.Table:
     # Always through fsspec: pyarrow's own S3 client would ignore the configured endpoint.
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle)
+    data = read_bytes(uri)
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ManifestError(f"{uri}: not a Parquet file ({error})") from None
 
 
 def write_manifest(rows: list[dict], uri: str) -> None:

@@ -1,6 +1,7 @@
-"""Prefect tasks for one item's stages. Each stage reads its inputs from the item's stored
-artefacts and writes its output as one, so an item retried after a failure resumes after
-its last finished stage. `edit_item` chains them and returns the item's results row."""
+"""One item through the library's stages (`dragnext.edit.STAGES`), with each latent stage's
+output stored under the item's folder, so an item retried after a failure resumes after
+its last finished stage. `edit_item` returns the item's results row; invalid input is a
+row, never an exception. Nothing here knows Prefect: `tasks.item_task` adapts it."""
 
 from __future__ import annotations
 
@@ -8,45 +9,45 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run
 
 from dragnext.config import EditConfig
-from dragnext.edit import Prepared, decode_image, denoise_latent, finetune, invert_image, optimise, prepare
+from dragnext.edit import STAGES, run_stage
 from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
-from dragnext.model import DragModel
 from dragnext.preview import preview
 from manifests.items import load_item
-from manifests.storage import join, read_bytes, write_bytes
-from tasks import model_cache
-from tasks.artefacts import Artefacts, digest
+from manifests.storage import is_transient, join, write_bytes
+from manifests.uris import UriPolicy
+from tasks.stage_store import StageStore, digest, from_tensors, to_tensors
+from tasks.worker import WorkerState
+
+STORED_STAGES = ("lora", "inversion", "pbsi", "denoise")
 
 
 class TransientError(RuntimeError):
-    """A failure worth retrying (CUDA out of memory after the cache was emptied, I/O)."""
+    """A failure worth retrying (CUDA out of memory after the cache was emptied)."""
 
 
-def is_transient(error: BaseException) -> bool:
-    return isinstance(error, (TransientError, OSError, TimeoutError, ConnectionError))
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, TransientError) or is_transient(error)
 
 
 @dataclass(frozen=True)
 class ItemContext:
-    """What every stage of one item needs: small, picklable, URIs only."""
+    """What one item needs: small, picklable, URIs only."""
     row: dict[str, Any]
     manifest_dir: str
     output_uri: str
     model: str
     config: dict[str, Any]
+    allowed_prefixes: tuple[str, ...] = field(default=())
 
     @property
     def item_id(self) -> str:
@@ -55,6 +56,10 @@ class ItemContext:
     @property
     def item_dir(self) -> str:
         return join(self.output_uri, "items", self.item_id)
+
+    @property
+    def policy(self) -> UriPolicy:
+        return UriPolicy(self.manifest_dir, self.allowed_prefixes)
 
     @cached_property
     def edit_config(self) -> EditConfig:
@@ -65,105 +70,23 @@ class ItemContext:
         return digest(self.config)
 
 
-_items: dict[str, EditItem] = {}  # the item being worked on in this process, by row digest
+def result_row(ctx: ItemContext, status: str, attempts: int, error: str | None = None,
+               **fields: Any) -> dict:
+    return {"item_id": ctx.item_id, "status": status, "error": error, "image_uri": None,
+            "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
+            "attempts": attempts, "config_hash": ctx.config_hash, "device": None, **fields}
 
 
-def _item(ctx: ItemContext) -> EditItem:
-    key = digest(ctx.row, ctx.manifest_dir)
-    if key not in _items:
-        _items.clear()
-        _items[key] = load_item(ctx.row, ctx.manifest_dir)
-    return _items[key]
-
-
-_stage_keys: dict[str, dict[str, str]] = {}  # the current item's keys, by context digest
-
-
-def _keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
-    """Digests of each stage's inputs: a stored artefact is reused only if its key matches.
-    Hashing the image and masks once per item, not once per lookup."""
-    cache_key = digest(ctx.row, ctx.manifest_dir, ctx.model, ctx.config)
-    if cache_key not in _stage_keys:
-        _stage_keys.clear()
-        _stage_keys[cache_key] = _compute_keys(ctx, item)
-    return _stage_keys[cache_key]
-
-
-def _compute_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
+def stage_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
+    """Digests of each stored stage's inputs: a stored output is reused only if its key matches."""
     c = ctx.edit_config.to_record()
     image = digest(np.asarray(item.image).tobytes())
     drags = digest([(d.type, d.handle, d.target, d.center, d.handle_mask.tobytes())
                     for d in item.instruction.drags], item.editable.tobytes())
     lora = digest(ctx.model, image, item.instruction.prompt, c["size"], c["seed"], c["lora"])
     inversion = digest(lora, c["inversion"])
-    return {"lora": lora, "inversion": inversion,
-            "pbsi": digest(inversion, drags, c["method"], c["pbsi"], c["dragdiffusion"], c["features"])}
-
-
-def _prepared(ctx: ItemContext) -> tuple[DragModel, EditItem, Prepared]:
-    model, item = model_cache.get_model(ctx.model), _item(ctx)
-    return model, item, prepare(item, model, ctx.edit_config)
-
-
-def _lora_weights(ctx: ItemContext) -> dict[str, torch.Tensor] | None:
-    if not ctx.edit_config.lora.enabled:
-        return None
-    return Artefacts(ctx.item_dir).load("lora", _keys(ctx, _item(ctx))["lora"])
-
-
-def _stored_latent(ctx: ItemContext, stage: str) -> torch.Tensor:
-    """A stage's stored latents on this worker's device."""
-    stored = Artefacts(ctx.item_dir).load(stage, _keys(ctx, _item(ctx))[stage])
-    return stored["z"].to(model_cache.device())
-
-
-def _trajectory(ctx: ItemContext) -> list[torch.Tensor]:
-    return list(_stored_latent(ctx, "inversion").unbind(0))
-
-
-def _timed_stage(name: str, ctx: ItemContext, make) -> dict:
-    """Reuse the stage's artefact if its inputs are unchanged, else run `make` and store it."""
-    store, key = Artefacts(ctx.item_dir), _keys(ctx, _item(ctx))[name]
-    start = time.perf_counter()
-    reused = store.key_of(name) == key
-    if not reused:
-        store.save(name, key, make())
-    return {"uri": store.uri(name), "reused": reused, "seconds": time.perf_counter() - start}
-
-
-@task(name="load-item", cache_policy=NO_CACHE)
-def load_item_task(ctx: ItemContext) -> dict:
-    return {"warnings": list(_item(ctx).instruction.warnings)}
-
-
-@task(name="lora", cache_policy=NO_CACHE)
-def lora_task(ctx: ItemContext) -> dict:
-    if not ctx.edit_config.lora.enabled:
-        return {"uri": None, "reused": False, "seconds": 0.0}
-
-    def make():
-        model, _, prep = _prepared(ctx)
-        return finetune(model, prep, ctx.edit_config)
-
-    return _timed_stage("lora", ctx, make)
-
-
-@task(name="invert", cache_policy=NO_CACHE)
-def invert_task(ctx: ItemContext) -> dict:
-    def make():
-        model, _, prep = _prepared(ctx)
-        return {"z": torch.stack(invert_image(model, prep, ctx.edit_config, _lora_weights(ctx)))}
-
-    return _timed_stage("inversion", ctx, make)
-
-
-@task(name="pbsi", cache_policy=NO_CACHE)
-def pbsi_task(ctx: ItemContext) -> dict:
-    def make():
-        model, _, prep = _prepared(ctx)
-        return {"z": optimise(model, prep, _trajectory(ctx), ctx.edit_config, _lora_weights(ctx))}
-
-    return _timed_stage("pbsi", ctx, make)
+    pbsi = digest(inversion, drags, c["method"], c["pbsi"], c["dragdiffusion"], c["features"])
+    return {"lora": lora, "inversion": inversion, "pbsi": pbsi, "denoise": digest(pbsi, c["attention"])}
 
 
 def _png(image: Image.Image) -> bytes:
@@ -172,73 +95,53 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-@task(name="render", cache_policy=NO_CACHE)
-def render_task(ctx: ItemContext) -> dict:
-    """Mutual-attention denoising and decoding; writes the edited image."""
-    start = time.perf_counter()
-    model, item, prep = _prepared(ctx)
-    z_0 = denoise_latent(model, prep, _trajectory(ctx), _stored_latent(ctx, "pbsi"), ctx.edit_config,
-                         _lora_weights(ctx))
-    uri = join(ctx.item_dir, "edited.png")
-    write_bytes(uri, _png(decode_image(model, item, z_0, ctx.edit_config)))
-    return {"uri": uri, "seconds": time.perf_counter() - start}
+def _run_stages(ctx: ItemContext, item: EditItem, worker: WorkerState) -> tuple[dict, dict, list[str]]:
+    """Every stage's output, reusing stored ones; (outputs, seconds per stage, reused)."""
+    model, config = worker.model(ctx.model), ctx.edit_config
+    store, keys = StageStore(ctx.item_dir), stage_keys(ctx, item)
+    done: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+    for name in STAGES:
+        start = time.perf_counter()
+        stored = store.load(name, keys[name]) if name in STORED_STAGES else None
+        if stored is not None:
+            done[name] = from_tensors(name, stored, worker.device)
+            reused.append(name)
+        else:
+            done[name] = run_stage(name, model, item, config, done)
+            if name in STORED_STAGES and done[name] is not None:
+                store.save(name, keys[name], to_tensors(name, done[name]))
+        timings[name] = round(time.perf_counter() - start, 4)
+    return done, timings, reused
 
 
-@task(name="metrics", cache_policy=NO_CACHE)
-def metrics_task(ctx: ItemContext, edited_uri: str) -> dict:
-    item = _item(ctx)
-    edited = Image.open(io.BytesIO(read_bytes(edited_uri))).convert("RGB")
-    return image_fidelity(item.image, edited, item)
-
-
-@task(name="write-outputs", cache_policy=NO_CACHE)
-def write_outputs_task(ctx: ItemContext, edited_uri: str, record: dict) -> dict:
-    """The preview strip and the JSON record, each written whole."""
-    item = _item(ctx)
-    edited = Image.open(io.BytesIO(read_bytes(edited_uri))).convert("RGB")
-    uris = {"image_uri": edited_uri, "preview_uri": join(ctx.item_dir, "preview.png"),
-            "record_uri": join(ctx.item_dir, "record.json")}
-    write_bytes(uris["preview_uri"], _png(preview(item, edited)))
-    write_bytes(uris["record_uri"], json.dumps({**record, "outputs": uris}, indent=2).encode())
-    return uris
-
-
-def result_row(ctx: ItemContext, status: str, attempts: int, error: str | None = None,
-               **fields: Any) -> dict:
-    return {"item_id": ctx.item_id, "status": status, "error": error, "image_uri": None,
-            "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
-            "attempts": attempts, "config_hash": ctx.config_hash, "device": None, **fields}
-
-
-def _retry_transient(task, task_run, state) -> bool:
-    return is_transient(state.result(raise_on_failure=False))
-
-
-@task(name="edit-item", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def edit_item(ctx: ItemContext) -> dict:
-    """All stages of one item; returns its results row. Invalid input is a row, not a raise."""
-    attempts = task_run.run_count or 1
+def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
+    """All stages of one item, then its image, preview and record; returns its results row.
+    Raises only for failures (transient ones are worth another attempt)."""
     try:
-        loaded = load_item_task(ctx)
+        item = load_item(ctx.row, ctx.policy)
     except InvalidItemError as error:
-        return result_row(ctx, "invalid", attempts, error=str(error))
+        return result_row(ctx, "invalid", attempt, error=str(error))
     try:
-        stages = {"lora": lora_task(ctx), "inversion": invert_task(ctx), "pbsi": pbsi_task(ctx)}
-        stages["render"] = render_task(ctx)
+        done, timings, reused = _run_stages(ctx, item, worker)
     except torch.OutOfMemoryError as error:
-        model_cache.free_memory()
+        worker.free_memory()
         raise TransientError(f"CUDA out of memory: {error}") from error
-    edited_uri = stages["render"]["uri"]
-    metrics = metrics_task(ctx, edited_uri)
-    timings = {name: round(stage["seconds"], 4) for name, stage in stages.items()}
+    edited = done["decode"]
+    metrics = image_fidelity(item.image, edited, item)
+    uris = {"image_uri": join(ctx.item_dir, "edited.png"), "preview_uri": join(ctx.item_dir, "preview.png"),
+            "record_uri": join(ctx.item_dir, "record.json")}
     record = {
-        "item": _item(ctx).to_record(), "model": ctx.model, "config": ctx.config,
-        "config_hash": ctx.config_hash, "device": str(model_cache.device()), "metrics": metrics,
-        "timings_s": timings, "attempts": attempts, "warnings": loaded["warnings"],
-        "reused": sorted(name for name, stage in stages.items() if stage.get("reused")),
-        "worker": {"pid": os.getpid(), "models_loaded": model_cache.loads},
+        "item": item.to_record(), "model": ctx.model, "config": ctx.config,
+        "config_hash": ctx.config_hash, "device": str(worker.device), "metrics": metrics,
+        "timings_s": timings, "attempts": attempt, "warnings": list(item.instruction.warnings),
+        "reused": sorted(reused), "worker": {"pid": os.getpid(), "models_loaded": worker.loads},
         "postprocess": ["paste_background"] if ctx.edit_config.output.paste_background else [],
+        "outputs": uris,
     }
-    uris = write_outputs_task(ctx, edited_uri, record)
-    return result_row(ctx, "succeeded", attempts, metrics={k: v for k, v in metrics.items() if v is not None},
+    write_bytes(uris["image_uri"], _png(edited))
+    write_bytes(uris["preview_uri"], _png(preview(item, edited)))
+    write_bytes(uris["record_uri"], json.dumps(record, indent=2).encode())
+    return result_row(ctx, "succeeded", attempt, metrics={k: v for k, v in metrics.items() if v is not None},
                       timings_s=timings, device=record["device"], **uris)

@@ -11,6 +11,7 @@ from dragnext.config import EditConfig
 from dragnext.metrics import colour_mask, region_psnr, region_ssim, score_drag
 from manifests.items import validate_rows
 from manifests.schema import read_table
+from manifests.uris import UriPolicy
 
 CASES = cases(30, seed=0)
 
@@ -55,7 +56,7 @@ def test_a_deform_keeps_the_far_end_and_a_rotate_carries_the_handle_to_the_targe
 def test_the_generated_manifest_is_valid_and_carries_the_ground_truth(tmp_path):
     manifest = write(CASES[::15], str(tmp_path))
     rows = read_table(manifest).to_pylist()
-    assert validate_rows(rows, EditConfig(), str(tmp_path)) == []
+    assert validate_rows(rows, EditConfig(), UriPolicy(str(tmp_path)), "files") == []
     truth = read_table(str(tmp_path / "ground_truth.parquet")).to_pylist()
     assert [t["item_id"] for t in truth] == [r["item_id"] for r in rows]
     assert {r["drags"][0]["type"] for r in rows} == set(TYPES)

@@ -11,9 +11,11 @@ from PIL import Image
 
 import tasks.stages
 from flows.bulk_edit import bulk_edit, retry_failed
+from dragnext.edit import STAGES
 from flows.cli import main
+from flows.shard import ItemsFailed
 from manifests.dragbench import import_dragbench
-from manifests.schema import read_table, write_table
+from manifests.schema import ManifestError, read_table, write_table
 from manifests.storage import filesystem, read_bytes, write_bytes
 from tests.conftest import FAST, FAST_OVERRIDES
 from tests.test_manifests import SYNTHETIC, dragbench_subset
@@ -58,20 +60,25 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
         assert open_image(row["image_uri"]).size == original.size
         assert open_image(row["preview_uri"]).height == original.height
         record = json.loads(read_bytes(row["record_uri"]))
-        assert set(record["timings_s"]) == {"lora", "inversion", "pbsi", "render"}
+        assert set(record["timings_s"]) == set(STAGES)
         assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
     assert json.loads(read_bytes(f"{s3_bucket}/out/summary.json"))["counts"]["succeeded"] == 4
     fs, _ = filesystem(s3_bucket)
-    assert any(k.endswith("lora.safetensors") for k in fs.find(f"{s3_bucket}/out/items"))
+    assert any(k.endswith("stages/lora.safetensors") for k in fs.find(f"{s3_bucket}/out/items"))
+    # one row object per item that reached a worker (the mask size is found when it is read)
+    assert len(fs.ls(f"{s3_bucket}/out/rows")) == 5
 
 
-def test_the_run_command_writes_locally_from_two_worker_processes(tmp_path, tiny_model_dir, capsys):
+def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp_path, tiny_model_dir,
+                                                                             capsys):
     out = tmp_path / "run"
     sets = [a for s in FAST for a in ("--set", s)]
-    code = main(["-q", "run", str(SYNTHETIC), "--output", str(out), "--model", str(tiny_model_dir),
+    code = main(["run", str(SYNTHETIC), "--output", str(out), "--model", str(tiny_model_dir),
                  "--workers", "2", *sets])
-    assert code == 0
-    assert "3 succeeded in" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "3 succeeded in" in captured.out
+    assert "items: 100%" in captured.err and "3/3" in captured.err  # the bar ran to the end
     records = [json.loads(p.read_text()) for p in sorted(out.glob("items/*/record.json"))]
     assert len(records) == 3
     pids = {r["worker"]["pid"] for r in records}
@@ -83,25 +90,24 @@ def test_the_run_command_writes_locally_from_two_worker_processes(tmp_path, tiny
 
 def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_path, tiny_model_dir,
                                                                           monkeypatch):
-    calls = {"render": 0}
-    render, pbsi = tasks.stages.render_task, tasks.stages.pbsi_task
+    calls = {"decode": 0}
+    run_stage = tasks.stages.run_stage
 
-    def flaky_render(ctx):
-        if ctx.item_id == "translate-disc" and calls["render"] == 0:
-            calls["render"] += 1
+    def faulty(name, model, item, config, done, notify=None):
+        if name == "decode" and item.item_id == "translate-disc" and calls["decode"] == 0:
+            calls["decode"] += 1
             raise OSError("simulated network blip")
-        return render(ctx)
-
-    def broken_pbsi(ctx):
-        if ctx.item_id == "rotate-bar":
+        if name == "pbsi" and item.item_id == "rotate-bar":
             raise RuntimeError("simulated bug in the optimiser")
-        return pbsi(ctx)
+        return run_stage(name, model, item, config, done)
 
-    monkeypatch.setattr(tasks.stages, "render_task", flaky_render)
-    monkeypatch.setattr(tasks.stages, "pbsi_task", broken_pbsi)
+    monkeypatch.setattr(tasks.stages, "run_stage", faulty)
     out = tmp_path / "run"
-    summary = bulk_edit(str(SYNTHETIC), str(out), model=str(tiny_model_dir), overrides=FAST_OVERRIDES,
-                        item_filter=["translate-disc", "rotate-bar"], workers=1, retry_delay_s=0.1)
+    with pytest.raises(ItemsFailed) as failed:
+        bulk_edit(str(SYNTHETIC), str(out), model=str(tiny_model_dir), overrides=FAST_OVERRIDES,
+                  item_filter=["translate-disc", "rotate-bar"], workers=1, retry_delay_s=0.1)
+    summary = failed.value.summary
+    assert "dragnext retry" in str(failed.value)  # the flow run ends Failed, saying how to retry
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["translate-disc"]["status"] == "succeeded"
     assert results["translate-disc"]["attempts"] == 2
@@ -109,14 +115,15 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     assert "simulated bug" in results["rotate-bar"]["error"]
     assert results["deform-bar-end"]["status"] == "skipped"
 
-    lora = out / "items" / "rotate-bar" / "artefacts" / "lora.safetensors"
+    lora = out / "items" / "rotate-bar" / "stages" / "lora.safetensors"
     stored, stamp = lora.read_bytes(), lora.stat().st_mtime_ns
-    monkeypatch.setattr(tasks.stages, "pbsi_task", pbsi)  # the cause is removed
+    monkeypatch.setattr(tasks.stages, "run_stage", run_stage)  # the cause is removed
     summary = retry_failed(summary["results_uri"], workers=1)
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
     assert results["translate-disc"]["attempts"] == 2  # kept from the first run
     assert results["deform-bar-end"]["status"] == "skipped"
+    assert summary["resumed"] == 1  # translate-disc is kept, not edited again
     assert lora.read_bytes() == stored and lora.stat().st_mtime_ns == stamp  # not trained again
     record = json.loads((out / "items" / "rotate-bar" / "record.json").read_text())
     assert record["reused"] == ["inversion", "lora"]  # resumed after the last finished stage
@@ -125,43 +132,9 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
 def test_a_manifest_that_cannot_be_read_fails_the_run_before_any_item(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.parquet"
     write_table(read_table(str(SYNTHETIC)).drop_columns(["drags"]), str(bad))
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ManifestError, match="missing column"):
         bulk_edit(str(bad), str(tmp_path / "out"), model=str(tiny_model_dir))
     assert not Path(tmp_path / "out" / "results.parquet").exists()
-
-
-def test_the_deployments_apply_to_a_prefect_server(tmp_path):
-    """`infra/prefect.yaml` deploys as the infra README says: two deployments on the `gpu`
-    pool with enforced parameter schemas, and the nightly schedule."""
-    import asyncio
-    import os
-    import subprocess
-    import sys
-
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DRAGNEXT_HOME": str(root)}
-    prefect = [sys.executable, "-m", "prefect"]
-    for args in (["work-pool", "create", "gpu", "--type", "process", "--overwrite"],
-                 ["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"]):
-        done = subprocess.run(prefect + args, cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-
-    async def read():
-        async with get_client() as client:
-            return {d.name: d for d in await client.read_deployments()}
-
-    deployments = asyncio.run(read())
-    assert {"bulk-edit", "retry-failed"} <= set(deployments)
-    bulk = deployments["bulk-edit"]
-    assert bulk.work_pool_name == "gpu" and bulk.enforce_parameter_schema
-    assert {"manifest_uri", "output_uri", "overrides", "item_filter"} <= set(
-        bulk.parameter_openapi_schema["properties"])
-    assert bulk.schedules[0].schedule.cron == "0 2 * * *"
-    assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
 
 
 def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_stacks_previews(tmp_path,

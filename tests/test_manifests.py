@@ -18,6 +18,7 @@ from manifests.dragbench import UnsafePickleError, import_dragbench, load_meta
 from manifests.items import conform, load_item, validate_rows
 from manifests.schema import MANIFEST, SCHEMA_VERSION, VERSION_KEY, read_table, write_manifest
 from manifests.storage import resolve
+from manifests.uris import UriPolicy
 
 # CI lays shared/ beside the checkout; DRAGBENCH_FIXTURES points elsewhere if needed.
 DRAGBENCH = Path(os.environ.get("DRAGBENCH_FIXTURES", Path(__file__).resolve().parents[2] / "shared"
@@ -55,7 +56,7 @@ def test_relative_uris_resolve_against_the_manifest():
 def test_the_shipped_synthetic_manifest_is_valid():
     rows = read_table(str(SYNTHETIC)).to_pylist()
     assert [r["drags"][0]["type"] for r in rows] == ["translate", "deform", "rotate"]
-    assert validate_rows(rows, EditConfig(), str(SYNTHETIC.parent)) == []
+    assert validate_rows(rows, EditConfig(), UriPolicy(str(SYNTHETIC.parent)), "files") == []
 
 
 def test_the_validator_reports_every_bad_row(tmp_path, capsys):
@@ -92,7 +93,7 @@ def test_dragbench_import_keeps_sizes_prompts_and_every_drag(tmp_path):
     country = by_id["building_countryside_view"]
     assert len(country["drags"]) == 2 and country["prompt"].startswith("countryside")
     assert len(by_id["other_objects"]["drags"]) == 3
-    item = load_item(country, str(tmp_path / "out"))
+    item = load_item(country, UriPolicy(str(tmp_path / "out")))
     assert item.size == (512, 682)  # non-square kept as it is
     assert all(d.handle_mask.any() for d in item.instruction.drags)
     first = item.instruction.drags[0]

@@ -1,0 +1,102 @@
+"""Shards on the work pool: one flow run of the `bulk-edit-shard` deployment per shard,
+launched with Prefect's `run_deployment`, watched until each ends, and each shard's rows
+collected from the store. A shard whose flow run crashed, was cancelled, or stopped
+beating (its machine died) leaves its unfinished items as `failed`, naming the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+
+from flows.results import row_uri, table_rows
+from flows.shard import RUN_ID_KEY, shard_dir
+from manifests.schema import read_table
+from manifests.storage import exists, join, read_bytes
+from tasks.stage_store import digest
+
+log = logging.getLogger(__name__)
+POLL_S = 2.0
+
+
+@dataclass
+class Shard:
+    index: int
+    plan_uri: str
+    item_ids: list[str]
+    run: FlowRun | None = None
+    lost: str | None = None  # why its rows may be missing
+
+
+def default_shard_size(items: int, deployment: str) -> int:
+    """Two shards per online worker of the deployment's pool, so every worker gets work and
+    a fast worker can take more."""
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(deployment).work_pool_name
+        online = [w for w in client.read_workers_for_work_pool(pool) if str(w.status).endswith("ONLINE")]
+    return max(1, math.ceil(items / (2 * max(1, len(online)))))
+
+
+def launch(shards: list[Shard], deployment: str, parent_run_id: str) -> None:
+    """One child flow run per shard. The idempotency key is the parent run, the shard and its
+    items: a retried parent with the same work attaches to the runs it launched before."""
+    for shard in shards:
+        shard.run = run_deployment(
+            deployment, parameters={"plan_uri": shard.plan_uri}, timeout=0, as_subflow=True,
+            flow_run_name=f"shard-{shard.index}",
+            idempotency_key=f"{parent_run_id}/{shard.index}/{digest(shard.item_ids)}")
+        log.info("shard %d (%d items): flow run %s", shard.index, len(shard.item_ids), shard.run.name)
+
+
+def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
+    """Until every shard's run has ended, or is Running with no heartbeat for `lost_after_s`."""
+    last_beat: dict[int, tuple[bytes | None, float]] = {}
+    pending = list(shards)
+    with get_client(sync_client=True) as client:
+        while pending:
+            for shard in list(pending):
+                run = client.read_flow_run(shard.run.id)
+                shard.run = run
+                if run.state and run.state.is_final():
+                    if not run.state.is_completed():
+                        shard.lost = f"flow run {run.name} ({run.id}) ended {run.state.type.value}: " \
+                                     f"{run.state.message or ''}".strip()
+                    pending.remove(shard)
+                elif run.state and run.state.is_running():
+                    beat_uri = join(shard_dir(output_uri, shard.index), "heartbeat.json")
+                    beat = read_bytes(beat_uri) if exists(beat_uri) else None
+                    seen, since = last_beat.get(shard.index, (None, time.monotonic()))
+                    if beat != seen:
+                        last_beat[shard.index] = (beat, time.monotonic())
+                    elif time.monotonic() - since > lost_after_s:
+                        shard.lost = f"flow run {run.name} ({run.id}) stopped beating for " \
+                                     f"{lost_after_s:.0f} s: its worker is gone"
+                        client.set_flow_run_state(run.id, Crashed(message=shard.lost), force=True)
+                        pending.remove(shard)
+            if pending:
+                time.sleep(POLL_S)
+
+
+def collect(shard: Shard, output_uri: str) -> dict[str, dict]:
+    """The rows that the shard's own run wrote: its results file, or else its item rows."""
+    run_id = str(shard.run.id)
+    results_uri = join(shard_dir(output_uri, shard.index), "results.parquet")
+    if exists(results_uri):
+        table = read_table(results_uri)
+        if (table.schema.metadata or {}).get(RUN_ID_KEY, b"").decode() == run_id:
+            return {r["item_id"]: r for r in table_rows(table)}
+    rows = {}
+    for item_id in shard.item_ids:
+        uri = row_uri(output_uri, item_id)
+        if exists(uri):
+            row = json.loads(read_bytes(uri))
+            if row.get("run_id") == run_id:
+                rows[item_id] = row
+    return rows

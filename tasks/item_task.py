@@ -1,0 +1,24 @@
+"""The Prefect task around one item: retried with back-off on transient errors only, run
+by whichever runner (`tasks.pool`) the shard uses. Its task run is named after the item."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from tasks.stages import ItemContext, is_retryable
+
+Runner = Callable[[ItemContext, int], dict]
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    return is_retryable(state.result(raise_on_failure=False))
+
+
+@task(name="edit-item", task_run_name="edit {ctx.item_id}", cache_policy=NO_CACHE,
+      retry_condition_fn=_retry_transient)
+def edit_item_task(ctx: ItemContext, runner: Runner) -> dict:
+    return runner(ctx, task_run.run_count or 1)

@@ -1,0 +1,68 @@
+"""What one worker process keeps across the items it edits: its device and its models.
+
+On a machine with several GPUs each worker process claims one GPU for its lifetime, with
+an exclusive lock on a file named after the GPU's UUID, so two processes never share one
+(also when each worker sees its GPU as cuda:0 through CUDA_VISIBLE_DEVICES).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+import torch
+
+from dragnext.model import DragModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+def _claim_gpu() -> tuple[torch.device, IO]:
+    folder = Path(tempfile.gettempdir()) / "dragnext-gpu-locks"
+    folder.mkdir(exist_ok=True)
+    for index in range(torch.cuda.device_count()):
+        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
+        handle = open(folder / f"{uuid}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return torch.device("cuda", index), handle
+    raise RuntimeError(f"all {torch.cuda.device_count()} GPUs are claimed by other workers")
+
+
+class WorkerState:
+    """One per worker process: the device it claimed and the models it loaded, reused for
+    every item it edits."""
+
+    def __init__(self) -> None:
+        self._device: torch.device | None = None
+        self._lock: IO | None = None  # held open for the life of the process
+        self._models: dict[str, DragModel] = {}
+        self.loads = 0
+
+    @property
+    def device(self) -> torch.device:
+        """A GPU of its own when there are GPUs, else the CPU."""
+        if self._device is None:
+            if torch.cuda.is_available():
+                self._device, self._lock = _claim_gpu()
+            else:
+                self._device = torch.device("cpu")
+            log.info("worker %d uses %s", os.getpid(), self._device)
+        return self._device
+
+    def model(self, spec: str) -> DragModel:
+        if spec not in self._models:
+            self._models[spec] = load_model(spec, device=self.device)
+            self.loads += 1
+        return self._models[spec]
+
+    def free_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
