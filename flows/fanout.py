@@ -56,7 +56,8 @@ def launch(shards: list[Shard], deployment: str, parent_run_id: str) -> None:
 
 
 def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
-    """Until every shard's run has ended, or is Running with no heartbeat for `lost_after_s`."""
+    """Until every shard's run has ended, or was claimed by a worker (Pending, Running) and
+    has not beaten for `lost_after_s`. Scheduled runs just wait for a free worker."""
     last_beat: dict[int, tuple[bytes | None, float]] = {}
     pending = list(shards)
     with get_client(sync_client=True) as client:
@@ -69,13 +70,13 @@ def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
                         shard.lost = f"flow run {run.name} ({run.id}) ended {run.state.type.value}: " \
                                      f"{run.state.message or ''}".strip()
                     pending.remove(shard)
-                elif run.state and run.state.is_running():
+                elif run.state and (run.state.is_running() or run.state.is_pending()):
+                    # Pending too: a worker that claimed the run and died leaves it there
                     beat_uri = join(shard_dir(output_uri, shard.index), "heartbeat.json")
                     beat = read_bytes(beat_uri) if exists(beat_uri) else None
-                    seen, since = last_beat.get(shard.index, (None, time.monotonic()))
-                    if beat != seen:
+                    if shard.index not in last_beat or last_beat[shard.index][0] != beat:
                         last_beat[shard.index] = (beat, time.monotonic())
-                    elif time.monotonic() - since > lost_after_s:
+                    elif time.monotonic() - last_beat[shard.index][1] > lost_after_s:
                         shard.lost = f"flow run {run.name} ({run.id}) stopped beating for " \
                                      f"{lost_after_s:.0f} s: its worker is gone"
                         client.set_flow_run_state(run.id, Crashed(message=shard.lost), force=True)

@@ -74,18 +74,20 @@ class _Slot:
         self.process.start()
         child.close()
 
+    def _lost(self) -> WorkerLost:
+        self.process.join(5)
+        return WorkerLost(f"worker process {self.process.pid} died (exit code {self.process.exitcode}) "
+                          "while editing this item")
+
     def run(self, ctx: ItemContext, attempt: int) -> dict:
-        self.conn.send((ctx, attempt))
-        while not self.conn.poll(0.5):
-            if not self.process.is_alive():
-                raise WorkerLost(f"worker process {self.process.pid} died (exit code "
-                                 f"{self.process.exitcode}) while editing this item")
         try:
+            self.conn.send((ctx, attempt))
+            while not self.conn.poll(0.5):
+                if not self.process.is_alive():
+                    raise self._lost()
             kind, value = self.conn.recv()
-        except EOFError:
-            self.process.join(5)
-            raise WorkerLost(f"worker process {self.process.pid} died (exit code "
-                             f"{self.process.exitcode}) while editing this item") from None
+        except (EOFError, OSError):
+            raise self._lost() from None
         if kind == "error":
             raise value
         return value
@@ -111,15 +113,21 @@ class ProcessRunner:
         for slot in self._slots:
             self._free.put(slot)
 
+    def _replace(self, slot: _Slot) -> _Slot:
+        fresh = _Slot(self._context)
+        self._slots[self._slots.index(slot)] = fresh
+        return fresh
+
     def __call__(self, ctx: ItemContext, attempt: int) -> dict:
         slot = self._free.get()
+        if not slot.process.is_alive():  # died between items: nothing was lost
+            log.warning("worker %d died while idle; starting a fresh one", slot.process.pid)
+            slot = self._replace(slot)
         try:
             return slot.run(ctx, attempt)
         except WorkerLost:
             log.error("item %s: worker %d died; starting a fresh one", ctx.item_id, slot.process.pid)
-            fresh = _Slot(self._context)
-            self._slots[self._slots.index(slot)] = fresh
-            slot = fresh
+            slot = self._replace(slot)
             raise
         finally:
             self._free.put(slot)

@@ -136,7 +136,8 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
         "item": item.to_record(), "model": ctx.model, "config": ctx.config,
         "config_hash": ctx.config_hash, "device": str(worker.device), "metrics": metrics,
         "timings_s": timings, "attempts": attempt, "warnings": list(item.instruction.warnings),
-        "reused": sorted(reused), "worker": {"pid": os.getpid(), "models_loaded": worker.loads},
+        "reused": sorted(reused),
+        "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads},
         "postprocess": ["paste_background"] if ctx.edit_config.output.paste_background else [],
         "outputs": uris,
     }

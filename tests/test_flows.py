@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import tasks.stages
-from flows.bulk_edit import bulk_edit, retry_failed
 from dragnext.edit import STAGES
+from flows.bulk_edit import bulk_edit, retry_failed
 from flows.cli import main
 from flows.shard import ItemsFailed
 from manifests.dragbench import import_dragbench

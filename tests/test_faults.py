@@ -1,0 +1,204 @@
+"""Faults injected into real runs of the `dragnext` command: a worker process killed, the
+store unreachable mid-run and at the end, and the run itself SIGKILLed. Nothing is lost
+or duplicated, and what failed is retried to success."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import s3fs
+
+import flows.results
+import manifests.storage
+from flows.cli import DEMO_MANIFEST, main
+from flows.results import read_results
+from flows.shard import progress_log
+from infra.faults import StoreProxy
+from tests.conftest import FAST
+from tests.test_manifests import SYNTHETIC
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+SETS = [a for s in FAST for a in ("--set", s)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rows_written(out: Path) -> int:
+    return len(list((out / "rows").glob("*.json"))) if (out / "rows").exists() else 0
+
+
+def assert_one_row_per_item(results: list[dict], n: int) -> None:
+    assert len(results) == n and len({r["item_id"] for r in results}) == n
+
+
+def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    slow = [*SETS, "--set", "pbsi.iterations=25"]  # items long enough to be killed mid-way
+    killed = {}
+
+    def kill_a_busy_worker() -> None:
+        wait_for(lambda: rows_written(out) >= 1, 300, "the first finished item")
+        time.sleep(1.0)
+        commands = {p: " ".join(p.cmdline()) for p in psutil.Process().children()}
+        workers = [p for p, command in commands.items()
+                   if "spawn_main" in command and "resource_tracker" not in command]
+        killed["pid"] = workers[0].pid
+        workers[0].send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    code = main(["run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", *slow])
+    killer.join()
+    assert code == 1
+    results = read_results(str(out / "results.parquet"))
+    assert_one_row_per_item(results, 6)
+    failed = [r for r in results if r["status"] == "failed"]
+    assert len(failed) == 1, results  # only the item the worker was editing
+    assert f"WorkerLost: worker process {killed['pid']} died" in failed[0]["error"]
+    assert failed[0]["attempts"] == 1
+    assert sum(r["status"] == "succeeded" for r in results) == 5  # the others went on
+    assert f"dragnext retry {out / 'results.parquet'}" in capsys.readouterr().out
+
+    assert main(["-q", "retry", str(out / "results.parquet"), "--workers", "2"]) == 0
+    after = {r["item_id"]: r for r in read_results(str(out / "results.parquet"))}
+    assert_one_row_per_item(list(after.values()), 6)
+    assert all(r["status"] == "succeeded" for r in after.values())
+    assert after[failed[0]["item_id"]]["attempts"] == 2
+
+
+@pytest.fixture
+def flaky_store(monkeypatch):
+    """moto's S3 server behind a proxy that can be switched off; the AWS variables point at
+    the proxy (worker processes inherit them), `direct` bypasses it."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    proxy = StoreProxy(("127.0.0.1", port))
+    for key, value in {"AWS_ENDPOINT_URL_S3": proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+                       "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}.items():
+        monkeypatch.setenv(key, value)
+    direct = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,
+                               client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
+    bucket = f"flaky-{port}"  # moto keeps one store per process: a bucket per test
+    direct.mkdir(bucket)
+    for path in SYNTHETIC.parent.iterdir():
+        direct.pipe(f"{bucket}/job/{path.name}", path.read_bytes())
+    yield proxy, direct, bucket
+    proxy.up()
+    proxy.close()
+    server.stop()
+
+
+class OnProgress(logging.Handler):
+    """Calls `act(done, total)` as each item finishes, in the run's own thread: a fault
+    injected here lands exactly between an item's row and what the run writes next."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.act(record.done, record.total)
+
+
+@pytest.fixture
+def on_progress():
+    handlers = []
+
+    def attach(act) -> None:
+        handlers.append(OnProgress(act))
+        progress_log.addHandler(handlers[-1])
+
+    yield attach
+    for handler in handlers:
+        progress_log.removeHandler(handler)
+
+
+def test_store_outages_mid_run_and_at_the_end_are_ridden_out(flaky_store, on_progress, tiny_model_dir, capsys):
+    proxy, direct, bucket = flaky_store
+    # down for 4 s after the first item, and again after the last (as the results are written)
+    on_progress(lambda done, total: proxy.outage(4.0) if done in (1, total) else None)
+    code = main(["-q", "run", f"s3://{bucket}/job/manifest.parquet", "--output", f"s3://{bucket}/out",
+                 "--model", str(tiny_model_dir), "--workers", "2", *SETS])
+    assert proxy.outages == 2
+    assert code == 0, capsys.readouterr()
+    results = read_results(f"s3://{bucket}/out/results.parquet")
+    assert_one_row_per_item(results, 3)
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 for r in results)
+    assert len(direct.ls(f"{bucket}/out/rows")) == 3
+    assert json.loads(direct.cat(f"{bucket}/out/summary.json"))["status"] == "finished"
+
+
+def test_a_store_still_down_at_the_end_leaves_the_results_in_a_local_folder(
+        flaky_store, on_progress, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    proxy, direct, bucket = flaky_store
+    monkeypatch.setattr(manifests.storage, "STORE_RETRIES", 2)
+    monkeypatch.setattr(manifests.storage, "STORE_BACKOFF_S", 0.2)
+    monkeypatch.setattr(flows.results, "FALLBACK_DIR", str(tmp_path / "fallback"))
+    on_progress(lambda done, total: proxy.down() if done == total else None)
+    code = main(["-q", "run", f"s3://{bucket}/job/manifest.parquet", "--output", f"s3://{bucket}/out",
+                 "--model", str(tiny_model_dir), "--workers", "1", *SETS])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "store unreachable" in err and str(tmp_path / "fallback") in err
+    [folder] = (tmp_path / "fallback").iterdir()
+    results = read_results(str(folder / "results.parquet"))
+    assert [r["status"] for r in results] == ["succeeded"] * 3
+    assert json.loads((folder / "summary.json").read_text())["counts"] == {"succeeded": 3}
+
+
+def test_a_run_killed_with_sigkill_leaves_no_process_and_resumes_without_redoing_items(
+        tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    run = subprocess.Popen([sys.executable, "-m", "flows.cli", "-q", "run", str(DEMO_MANIFEST), "--output",
+                            str(out), "--model", str(tiny_model_dir), "--workers", "2", *SETS,
+                            "--set", "pbsi.iterations=25"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: rows_written(out) >= 2, 300, "two finished items")
+        tree = psutil.Process(run.pid).children(recursive=True)
+        assert len(tree) >= 3  # the Prefect server, two workers (and the watchdog, multiprocessing's tracker)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        done = {p.stem: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
+        edited = {i: (out / "items" / i / "edited.png").stat().st_mtime_ns for i in done}
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        assert alive == [], [p.cmdline() for p in alive]  # nothing of the run outlives it
+    finally:
+        if run.poll() is None:
+            run.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "running"  # written before the first item
+
+    assert main(["-q", "run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", *SETS, "--set", "pbsi.iterations=25"]) == 0
+    results = read_results(str(out / "results.parquet"))
+    assert_one_row_per_item(results, 6)
+    assert json.loads((out / "summary.json").read_text())["resumed"] >= len(done)
+    for item_id, stamp in edited.items():  # finished items were kept, not rendered again
+        assert (out / "items" / item_id / "edited.png").stat().st_mtime_ns == stamp

@@ -1,0 +1,206 @@
+"""The scale-out path for real: a Prefect server, the `control` and `gpu` process pools
+with their workers (`prefect worker start`), the deployments of `infra/prefect.yaml`, and
+a bulk run fanned out as one `bulk-edit-shard` flow run per shard. One GPU worker is then
+killed mid-shard: its items end `failed` naming the lost run, and `retry-failed`
+completes them on the worker that is left."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.cli import DEMO_MANIFEST
+from flows.results import read_results
+from manifests.schema import read_table
+from tests.conftest import FAST_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_tree(process: psutil.Process) -> None:
+    tree = [process, *process.children(recursive=True)]
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+
+
+class Stack:
+    """A Prefect server and workers, each in a process group of its own."""
+
+    def __init__(self, home: Path):
+        self.url = f"http://127.0.0.1:{free_port()}/api"
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+                    "PREFECT_HOME": str(home), "PREFECT_API_URL": self.url, "DRAGNEXT_HOME": str(ROOT),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                    "PREFECT_WORKER_QUERY_SECONDS": "1", "DRAGNEXT_HEARTBEAT_S": "1",
+                    "PREFECT_LOGGING_LEVEL": "WARNING"}
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(Path(self.env["PREFECT_HOME"]) / f"{name}.log", "w")
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=ROOT,
+                                                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        return self.processes[name]
+
+    def prefect(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def healthy(self) -> bool:
+        try:
+            return urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                kill_tree(psutil.Process(process.pid))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("prefect-stack"))
+    try:
+        stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", stack.url.split(":")[-1][:-4])
+        wait_for(stack.healthy, 120, "the Prefect server")
+        for pool in ("gpu", "control"):
+            stack.prefect("work-pool", "create", pool, "--type", "process")
+        stack.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+        stack.start("control", "worker", "start", "--pool", "control", "--name", "control", "--limit", "2")
+        for name in ("gpu-a", "gpu-b"):
+            stack.start(name, "worker", "start", "--pool", "gpu", "--name", name, "--limit", "1")
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    with temporary_settings({PREFECT_API_URL: stack.url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def eight_items(folder: Path) -> str:
+    rows = read_table(str(DEMO_MANIFEST)).to_pylist()
+    for sub in ("images", "masks"):
+        for path in (DEMO_MANIFEST.parent / sub).iterdir():
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub / path.name).write_bytes(path.read_bytes())
+    rows = rows + [{**r, "item_id": f"{r['item_id']}-again"} for r in rows[:2]]
+    pq.write_table(pa.Table.from_pylist(rows, schema=read_table(str(DEMO_MANIFEST)).schema),
+                   folder / "manifest.parquet")
+    return str(folder / "manifest.parquet")
+
+
+def run_deployment_and_wait(client, name: str, parameters: dict, timeout: float = 600):
+    deployment = client.read_deployment_by_name(name)
+    run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    return wait_for(lambda: (r := client.read_flow_run(run.id)).state.is_final() and r, timeout,
+                    f"flow run of {name}")
+
+
+def children(client, parent_id) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+
+
+def test_the_deployments_apply_as_the_infra_readme_says(client):
+    deployments = {d.name: d for d in client.read_deployments()}
+    assert {"bulk-edit", "bulk-edit-shard", "retry-failed"} <= set(deployments)
+    bulk = deployments["bulk-edit"]
+    assert bulk.work_pool_name == "control" and bulk.enforce_parameter_schema
+    assert deployments["bulk-edit-shard"].work_pool_name == "gpu"
+    assert bulk.parameters["shard_deployment"] == "bulk-edit-shard/bulk-edit-shard"
+    assert {"manifest_uri", "output_uri", "overrides", "item_filter", "allow_prefixes", "shard_size"} <= set(
+        bulk.parameter_openapi_schema["properties"])
+    assert bulk.schedules[0].schedule.cron == "0 2 * * *"
+    assert bulk.schedules[0].parameters["output_uri"].endswith("{date}")
+    assert bulk.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"].startswith("dragnext")
+    assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
+
+
+def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack, client, tiny_model_dir,
+                                                                         tmp_path):
+    out = tmp_path / "out"
+    run = run_deployment_and_wait(client, "bulk-edit/bulk-edit", {
+        "manifest_uri": eight_items(tmp_path / "job"), "output_uri": str(out), "model": str(tiny_model_dir),
+        "overrides": FAST_OVERRIDES, "shard_size": 2})
+    assert run.state.is_completed(), run.state.message
+    shards = children(client, run.id)
+    assert len(shards) == 4 and all(s.state.is_completed() for s in shards)
+    results = read_results(str(out / "results.parquet"))
+    assert len(results) == 8 and len({r["item_id"] for r in results}) == 8
+    assert all(r["status"] == "succeeded" for r in results)
+    records = [json.loads(Path(r["record_uri"]).read_text()) for r in results]
+    workers = {stack.processes[name].pid for name in ("gpu-a", "gpu-b")}
+    assert {r["worker"]["parent_pid"] for r in records} == workers  # both GPU workers took shards
+
+
+def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
+        stack, client, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    deployment = client.read_deployment_by_name("bulk-edit/bulk-edit")
+    parent = client.create_flow_run_from_deployment(deployment.id, parameters={
+        "manifest_uri": eight_items(tmp_path / "job"), "output_uri": str(out), "model": str(tiny_model_dir),
+        "overrides": FAST_OVERRIDES, "shard_size": 2, "lost_after_s": 15})
+
+    def a_running_shard():
+        running = [s for s in children(client, parent.id) if s.state.is_running() and s.infrastructure_pid]
+        return running[0] if running else None
+
+    victim = wait_for(a_running_shard, 300, "a running shard")
+    shard_process = psutil.Process(int(victim.infrastructure_pid.split(":")[-1]))
+    worker = shard_process.parent()
+    assert worker.pid in {stack.processes[n].pid for n in ("gpu-a", "gpu-b")}
+    kill_tree(worker)  # the machine is gone: the worker and the shard it was running
+
+    run = wait_for(lambda: (r := client.read_flow_run(parent.id)).state.is_final() and r, 600, "the parent")
+    assert run.state.is_failed() and "dragnext retry" in run.state.message
+    results = read_results(str(out / "results.parquet"))
+    assert len(results) == 8 and len({r["item_id"] for r in results}) == 8
+    failed = [r for r in results if r["status"] == "failed"]
+    assert failed and all(victim.name in r["error"] and "stopped beating" in r["error"] for r in failed)
+    assert client.read_flow_run(victim.id).state.is_crashed()
+
+    retry = run_deployment_and_wait(client, "retry-failed/retry-failed",
+                                    {"results_uri": str(out / "results.parquet")})
+    assert retry.state.is_completed(), retry.state.message
+    after = read_results(str(out / "results.parquet"))
+    assert len(after) == 8 and len({r["item_id"] for r in after}) == 8
+    assert all(r["status"] == "succeeded" for r in after)
