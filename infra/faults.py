@@ -1,12 +1,20 @@
 """Faults on demand, for the tests and `make chaos`: a TCP proxy on 127.0.0.1 in front of
 the S3 endpoint that refuses every connection while it is down (the store's data, held by
-the server behind it, survives the outage)."""
+the server behind it, survives the outage), and every malformed manifest row seen so far."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import socketserver
+import struct
 import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import s3fs
 
 
 class _Pipe(socketserver.BaseRequestHandler):
@@ -83,3 +91,107 @@ class StoreProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextmanager
+def store_behind_proxy(bucket: str) -> Iterator[tuple[StoreProxy, s3fs.S3FileSystem]]:
+    """moto's S3 server on 127.0.0.1 with `bucket`, behind a `StoreProxy`; the standard AWS
+    variables point at the proxy (worker processes inherit them) for the block, and the
+    filesystem yielded reaches the server directly. Restores the variables after."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    proxy = StoreProxy(("127.0.0.1", port))
+    env = {"AWS_ENDPOINT_URL_S3": proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+           "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    direct = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,
+                               client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
+    direct.mkdir(bucket)
+    try:
+        yield proxy, direct
+    finally:
+        proxy.up()
+        proxy.close()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size (a decompression bomb is a few hundred bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def _drag(row: dict, **changes) -> dict:
+    return {**row, "drags": [{**row["drags"][0], **changes}]}
+
+
+# Every malformed kind a manifest has been seen with: (item id, how a good single-drag row
+# is broken, what the error must say). `write_malformed_files` puts the files they name
+# beside the manifest (and one above it, which no row may reach).
+MALFORMED = [
+    (None, lambda r: r, "item_id"),
+    (".", lambda r: r, "item_id"),
+    ("..", lambda r: r, "item_id"),
+    ("bomb", lambda r: {**r, "image_uri": "bomb.png"}, "image_uri: image has 400,000,000 pixels"),
+    ("huge", lambda r: {**r, "image_uri": "huge.png"}, "image_uri: image is 12000x12000"),
+    ("size", lambda r: {**r, "params": json.dumps({"size": 100000})},
+     "params: invalid config: size: Input should be less than or equal to 2048"),
+    ("rotate-no-center", lambda r: _drag(r, type="rotate"), "drags[0].center: required"),
+    ("translate-center", lambda r: _drag(r, center={"x": 5.0, "y": 5.0}), "drags[0].center: only allowed"),
+    ("nan", lambda r: _drag(r, handle={"x": float("nan"), "y": 3.0}), "drags[0].handle: "),
+    ("outside-image", lambda r: _drag(r, target={"x": 500.0, "y": 3.0}),
+     "drags[0].target: [500.0, 3.0] lies"),
+    ("abs-path", lambda r: {**r, "image_uri": "/etc/hostname"}, "image_uri: '/etc/hostname' is outside"),
+    ("abs-missing", lambda r: {**r, "image_uri": "/etc/no-such-file"}, "image_uri: '/etc/no-such-file' is"),
+    ("file-uri", lambda r: {**r, "image_uri": "file:///etc/hostname"}, "image_uri: 'file:///etc/host"),
+    ("other-bucket", lambda r: {**r, "image_uri": "s3://another-bucket/x.png"}, "image_uri: 's3://another-"),
+    ("http", lambda r: {**r, "image_uri": "http://127.0.0.1:9/x.png"},
+     "image_uri: 'http://127.0.0.1:9/x.png'"),
+    ("escape", lambda r: {**r, "image_uri": "../outside.png"}, "image_uri: '../outside.png' is outside"),
+    ("mask-escape", lambda r: _drag(r, handle_mask_uri="../outside.png"), "drags[0].handle_mask_uri: '../o"),
+]
+
+
+def malformed_rows(good: dict) -> list[dict]:
+    return [{**make(good), "item_id": item_id} for item_id, make, _ in MALFORMED]
+
+
+def malformed_files() -> dict[str, bytes]:
+    """The files the malformed rows name, by path relative to the manifest's folder."""
+    return {"bomb.png": png_claiming(20000, 20000), "huge.png": png_claiming(12000, 12000)}
+
+
+def careless_manifest(rows: list[dict]) -> bytes:
+    """Parquet bytes of `rows` as a careless producer writes them (null item ids allowed)."""
+    import pyarrow as pa
+
+    from manifests.schema import MANIFEST, table_bytes
+
+    nullable_ids = MANIFEST.set(0, MANIFEST.field(0).with_nullable(True))
+    return table_bytes(pa.Table.from_pylist(rows, schema=nullable_ids))
+
+
+def item_workers() -> list:
+    """This process's item worker processes (`tasks.pool`), to kill one."""
+    import psutil
+
+    commands = {p: " ".join(p.cmdline()) for p in psutil.Process().children()}
+    return [p for p, command in commands.items()
+            if "spawn_main" in command and "resource_tracker" not in command]

@@ -6,23 +6,22 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
-import s3fs
 
 import flows.results
 import manifests.storage
 from flows.cli import DEMO_MANIFEST, main
 from flows.results import read_results
 from flows.shard import progress_log
-from infra.faults import StoreProxy
+from infra.faults import item_workers, store_behind_proxy
 from tests.conftest import FAST
 from tests.test_manifests import SYNTHETIC
 
@@ -56,9 +55,7 @@ def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, 
     def kill_a_busy_worker() -> None:
         wait_for(lambda: rows_written(out) >= 1, 300, "the first finished item")
         time.sleep(1.0)
-        commands = {p: " ".join(p.cmdline()) for p in psutil.Process().children()}
-        workers = [p for p, command in commands.items()
-                   if "spawn_main" in command and "resource_tracker" not in command]
+        workers = item_workers()
         killed["pid"] = workers[0].pid
         workers[0].send_signal(signal.SIGKILL)
 
@@ -85,32 +82,14 @@ def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, 
 
 
 @pytest.fixture
-def flaky_store(monkeypatch):
-    """moto's S3 server behind a proxy that can be switched off; the AWS variables point at
-    the proxy (worker processes inherit them), `direct` bypasses it."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    proxy = StoreProxy(("127.0.0.1", port))
-    for key, value in {"AWS_ENDPOINT_URL_S3": proxy.url, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-                       "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}.items():
-        monkeypatch.setenv(key, value)
-    direct = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,
-                               client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
-    bucket = f"flaky-{port}"  # moto keeps one store per process: a bucket per test
-    direct.mkdir(bucket)
-    for path in SYNTHETIC.parent.iterdir():
-        direct.pipe(f"{bucket}/job/{path.name}", path.read_bytes())
-    yield proxy, direct, bucket
-    proxy.up()
-    proxy.close()
-    server.stop()
+def flaky_store():
+    """moto's S3 server behind a proxy that can be switched off, with the synthetic job in a
+    bucket; `direct` bypasses the proxy."""
+    bucket = f"flaky-{uuid.uuid4().hex[:8]}"  # moto keeps one store per process: a bucket per test
+    with store_behind_proxy(bucket) as (proxy, direct):
+        for path in SYNTHETIC.parent.iterdir():
+            direct.pipe(f"{bucket}/job/{path.name}", path.read_bytes())
+        yield proxy, direct, bucket
 
 
 class OnProgress(logging.Handler):
@@ -138,7 +117,8 @@ def on_progress():
         progress_log.removeHandler(handler)
 
 
-def test_store_outages_mid_run_and_at_the_end_are_ridden_out(flaky_store, on_progress, tiny_model_dir, capsys):
+def test_store_outages_mid_run_and_at_the_end_are_ridden_out(flaky_store, on_progress, tiny_model_dir,
+                                                             capsys):
     proxy, direct, bucket = flaky_store
     # down for 4 s after the first item, and again after the last (as the results are written)
     on_progress(lambda done, total: proxy.outage(4.0) if done in (1, total) else None)

@@ -95,7 +95,8 @@ class Stack:
 def stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("prefect-stack"))
     try:
-        stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", stack.url.split(":")[-1][:-4])
+        port = stack.url.split(":")[-1].removesuffix("/api")
+        stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
         wait_for(stack.healthy, 120, "the Prefect server")
         for pool in ("gpu", "control"):
             stack.prefect("work-pool", "create", pool, "--type", "process")
