@@ -207,7 +207,7 @@ def edit(image: Image.Image, instruction: Instruction, model: DragModel,
          callback: Callback | None = None) -> EditResult:
     """Edit one image with DragNeXt. Raises `InvalidItemError` for input that cannot be edited.
 
-    `lora_weights` from an earlier `EditResult` skip the finetune (a retry's artefact).
+    `lora_weights` from an earlier `EditResult` skip the finetune (a retry's stored LoRA stage).
     """
     config = config or EditConfig()
     item = validate_item(EditItem(image=image, instruction=instruction, item_id=item_id))

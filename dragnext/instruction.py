@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -122,7 +123,9 @@ def _bomb_pixels(error: Exception) -> str:
 def open_image_header(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
     """The image opened lazily (header only), refused before decoding if it is too large."""
     try:
-        image = Image.open(source)
+        with warnings.catch_warnings():  # PIL's own bomb warning: the size is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"file '{source}' does not exist") from None
     except Image.DecompressionBombError as error:

@@ -66,6 +66,10 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     except StoreUnavailable as error:
         print(f"dragnext: error: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped on the way out
+        print("dragnext: interrupted; the finished items are kept: run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
     finally:
         progress_log.removeHandler(bar)
         progress_log.propagate = True

@@ -5,6 +5,7 @@ SIGKILLed), ends those still running: SIGTERM, then SIGKILL after a grace period
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ def start(pid: int) -> subprocess.Popen:
 def _descendants(parent: psutil.Process) -> dict[int, float]:
     found = {}
     for child in parent.children(recursive=True):
+        if child.pid == os.getpid():  # the watchdog is the run's child too
+            continue
         try:
             found[child.pid] = child.create_time()
         except psutil.NoSuchProcess:
@@ -45,17 +48,28 @@ def _alive(known: dict[int, float]) -> list[psutil.Process]:
 
 
 def watch(pid: int) -> None:
-    parent = psutil.Process(pid)
     known: dict[int, float] = {}
-    while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
-        known.update(_descendants(parent))
-        time.sleep(POLL_S)
+    try:
+        parent = psutil.Process(pid)
+        while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+            known.update(_descendants(parent))
+            time.sleep(POLL_S)
+    except psutil.NoSuchProcess:  # gone between two looks: what it left is in `known`
+        pass
     left = _alive(known)
     for process in left:
-        process.terminate()
+        _signal(process.terminate)
     _, still = psutil.wait_procs(left, timeout=GRACE_S)
     for process in still:
-        process.kill()
+        _signal(process.kill)
+
+
+def _signal(send) -> None:
+    """Workers watch their parent too, so one may be gone by the time it is signalled."""
+    try:
+        send()
+    except psutil.NoSuchProcess:
+        pass
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ def cli() -> None:
     parser.add_argument("--json", default="out/chaos.json")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's line per request
     report = chaos(args.good, args.workers)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

@@ -1,2 +1,3 @@
-"""Prefect tasks around the `dragnext` stages. Tasks pass URIs and small records; models
-live in a per-process cache and stage results in artefacts under the run's output."""
+"""One item's work for the flows: its stages with stored outputs (`stages`), the worker
+processes it runs in (`worker`, `pool`) and the Prefect task around it (`item_task`).
+Items pass URIs and small records; each worker process keeps its own model."""

@@ -1,5 +1,6 @@
 import os
 import tempfile
+import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spin-waiting costs 15x on 2 cores
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
@@ -35,34 +36,22 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def s3_bucket():
-    """A real S3 endpoint (moto's server) on 127.0.0.1 with one bucket; configured through the
-    standard AWS variables, which the worker processes inherit."""
-    import socket
+    """A real S3 endpoint (moto's server, behind the fault proxy, left up) on 127.0.0.1 with
+    one bucket; configured through the standard AWS variables, which worker processes inherit."""
+    from infra.faults import store_behind_proxy
 
-    from moto.server import ThreadedMotoServer
+    with store_behind_proxy("dragnext-test"):
+        yield "s3://dragnext-test"
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-           "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from manifests.storage import filesystem
 
-    fs, _ = filesystem("s3://dragnext-test")
-    fs.mkdir("dragnext-test")
-    yield "s3://dragnext-test"
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def wait_for(condition, timeout: float, what: str, poll_s: float = 0.2):
+    """`condition()`'s first truthy value, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.cli import DEMO_MANIFEST
 from flows.results import read_results
 from manifests.schema import read_table
-from tests.conftest import FAST_OVERRIDES
+from tests.conftest import FAST_OVERRIDES, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,15 +32,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_tree(process: psutil.Process) -> None:
