@@ -24,6 +24,7 @@ from flows.results import (
     counts,
     previous_rows,
     publish,
+    read_rows,
     results_table,
     write_final,
     write_summary,
@@ -94,6 +95,7 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
 
     results: list[dict | None] = [None] * len(rows)
     to_run: dict[str, int] = {}
+    configs: dict[str, dict] = {}
     for index, row in enumerate(rows):
         item_id = row["item_id"]
         if index in invalid:
@@ -102,7 +104,7 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
             results[index] = result_row(context(placeholder, base.to_record()), "invalid", 0,
                                         error=f"item '{p.item_id}': {p.field}: {p.reason}")
             continue
-        config = item_config(row, base).to_record()
+        config = configs[item_id] = item_config(row, base).to_record()
         earlier = previous.get(item_id)
         if wanted is not None and item_id not in wanted:
             results[index] = earlier or result_row(context(row, config), "skipped", 0)
@@ -133,18 +135,18 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
     if shard_deployment:
         fanout.launch(shards, shard_deployment, run_id)
         fanout.wait(shards, output_uri, lost_after_s)
+        stored = read_rows(output_uri)
         for shard in shards:
-            finished.update(fanout.collect(shard, output_uri))
+            finished.update(fanout.collect(shard, output_uri, stored))
     else:
         for shard in shards:
             finished.update({r["item_id"]: r for r in run_shard(shard.plan_uri, workers)})
     for shard in shards:
         for item_id in shard.item_ids:
             if item_id not in finished:
-                index = to_run[item_id]
                 earlier = previous.get(item_id)
                 finished[item_id] = result_row(
-                    context(rows[index], item_config(rows[index], base).to_record()), "failed",
+                    context(rows[to_run[item_id]], configs[item_id]), "failed",
                     earlier["attempts"] if earlier else 0,
                     error=f"not finished: shard {shard.index}'s {shard.lost or 'run ended without its row'}")
     for item_id, index in to_run.items():

@@ -5,7 +5,6 @@ beating (its machine died) leaves its unfinished items as `failed`, naming the r
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -16,7 +15,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from flows.results import row_uri, table_rows
+from flows.results import table_rows
 from flows.shard import RUN_ID_KEY, shard_dir
 from manifests.schema import read_table
 from manifests.storage import exists, join, read_bytes
@@ -72,8 +71,7 @@ def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
                     pending.remove(shard)
                 elif run.state and (run.state.is_running() or run.state.is_pending()):
                     # Pending too: a worker that claimed the run and died leaves it there
-                    beat_uri = join(shard_dir(output_uri, shard.index), "heartbeat.json")
-                    beat = read_bytes(beat_uri) if exists(beat_uri) else None
+                    beat = _heartbeat(output_uri, shard.index)
                     if shard.index not in last_beat or last_beat[shard.index][0] != beat:
                         last_beat[shard.index] = (beat, time.monotonic())
                     elif time.monotonic() - last_beat[shard.index][1] > lost_after_s:
@@ -85,19 +83,21 @@ def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
                 time.sleep(POLL_S)
 
 
-def collect(shard: Shard, output_uri: str) -> dict[str, dict]:
-    """The rows that the shard's own run wrote: its results file, or else its item rows."""
+def _heartbeat(output_uri: str, shard: int) -> bytes | None:
+    try:
+        return read_bytes(join(shard_dir(output_uri, shard), "heartbeat.json"))
+    except FileNotFoundError:  # not started beating yet
+        return None
+
+
+def collect(shard: Shard, output_uri: str, stored_rows: dict[str, dict]) -> dict[str, dict]:
+    """The rows that the shard's own run wrote: its results file, or else those of the item
+    rows (`flows.results.read_rows`) that its run stamped."""
     run_id = str(shard.run.id)
     results_uri = join(shard_dir(output_uri, shard.index), "results.parquet")
     if exists(results_uri):
         table = read_table(results_uri)
         if (table.schema.metadata or {}).get(RUN_ID_KEY, b"").decode() == run_id:
             return {r["item_id"]: r for r in table_rows(table)}
-    rows = {}
-    for item_id in shard.item_ids:
-        uri = row_uri(output_uri, item_id)
-        if exists(uri):
-            row = json.loads(read_bytes(uri))
-            if row.get("run_id") == run_id:
-                rows[item_id] = row
-    return rows
+    return {i: stored_rows[i] for i in shard.item_ids
+            if i in stored_rows and stored_rows[i].get("run_id") == run_id}

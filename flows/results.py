@@ -42,8 +42,8 @@ def read_rows(output_uri: str) -> dict[str, dict]:
     names = [n for n in list_names(join(output_uri, "rows")) if n.endswith(".json")]
     if not names:
         return {}
-    fs, _ = filesystem(output_uri)
-    paths = [filesystem(row_uri(output_uri, n.removesuffix(".json")))[1] for n in names]
+    fs, folder = filesystem(join(output_uri, "rows"))
+    paths = [join(folder, name) for name in names]
     blobs = with_retries(lambda: fs.cat(paths), f"reading {len(paths)} rows of {output_uri}")
     rows = [json.loads(blob) for blob in blobs.values()]
     return {row["item_id"]: row for row in rows}
