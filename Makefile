@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo chaos overhead clean
+.PHONY: setup test demo chaos overhead gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -41,3 +41,21 @@ chaos: setup
 # What orchestration costs against a plain edit() loop, and 2 workers vs 1 (README).
 overhead: setup
 	$(BIN)/python -m bench.overhead --n 10 --json docs/overhead-n10.json
+
+# On a CUDA machine: the SD1.5-size model, `pytest -m gpu`, `dragnext profile` at 512 px with
+# LoRA on and off; writes docs/gpu-profile.json (bench/gpu_check.py). Needs no network: with
+# the project installed (`make setup TORCH=...`), or on a box without network, from the
+# working tree plus carried wheels (`make gpu-wheels` where there is network):
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site make gpu-check GPU_PY=python3
+GPU_PY ?= $(BIN)/python
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check --json docs/gpu-profile.json
+
+# Wheels (Python 3.12, x86-64 Linux) of this venv's versions of what a stock CUDA PyTorch
+# image lacks for gpu-check; torch, transformers, peft and pytest are expected there.
+GPU_WHEELS := diffusers|pydantic|pydantic_core|annotated-types|typing-inspection|importlib_metadata
+gpu-wheels: setup
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $$($(BIN)/pip freeze | grep -E '^($(GPU_WHEELS))==')

@@ -3,7 +3,9 @@
 - translate: the whole shape moves by d;
 - deform: one end of a bar or rectangle moves; the far end stays (the shape stretches and
   turns between them);
-- rotate: an asymmetric shape turns by φ about its centre or one of its ends.
+- rotate: an asymmetric shape turns by φ about its centre or one of its ends;
+- scale: a shape grows or shrinks by s (0.6–0.8 or 1.25–1.6) about its centre or one of
+  its ends; the handle is its far end, the target that end scaled.
 
 The dragged shape's colour is kept far from the background's and the other shapes', so
 its pixels can be found again by colour in any edited image.
@@ -20,7 +22,7 @@ from PIL import Image, ImageFilter
 from dragnext.metrics import colour_mask, iou
 from synthetic.scenes import COLOURS, Scene, Shape, random_background, random_shape
 
-TYPES = ("translate", "deform", "rotate")
+TYPES = ("translate", "deform", "rotate", "scale")  # appended, so earlier cases keep their seeds
 ELONGATED = ("bar", "rect")
 ASYMMETRIC = ("triangle", "rect", "ellipse", "bar")
 MIN_COLOUR_DISTANCE = 90.0
@@ -105,8 +107,13 @@ def _drag(kind: str, shape: Shape, rng: np.random.Generator):
         distance, direction = rng.uniform(5, 10), rng.uniform(-math.pi, math.pi)
         target = (end[0] + distance * math.cos(direction), end[1] + distance * math.sin(direction))
         return shape.with_end(target), end, target, None
-    phi = float(rng.choice([-1, 1]) * rng.uniform(math.radians(30), math.radians(90)))
     first, second = shape.ends()
+    if kind == "scale":
+        s = float(rng.uniform(0.6, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 1.6))
+        center = shape.center if rng.random() < 0.5 else first
+        target = (center[0] + s * (second[0] - center[0]), center[1] + s * (second[1] - center[1]))
+        return shape.scaled(center, s), second, target, center
+    phi = float(rng.choice([-1, 1]) * rng.uniform(math.radians(30), math.radians(90)))
     center = shape.center if rng.random() < 0.5 else first
     handle = second
     cos, sin = math.cos(phi), math.sin(phi)
@@ -118,7 +125,7 @@ def _drag(kind: str, shape: Shape, rng: np.random.Generator):
 def make_case(kind: str, seed: int, size: int = 64) -> Case:
     """A case of `kind`, drawn from `seed` (retrying until the drag fits the image)."""
     rng = np.random.default_rng([TYPES.index(kind), seed])
-    kinds = {"translate": None, "deform": ELONGATED, "rotate": ASYMMETRIC}[kind]
+    kinds = {"translate": None, "deform": ELONGATED, "rotate": ASYMMETRIC, "scale": None}[kind]
     while True:
         background = random_background(rng)
         others = [random_shape(rng, size, size) for _ in range(int(rng.integers(0, 3)))]

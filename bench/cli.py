@@ -6,18 +6,27 @@ import argparse
 from pathlib import Path
 
 from bench import generate, run
+from bench.cases import TYPES
 from dragnext import cli as library_cli
 from dragnext.config import build_config, read_config_file
 from dragnext.model import load_model, model_preset
+from fixture import FIXTURE_MODEL
 
-FIXTURE_MODEL = Path(__file__).resolve().parents[1] / "fixture" / "model"
+
+def drag_types(text: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in TYPES]
+    if unknown or not types:
+        named = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(f"{named}: not one of {', '.join(TYPES)}")
+    return types
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     base = build_config(read_config_file(args.config) if args.config else None, args.set,
                         preset=model_preset(args.model)).to_record()
     methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",")]
-    cases = generate.cases(args.n, args.seed)
+    cases = generate.cases(args.n, args.seed, args.types)
     out = Path(args.out)
     generate.write(cases, str(out))  # the same cases as a manifest, for `dragnext run`
     model = load_model(args.model, device=args.device)
@@ -36,6 +45,8 @@ def add_commands(commands) -> None:
                             "',' (then separate methods with ';'), e.g. "
                             "'dragnext;dragnext:pbsi.progressive=false'")
     bench.add_argument("--n", type=int, default=30, help="cases per drag type")
+    bench.add_argument("--types", type=drag_types, default=TYPES,
+                       help=f"comma-separated drag types (default: all of {','.join(TYPES)})")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", help="results JSON (default: OUT/results.json)")
     bench.add_argument("--out", default="out/bench", help="folder for the cases' manifest and the grid")

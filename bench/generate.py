@@ -28,9 +28,9 @@ def _point(p) -> dict | None:
     return None if p is None else {"x": float(p[0]), "y": float(p[1])}
 
 
-def cases(n: int, seed: int) -> list[Case]:
+def cases(n: int, seed: int, types: tuple[str, ...] = TYPES) -> list[Case]:
     """n cases of each drag type, seeds seed … seed + n − 1."""
-    return [make_case(kind, seed + i) for kind in TYPES for i in range(n)]
+    return [make_case(kind, seed + i) for kind in types for i in range(n)]
 
 
 def write(all_cases: list[Case], out: str) -> str:

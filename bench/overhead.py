@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench import generate
-from bench.cli import FIXTURE_MODEL
+from fixture import FIXTURE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 

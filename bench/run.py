@@ -75,6 +75,11 @@ def _lora_key(case: Case, config: EditConfig) -> tuple | None:
     return case.case_id, config.size, config.seed, json.dumps(config.lora.model_dump(), sort_keys=True)
 
 
+def types_of(cases: list[Case]) -> list[str]:
+    """The drag types present, in `TYPES` order."""
+    return [t for t in TYPES if any(c.type == t for c in cases)]
+
+
 def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
         quiet: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
     """The results JSON ({"methods": {label: {"overall", "by_type"}}}) and edited images."""
@@ -97,7 +102,7 @@ def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
             scores.append({"type": case.type, **score(case, item, result.image, seconds)})
         results[method.label] = {
             "overall": summarise(scores),
-            "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in TYPES},
+            "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in types_of(cases)},
             "config": config.to_record(),
         }
         images[method.label] = edited
@@ -124,7 +129,8 @@ def table(results: dict) -> str:
 
 def grid(cases: list[Case], images: dict[str, list[Image.Image]], per_type: int = 2) -> Image.Image:
     """input | instruction | expected | each method, for the first cases of each drag type."""
-    picked = [i for kind in TYPES for i in [j for j, c in enumerate(cases) if c.type == kind][:per_type]]
+    picked = [i for kind in types_of(cases)
+              for i in [j for j, c in enumerate(cases) if c.type == kind][:per_type]]
     columns = 3 + len(images)
     size = cases[0].scene.width
     canvas = Image.new("RGB", (columns * (size + 2), len(picked) * (size + 2)), (255, 255, 255))

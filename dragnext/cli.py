@@ -16,6 +16,7 @@ from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
 from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, load_model, model_preset
+from dragnext.tiny_model import ARCHS, save_tiny_model
 
 log = logging.getLogger("dragnext")
 EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError)
@@ -77,10 +78,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from dragnext.tiny_model import save_tiny_model
-
-    path = save_tiny_model(args.directory, seed=args.seed)
-    log.info("wrote a tiny random SD-architecture model to %s", path)
+    path = save_tiny_model(args.directory, seed=args.seed, arch=args.arch)
+    log.info("wrote a random-weight %s SD-architecture model to %s", args.arch, path)
     return 0
 
 
@@ -98,9 +97,11 @@ def add_commands(commands) -> None:
     edit.add_argument("--item-id", help="name used in errors and the record (default: out's stem)")
     edit.set_defaults(run=cmd_edit)
 
-    tiny = commands.add_parser("tiny-model", help="write a tiny random-weight SD-architecture "
-                               "model (for tests and smoke checks)")
+    tiny = commands.add_parser("tiny-model", help="write a random-weight SD-architecture model: "
+                               "tiny (tests, smoke checks) or SD1.5-size (speed)")
     tiny.add_argument("directory")
+    tiny.add_argument("--arch", choices=ARCHS, default="tiny",
+                      help="tiny (default, < 1 MB) or sd15 (SD1.5's exact configs, 4.3 GB: for profile)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=cmd_tiny_model)
 

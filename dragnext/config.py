@@ -44,6 +44,13 @@ class PbsiConfig(_Section):
     lr: float = Field(0.02, gt=0)
     lam: float = Field(0.1, ge=0, description="weight of the background term")
     progressive: bool = True
+    loss: Literal["features", "x0", "both"] = Field(
+        "features", description="what the region term compares: the UNet features F (the paper), "
+        "the predicted clean latent x̂₀ upsampled to F's size, or both")
+    x0_weight: float = Field(1.0, ge=0, description="weight of the x̂₀ region term (loss x0 or both)")
+    init: Literal["inverted", "warp"] = Field(
+        "inverted", description="z_T that PBSI starts from: the inverted latent (the paper) or it "
+        "warped by the drags' final maps, the vacated handle region refilled with noise")
 
 
 class DragDiffusionConfig(_Section):

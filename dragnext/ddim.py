@@ -39,8 +39,12 @@ class DDIMSchedule:
 def ddim_move(z: torch.Tensor, eps: torch.Tensor, alpha_from: torch.Tensor,
               alpha_to: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM: predict x_0 from (z, ε) at ᾱ_from, re-noise it to ᾱ_to."""
-    x0 = (z - (1 - alpha_from).sqrt() * eps) / alpha_from.sqrt()
-    return alpha_to.sqrt() * x0 + (1 - alpha_to).sqrt() * eps
+    return alpha_to.sqrt() * predict_x0(z, eps, alpha_from) + (1 - alpha_to).sqrt() * eps
+
+
+def predict_x0(z: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """x̂₀ = (z − √(1−ᾱ) ε) / √ᾱ."""
+    return (z - (1 - alpha).sqrt() * eps) / alpha.sqrt()
 
 
 def denoise_step(schedule: DDIMSchedule, z_k: torch.Tensor, eps: torch.Tensor, k: int) -> torch.Tensor:

@@ -59,6 +59,7 @@ class EditResult:
     dtype: str
     working_size: Size
     timings: dict[str, float]
+    unet_passes: dict
     peak_memory: dict
     lora_source: str  # trained | provided | disabled
     lora_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
@@ -71,6 +72,7 @@ class EditResult:
             "dtype": self.dtype,
             "working_size": {"height": self.working_size[0], "width": self.working_size[1]},
             "timings_s": self.timings,
+            "unet_passes": self.unet_passes,
             "peak_memory": self.peak_memory,
             "lora": self.lora_source,
             "postprocess": ["paste_background"] if self.config.output.paste_background else [],
@@ -79,7 +81,7 @@ class EditResult:
 
 
 def region_drags(item: EditItem, size: Size) -> list[RegionDrag]:
-    """The item's drags as `RegionDrag`s at `size`."""
+    """The item's drags as `RegionDrag`s at `size` (a scale keeps its input-resolution factors)."""
     input_size = (item.image.height, item.image.width)
 
     def point(p):
@@ -87,7 +89,7 @@ def region_drags(item: EditItem, size: Size) -> list[RegionDrag]:
                                                   input_size, size)
 
     return [RegionDrag(d.type, resize_mask(torch.from_numpy(d.handle_mask), size),
-                       point(d.handle), point(d.target), point(d.center))
+                       point(d.handle), point(d.target), point(d.center), d.axis or "uniform", d.factors)
             for d in item.instruction.drags]
 
 
@@ -152,8 +154,9 @@ def optimise(model: DragModel, prep: Prepared, trajectory: list[torch.Tensor], c
             return drag_diffusion(trajectory, prep.drags, prep.editable, schedule, config.dragdiffusion,
                                   forward, on_iteration=lambda done: notify("pbsi", done, total))
         total = config.pbsi.steps * config.pbsi.iterations
+        z_init = warp_latent(trajectory[-1], prep.drags, config.seed) if config.pbsi.init == "warp" else None
         return pbsi(trajectory, prep.drags, prep.editable, schedule, config.pbsi, forward,
-                    on_iteration=lambda done: notify("pbsi", done, total))
+                    on_iteration=lambda done: notify("pbsi", done, total), z_init=z_init)
 
 
 def denoise_latent(model: DragModel, prep: Prepared, trajectory: list[torch.Tensor],
@@ -180,7 +183,14 @@ def run_stage(name: str, model: DragModel, item: EditItem, config: EditConfig,
               done: dict[str, Any], notify: Callback = lambda *a: None) -> Any:
     """Stage `name` of an item, from the outputs of the stages before it (`done`, by name):
     prepare → `Prepared`, lora → weights | None, inversion → [z_0 … z_T], pbsi → the edited
-    latent, denoise → z_0, decode → the edited image."""
+    latent, denoise → z_0, decode → the edited image. The UNet passes it makes are counted
+    under its name in `model.passes`."""
+    with model.passes.stage(name):
+        return _run_stage(name, model, item, config, done, notify)
+
+
+def _run_stage(name: str, model: DragModel, item: EditItem, config: EditConfig,
+               done: dict[str, Any], notify: Callback) -> Any:
     if name == "prepare":
         prep = prepare(item, model, config)
         notify("prepare", 1, 1)
@@ -215,6 +225,7 @@ def edit(image: Image.Image, instruction: Instruction, model: DragModel,
         log.warning("item '%s': %s", item_id, warning)
     notify = callback or (lambda stage, done, total: None)
     timer = StageTimer(model.device)
+    model.passes.reset()
     lora_source = "disabled" if not config.lora.enabled else (
         "provided" if lora_weights is not None else "trained")
     done: dict[str, Any] = {"lora": lora_weights} if lora_source == "provided" else {}
@@ -225,5 +236,6 @@ def edit(image: Image.Image, instruction: Instruction, model: DragModel,
     return EditResult(
         image=done["decode"], item=item, config=config, model=model.spec, device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."), working_size=done["prepare"].size,
-        timings=timer.seconds, peak_memory=timer.peak_memory(), lora_source=lora_source,
+        timings=timer.seconds, unet_passes=model.passes.to_record(), peak_memory=timer.peak_memory(),
+        lora_source=lora_source,
         lora_weights=done["lora"])

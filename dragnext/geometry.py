@@ -4,6 +4,19 @@ target region ρ(η) and the correspondence Π, all as pure tensor code.
 A `RegionDrag` lives at one resolution; `.at(size)` moves it to another (image, features,
 latent). ρ and Π are computed by inverse mapping: p' ∈ ρ(η) iff ϑ(T_η⁻¹(p')) is set, and
 Π(p') = T_η⁻¹(p') is a `grid_sample` grid.
+
+The maps, for a drag with handle h, target g and (rotate, scale) centre c:
+- translate, deform: T_η(p) = p + η(g − h);
+- rotate: T_η(p) = c + R(ηθ)(p − c), θ the signed angle from h − c to g − c;
+- scale: T_η(p) = c + (1 + η(s − 1)) ⊙ (p − c), T_η⁻¹(p') = c + (p' − c) ⊘ (1 + η(s − 1)),
+  with s = (s_x, s_y) fixed at the input image's resolution:
+  - `axis: "uniform"` (the default): s_x = s_y = |g − c| / |h − c|. Only the distance of g
+    from c counts; a g off the ray from c through h is accepted with a warning.
+  - `axis: "free"`: s_x = (g_x − c_x)/(h_x − c_x) and s_y = (g_y − c_y)/(h_y − c_y), so T_1
+    carries h exactly onto g. Each factor must be positive (no mirroring), which needs h to
+    differ from c on both axes; a factor of 1 leaves that axis alone.
+  Every factor lies in [1/4, 4] and not all are 1. Scaling commutes with resizing the
+  image on each axis, so the factors hold at every resolution.
 """
 
 from __future__ import annotations
@@ -22,6 +35,19 @@ def eta(t: int, k: int, T: int, T_prime: int, K: int) -> float:
     return (K * (T - t) + k) / (K * (T - T_prime + 1))
 
 
+SCALE_RANGE = (0.25, 4.0)
+SCALE_AXES = ("uniform", "free")
+
+
+def scale_factors(handle, target, center, axis: str = "uniform") -> tuple[float, float]:
+    """(s_x, s_y) of a scale drag; points are (x, y) pairs. See the module docstring."""
+    (hx, hy), (gx, gy), (cx, cy) = ((float(v) for v in p) for p in (handle, target, center))
+    if axis == "free":
+        return (gx - cx) / (hx - cx), (gy - cy) / (hy - cy)
+    s = math.hypot(gx - cx, gy - cy) / math.hypot(hx - cx, hy - cy)
+    return s, s
+
+
 def rotation(angle: float | torch.Tensor) -> torch.Tensor:
     angle = torch.as_tensor(angle, dtype=torch.float64)
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -34,7 +60,14 @@ class RegionDrag:
     handle_mask: torch.Tensor  # ϑ, bool (H, W)
     handle: torch.Tensor  # h, (2,) float64 (x, y)
     target: torch.Tensor  # g
-    center: torch.Tensor | None = None  # c, rotate only
+    center: torch.Tensor | None = None  # c, rotate and scale only
+    axis: str = "uniform"  # scale only
+    factor: tuple[float, float] | None = None  # s = (s_x, s_y), scale only; from the points if None
+
+    def __post_init__(self):
+        if self.type == "scale" and self.factor is None:
+            factor = scale_factors(self.handle, self.target, self.center, self.axis)
+            object.__setattr__(self, "factor", factor)
 
     @property
     def size(self) -> Size:
@@ -50,19 +83,27 @@ class RegionDrag:
         if tuple(size) == self.size:
             return self
         move = lambda p: None if p is None else scale_point(p, self.size, size)
-        return RegionDrag(self.type, resize_mask(self.handle_mask, size),
-                          move(self.handle), move(self.target), move(self.center))
+        return RegionDrag(self.type, resize_mask(self.handle_mask, size), move(self.handle),
+                          move(self.target), move(self.center), self.axis, self.factor)
+
+    def _stretch(self, eta: float, like: torch.Tensor) -> torch.Tensor:
+        """1 + η(s − 1), per axis."""
+        return 1 + eta * (like.new_tensor(self.factor) - 1)
 
     def forward(self, eta: float, p: torch.Tensor) -> torch.Tensor:
         """T_η(p) for points p of shape (..., 2)."""
         if self.type == "rotate":
             return self.center + (p - self.center) @ rotation(eta * self.theta).T
+        if self.type == "scale":
+            return self.center + (p - self.center) * self._stretch(eta, p)
         return p + eta * (self.target - self.handle)
 
     def inverse(self, eta: float, p: torch.Tensor) -> torch.Tensor:
         """T_η⁻¹(p') for points p' of shape (..., 2)."""
         if self.type == "rotate":
             return self.center + (p - self.center) @ rotation(-eta * self.theta).T
+        if self.type == "scale":
+            return self.center + (p - self.center) / self._stretch(eta, p)
         return p - eta * (self.target - self.handle)
 
     def pixels(self) -> torch.Tensor:

@@ -19,8 +19,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-DragType = Literal["translate", "deform", "rotate"]
-DRAG_TYPES = ("translate", "deform", "rotate")
+from dragnext.geometry import SCALE_RANGE, scale_factors
+
+DragType = Literal["translate", "deform", "rotate", "scale"]
+DRAG_TYPES = ("translate", "deform", "rotate", "scale")
+ScaleAxis = Literal["uniform", "free"]
+# What a centre defines, for the drags that have one.
+CENTRED = {"rotate": "the rotation angle", "scale": "the scale factor"}
+# A uniform scale's target further off the ray from the centre through the handle than this
+# is probably a mistake: only its distance from the centre is used.
+OFF_RAY_DEGREES = 10.0
 Point = tuple[float, float]
 # Checked from the file header, before any pixel is decoded: a 20000x20000 PNG is a few
 # hundred kB on disk and 1.2 GB in memory.
@@ -43,10 +51,18 @@ class Drag:
     handle: Point
     target: Point
     center: Point | None = None
+    axis: ScaleAxis | None = None  # scale only; None means uniform
 
     @property
     def is_noop(self) -> bool:
         return self.handle == self.target
+
+    @property
+    def factors(self) -> tuple[float, float] | None:
+        """(s_x, s_y) of a scale drag (`dragnext.geometry`), else None."""
+        if self.type != "scale":
+            return None
+        return scale_factors(self.handle, self.target, self.center, self.axis or "uniform")
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class EditItem:
             "drags": [
                 {"type": d.type, "handle": list(d.handle), "target": list(d.target),
                  "center": None if d.center is None else list(d.center),
+                 **({"axis": d.axis or "uniform", "factors": list(d.factors)} if d.type == "scale" else {}),
                  "handle_pixels": int(d.handle_mask.sum())}
                 for d in instruction.drags
             ],
@@ -99,6 +116,7 @@ class DragSpec(BaseModel):
     handle: tuple[float, float]
     target: tuple[float, float]
     center: tuple[float, float] | None = None
+    axis: ScaleAxis | None = None
 
 
 class InstructionSpec(BaseModel):
@@ -173,7 +191,7 @@ def build_instruction(spec: InstructionSpec, item: str,
                       mask: Callable[[str, str], np.ndarray]) -> Instruction:
     """Load the masks of a checked spec; `mask(reference, field)` reads one."""
     drags = tuple(
-        Drag(type=d.type, handle=d.handle, target=d.target, center=d.center,
+        Drag(type=d.type, handle=d.handle, target=d.target, center=d.center, axis=d.axis,
              handle_mask=mask(d.handle_mask, f"drags[{i}].handle_mask"))
         for i, d in enumerate(spec.drags)
     )
@@ -218,10 +236,38 @@ def _check_mask(item: str, field: str, mask: np.ndarray, width: int, height: int
         raise InvalidItemError(item, field, "mask is empty")
 
 
+def _check_scale(item: str, name: str, drag: Drag | DragSpec) -> None:
+    """A scale's factors: defined, positive, in `SCALE_RANGE`, and not all 1."""
+    axis = drag.axis or "uniform"
+    if axis == "free":
+        for k, a in enumerate("xy"):
+            if drag.handle[k] == drag.center[k]:
+                raise InvalidItemError(item, f"{name}.handle", f"has the centre's {a} = {drag.handle[k]:g}, "
+                                       f"so s_{a} is undefined for a free scale (use axis uniform)")
+    factors = scale_factors(drag.handle, drag.target, drag.center, axis)
+    (hx, hy), (gx, gy), (cx, cy) = drag.handle, drag.target, drag.center
+    if axis == "uniform" and (hx - cx) * (gx - cx) + (hy - cy) * (gy - cy) <= 0:
+        raise InvalidItemError(item, f"{name}.target", "the target is not on the handle's side of the "
+                               "centre (a scale does not mirror)")
+    low, high = SCALE_RANGE
+    for a, s in zip("xy" if axis == "free" else "s", factors, strict=False):
+        label = f"s_{a}" if axis == "free" else "s"
+        if s <= 0:
+            raise InvalidItemError(item, f"{name}.target", f"{label} = {s:.3g}: the target is not on the "
+                                   "handle's side of the centre (a scale does not mirror)")
+        if not low <= s <= high:
+            raise InvalidItemError(item, f"{name}.target", f"scale factor {label} = {s:.3g} is outside "
+                                   f"[{low:g}, {high:g}]")
+    if all(abs(s - 1) < 1e-3 for s in factors):
+        raise InvalidItemError(item, f"{name}.target", "scale factor is 1 (the target is as far from the "
+                               "centre as the handle), so nothing would change")
+
+
 def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
                         size: tuple[int, int] | None = None) -> None:
     """The rules of one drag that need no file: its type, finite points (inside the image
-    when its (width, height) is known), and the centre rules of rotate."""
+    when its (width, height) is known), the centre rules of rotate and scale, and a scale's
+    factors."""
     name = f"drags[{i}]"
     if drag.type not in DRAG_TYPES:
         raise InvalidItemError(item, f"{name}.type", f"'{drag.type}' is not one of {', '.join(DRAG_TYPES)}")
@@ -229,15 +275,21 @@ def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
         point = getattr(drag, point_name)
         if point is not None:
             _check_point(item, f"{name}.{point_name}", point, *(size or (math.inf, math.inf)))
-    if drag.type == "rotate":
-        if drag.center is None:
-            raise InvalidItemError(item, f"{name}.center", "required for a rotate drag")
-        for point_name in ("handle", "target"):
-            if tuple(getattr(drag, point_name)) == tuple(drag.center):
-                raise InvalidItemError(item, f"{name}.center",
-                                       f"equals the {point_name}, so the rotation angle is undefined")
-    elif drag.center is not None:
-        raise InvalidItemError(item, f"{name}.center", f"only allowed for rotate drags, not {drag.type}")
+    if drag.axis is not None and drag.type != "scale":
+        raise InvalidItemError(item, f"{name}.axis", f"only allowed for scale drags, not {drag.type}")
+    if drag.type not in CENTRED:
+        if drag.center is not None:
+            raise InvalidItemError(item, f"{name}.center",
+                                   f"only allowed for rotate and scale drags, not {drag.type}")
+        return
+    if drag.center is None:
+        raise InvalidItemError(item, f"{name}.center", f"required for a {drag.type} drag")
+    for point_name in ("handle", "target") if drag.type == "rotate" else ("handle",):
+        if tuple(getattr(drag, point_name)) == tuple(drag.center):
+            raise InvalidItemError(item, f"{name}.center",
+                                   f"equals the {point_name}, so {CENTRED[drag.type]} is undefined")
+    if drag.type == "scale":
+        _check_scale(item, name, drag)
 
 
 def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = None) -> None:
@@ -246,6 +298,26 @@ def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = 
         raise InvalidItemError(item, "drags", "at least one drag is required")
     for i, drag in enumerate(spec.drags):
         check_drag_geometry(item, i, drag, size)
+
+
+def _scale_warnings(name: str, drag: Drag, mask: np.ndarray, width: int, height: int) -> list[str]:
+    """A uniform scale's target off the ray through the handle; a region scaled past the
+    image's border."""
+    found = []
+    c, h, g = (np.array(p, dtype=float) for p in (drag.center, drag.handle, drag.target))
+    if (drag.axis or "uniform") == "uniform":
+        u, v = h - c, g - c
+        angle = math.degrees(math.atan2(abs(u[0] * v[1] - u[1] * v[0]), u @ v))
+        if angle > OFF_RAY_DEGREES:
+            found.append(f"{name}.target: {angle:.0f}° off the ray from the centre through the handle; "
+                         f"a uniform scale uses only its distance (s = {drag.factors[0]:.3g})")
+    ys, xs = np.nonzero(mask)
+    moved = c + (np.stack([xs, ys], axis=-1) - c) * np.array(drag.factors)
+    outside = ((moved < -0.5) | (moved > np.array([width, height]) - 0.5)).any(axis=-1)
+    if outside.any():
+        found.append(f"{name}: {int(outside.sum())} of {len(moved)} handle pixels scale to outside "
+                     "the image and are clipped")
+    return found
 
 
 def _validate_drag(item: EditItem, i: int, drag: Drag, warnings: list[str]) -> Drag:
@@ -261,6 +333,8 @@ def _validate_drag(item: EditItem, i: int, drag: Drag, warnings: list[str]) -> D
     if inside.sum() < handle_mask.sum():
         warnings.append(f"{name}.handle_mask: {int(handle_mask.sum() - inside.sum())} pixels "
                         "outside the editable mask were dropped")
+    if drag.type == "scale":
+        warnings.extend(_scale_warnings(name, drag, inside, width, height))
     if drag.is_noop:
         warnings.append(f"{name}: handle equals target, so this drag is a no-op "
                         "(its region is held in place)")

@@ -82,9 +82,7 @@ def train_lora(model: DragModel, x: torch.Tensor, context: torch.Tensor, config:
             t = torch.randint(0, num_train, (config.batch_size,), generator=generator).to(model.device)
             a = alphas[t].float().view(-1, 1, 1, 1)
             z_t = a.sqrt() * z_0 + (1 - a).sqrt() * noise
-            context_batch = context.expand(config.batch_size, -1, -1).to(model.dtype)
-            eps = model.unet(z_t.to(model.dtype), t, encoder_hidden_states=context_batch).sample
-            loss = F.mse_loss(eps.float(), noise)
+            loss = F.mse_loss(model.predict_noise(z_t, t, context), noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from dragnext.profiling import PassCounter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class DragModel:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
     device: torch.device
+    passes: PassCounter = field(default_factory=PassCounter)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,10 +76,14 @@ class DragModel:
         x = self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         return x.float().clamp(-1, 1)
 
-    def predict_noise(self, z: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
-        """ε_Θ(z, t) in fp32, whatever precision the UNet runs at; differentiable in z."""
+    def predict_noise(self, z: torch.Tensor, timestep: int | torch.Tensor,
+                      context: torch.Tensor) -> torch.Tensor:
+        """ε_Θ(z, t) in fp32, whatever precision the UNet runs at; differentiable in z (and
+        in the LoRA weights while training). Every UNet pass goes through here and is counted."""
         context = context.expand(z.shape[0], -1, -1).to(self.dtype)
-        return self.unet(z.to(self.dtype), timestep, encoder_hidden_states=context).sample.float()
+        eps = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=context).sample
+        self.passes.count(eps)
+        return eps.float()
 
 
 PRESET_FILE = "dragnext.json"

@@ -7,6 +7,12 @@ Optimisation over the denoising steps t = T … T' by Adam on z_t itself.
 with η = η(t, k) growing to 1 at the last iteration of step T'. The model is reached only
 through `forward(z, t) -> (ε, F)`, one UNet pass giving the noise prediction and the
 features together, so the λ term costs no extra pass and tests can stand in for the UNet.
+
+Options beyond the paper (`PbsiConfig`; the paper's behaviour is the default):
+- `loss`: the region term on F (paper), on the predicted clean latent
+  x̂₀ = (z_t − √(1−ᾱ_t) ε)/√ᾱ_t upsampled to F's size (orientation and extent live in x̂₀
+  where a few feature cells cannot hold them), or on both, x̂₀'s weighted by `x0_weight`;
+- `init`: start from z_T (paper) or from z_T warped by the drags' final maps (`z_init`).
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from dragnext.config import PbsiConfig
-from dragnext.ddim import DDIMSchedule, denoise_step
+from dragnext.ddim import DDIMSchedule, denoise_step, predict_x0
 from dragnext.geometry import RegionDrag, eta, sample
 from dragnext.resize import resize_soft_mask
 
@@ -25,14 +32,18 @@ Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, drags: list[RegionDrag],
                 progress: float) -> torch.Tensor:
-    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i."""
+    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i.
+
+    ρ is built and counted on the host, and the mean is a masked sum: no device sync."""
     loss = F_k.new_zeros(())
     for drag in drags:
-        rho = drag.target_region(progress).to(F_k.device)
-        if not rho.any():
+        rho = drag.target_region(progress)
+        count = int(rho.sum())
+        if count == 0:
             continue
         F_source = sample(F_ref, drag.correspondence(progress).to(F_k.device))
-        loss = loss + (F_k - F_source).abs().sum(dim=1)[0][rho].mean()
+        distance = (F_k - F_source).abs().sum(dim=1)[0]
+        loss = loss + (distance * rho.to(F_k.device, distance.dtype)).sum() / count
     return loss
 
 
@@ -42,31 +53,46 @@ def background_loss(x_prev: torch.Tensor, x_prev_ref: torch.Tensor,
     return ((x_prev - x_prev_ref) * outside).abs().sum()
 
 
+def x0_at(schedule: DDIMSchedule, z_t: torch.Tensor, eps: torch.Tensor, t: int,
+          like: torch.Tensor) -> torch.Tensor:
+    """x̂₀ of (z_t, ε) at step t, bilinearly upsampled to the size of `like` (F)."""
+    alpha = schedule.alphas[t].to(z_t.device, z_t.dtype)
+    return F.interpolate(predict_x0(z_t, eps, alpha), size=like.shape[-2:], mode="bilinear",
+                         align_corners=False)
+
+
 def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torch.Tensor,
          schedule: DDIMSchedule, config: PbsiConfig, forward: Forward,
-         on_iteration: Callable[[int], None] | None = None) -> torch.Tensor:
+         on_iteration: Callable[[int], None] | None = None,
+         z_init: torch.Tensor | None = None) -> torch.Tensor:
     """Optimise z_T … z_T' and return z_{T'−1}, the DDIM step from the optimised z_T'.
 
     `trajectory` is the inversion [z_0 … z_T]; `drags` and `editable` (M) are at the
     working image resolution and are moved to the feature and latent resolutions here.
+    `z_init` replaces z_T as the start (`init=warp`); the reference stays the trajectory.
     """
     T = len(trajectory) - 1
     T_prime = T - config.steps + 1
     outside = 1 - resize_soft_mask(editable, trajectory[0].shape[-2:]).to(trajectory[0].device)
-    z_t = trajectory[T].clone()
+    z_t = (trajectory[T] if z_init is None else z_init).clone()
+    features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
         with torch.no_grad():
             eps_ref, F_ref = forward(z_ref, t)
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
+            x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 else None
         drags_f = [d.at(tuple(F_ref.shape[-2:])) for d in drags]
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
         for k in range(1, config.iterations + 1):
             progress = eta(t, k, T, T_prime, config.iterations) if config.progressive else 1.0
             eps, F_k = forward(z_t, t)
-            loss = region_loss(F_k, F_ref, drags_f, progress)
+            loss = region_loss(F_k, F_ref, drags_f, progress) if features else F_k.new_zeros(())
+            if x0:
+                loss = loss + config.x0_weight * region_loss(
+                    x0_at(schedule, z_t, eps, t, F_k), x0_ref, drags_f, progress)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dragnext.edit import region_drags
 from dragnext.instruction import EditItem
 
 HANDLE_TINTS = [(255, 80, 80), (80, 160, 255), (80, 220, 120), (250, 200, 60), (200, 100, 255)]
@@ -21,14 +22,24 @@ def _arrow(draw: ImageDraw.ImageDraw, start, end, colour, width: int) -> None:
         draw.line([end, tip], fill=colour, width=width)
 
 
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The mask's pixels with a 4-neighbour outside it."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
 def overlay(item: EditItem) -> Image.Image:
-    """The input with the area outside M darkened, handle regions tinted, and each drag
-    drawn as an arrow (a rotate also marks its centre)."""
+    """The input with the area outside M darkened, handle regions tinted, where each region
+    lands (ρ(1)) outlined, and each drag drawn as an arrow. A rotate or scale also marks its
+    centre; a scale joins the centre to the handle, the line it scales along."""
     base = np.asarray(item.image.convert("RGB"), dtype=np.float32)
     base[~item.editable] *= 0.35
-    for i, drag in enumerate(item.instruction.drags):
+    size = (item.image.height, item.image.width)
+    for i, (drag, region) in enumerate(zip(item.instruction.drags, region_drags(item, size), strict=True)):
         tint = np.array(HANDLE_TINTS[i % len(HANDLE_TINTS)], dtype=np.float32)
         base[drag.handle_mask] = 0.5 * base[drag.handle_mask] + 0.5 * tint
+        base[_outline(region.target_region(1.0).numpy())] = tint
     image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     width = max(1, round(max(image.size) / 200))
@@ -39,6 +50,8 @@ def overlay(item: EditItem) -> Image.Image:
         if drag.center is not None:
             r = 3 * width
             cx, cy = drag.center
+            if drag.type == "scale":
+                draw.line([drag.center, drag.handle], fill=colour, width=max(1, width // 2))
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
     return image
 

@@ -1,4 +1,4 @@
-"""Per-stage wall times and peak memory, for each item's record."""
+"""Per-stage wall times, UNet passes and peak memory, for each item's record."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -39,3 +40,50 @@ class StageTimer:
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss_bytes = rss_kb if sys.platform == "darwin" else rss_kb * 1024
         return {"kind": "process_peak_rss", "mb": round(rss_bytes / 2**20, 1)}
+
+
+class PassCounter:
+    """UNet forward and backward passes per stage: a cost model that needs no GPU.
+
+    One call of the UNet is one pass whatever its batch; `*_samples` add up the batch
+    sizes (LoRA trains on `lora.batch_size` views, denoising runs the reference and the
+    edit as a batch of 2). A backward is counted when the gradient reaches the UNet's output.
+    """
+
+    def __init__(self):
+        self.current = "other"
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def reset(self) -> None:
+        self.counts = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        outer, self.current = self.current, name
+        try:
+            yield
+        finally:
+            self.current = outer
+
+    def _add(self, stage: str, kind: str, batch: int) -> None:
+        counts = self.counts.setdefault(stage, dict.fromkeys(
+            ("forward", "backward", "forward_samples", "backward_samples"), 0))
+        counts[kind] += 1
+        counts[f"{kind}_samples"] += batch
+
+    def _on_backward(self, stage: str, batch: int, grad: torch.Tensor) -> None:
+        self._add(stage, "backward", batch)
+
+    def count(self, output: torch.Tensor) -> None:
+        """Count one UNet forward producing `output` (and its backward, if one comes)."""
+        batch = output.shape[0]
+        self._add(self.current, "forward", batch)
+        if output.requires_grad:
+            output.register_hook(partial(self._on_backward, self.current, batch))
+
+    def totals(self) -> dict[str, int]:
+        return {kind: sum(c[kind] for c in self.counts.values())
+                for kind in ("forward", "backward", "forward_samples", "backward_samples")}
+
+    def to_record(self) -> dict:
+        return {"by_stage": {name: dict(c) for name, c in self.counts.items()}, "total": self.totals()}

@@ -15,15 +15,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench import cli as bench_cli
-from bench.cli import FIXTURE_MODEL
+from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import DEFAULT_MODEL
+from fixture import FIXTURE_MODEL
 from flows import watchdog
 from flows.bulk_edit import bulk_edit, retry_failed
 from flows.results import read_results
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import UnsafePickleError, import_dragbench
+from manifests.examples import DEMO_MANIFEST
 from manifests.items import conform, validate_rows
 from manifests.schema import ManifestError, read_table
 from manifests.storage import StoreUnavailable, parent, read_bytes
@@ -118,7 +120,6 @@ def cmd_from_dragbench(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "bench" / "manifest.parquet"
 
 
 def preview_sheet(results_uri: str) -> Image.Image:
@@ -198,7 +199,8 @@ def add_commands(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands)
+    root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands,
+                              profile_cli.add_commands)
     return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
         UnsafePickleError, FileNotFoundError, ManifestError))
 

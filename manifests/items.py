@@ -64,7 +64,8 @@ def instruction_of(row: dict) -> dict:
         "drags": [
             {"type": d["type"], "handle_mask": d["handle_mask_uri"], "handle": _point(d["handle"]),
              "target": _point(d["target"]),
-             **({"center": _point(d["center"])} if d.get("center") is not None else {})}
+             **({"center": _point(d["center"])} if d.get("center") is not None else {}),
+             **({"axis": d["axis"]} if d.get("axis") is not None else {})}
             for d in row.get("drags") or []
         ],
     }

@@ -23,6 +23,7 @@ DRAG = pa.struct([
     pa.field("handle", POINT, nullable=False),
     pa.field("target", POINT, nullable=False),
     pa.field("center", POINT),
+    pa.field("axis", pa.string()),  # scale only: uniform (default) or free
 ])
 MANIFEST = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),

@@ -58,6 +58,11 @@ class Shape:
         return replace(self, center=(c[0] + cos * dx - sin * dy, c[1] + sin * dx + cos * dy),
                        angle=self.angle + phi)
 
+    def scaled(self, c: tuple[float, float], s: float) -> Shape:
+        """The shape scaled by s about c: the pose a uniform scale drag maps it to."""
+        return replace(self, center=(c[0] + s * (self.center[0] - c[0]), c[1] + s * (self.center[1] - c[1])),
+                       half=(s * self.half[0], s * self.half[1]))
+
     def ends(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """The two ends of its long (a) axis."""
         ux, uy = math.cos(self.angle) * self.half[0], math.sin(self.angle) * self.half[0]

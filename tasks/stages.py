@@ -81,7 +81,7 @@ def stage_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
     """Digests of each stored stage's inputs: a stored output is reused only if its key matches."""
     c = ctx.edit_config.to_record()
     image = digest(np.asarray(item.image).tobytes())
-    drags = digest([(d.type, d.handle, d.target, d.center, d.handle_mask.tobytes())
+    drags = digest([(d.type, d.handle, d.target, d.center, d.axis, d.handle_mask.tobytes())
                     for d in item.instruction.drags], item.editable.tobytes())
     lora = digest(ctx.model, image, item.instruction.prompt, c["size"], c["seed"], c["lora"])
     inversion = digest(lora, c["inversion"])
@@ -123,6 +123,8 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
         item = load_item(ctx.row, ctx.policy)
     except InvalidItemError as error:
         return result_row(ctx, "invalid", attempt, error=str(error))
+    model = worker.model(ctx.model)
+    model.passes.reset()
     try:
         done, timings, reused = _run_stages(ctx, item, worker)
     except torch.OutOfMemoryError as error:
@@ -135,8 +137,8 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
     record = {
         "item": item.to_record(), "model": ctx.model, "config": ctx.config,
         "config_hash": ctx.config_hash, "device": str(worker.device), "metrics": metrics,
-        "timings_s": timings, "attempts": attempt, "warnings": list(item.instruction.warnings),
-        "reused": sorted(reused),
+        "timings_s": timings, "unet_passes": model.passes.to_record(), "attempts": attempt,
+        "warnings": list(item.instruction.warnings), "reused": sorted(reused),
         "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads},
         "postprocess": ["paste_background"] if ctx.edit_config.output.paste_background else [],
         "outputs": uris,

@@ -78,7 +78,7 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
     assert "warp" in printed and "rotate" in printed and "success" in printed
     results = json.loads((tmp_path / "r.json").read_text())
     warp = results["methods"]["warp"]
-    assert set(warp["by_type"]) == set(TYPES) and warp["overall"]["n"] == 3
+    assert set(warp["by_type"]) == set(TYPES) and warp["overall"]["n"] == len(TYPES)
     for row in [warp["overall"], *warp["by_type"].values()]:
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
     assert Image.open(out / "grid.png").size[0] == 4 * 66  # input, instruction, expected, warp
@@ -109,3 +109,33 @@ def test_methods_share_one_finetune_per_case_and_are_each_charged_for_it(tiny_mo
     assert len(calls) == 2 * len(picked)  # the rank-4 LoRA is a different finetune
     first, second = (results["methods"][m.label]["overall"]["seconds"] for m in methods[:2])
     assert second > 0.5 * first
+
+
+def test_the_bench_runs_only_the_types_asked_for(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from flows.cli import main
+    from tests.conftest import FAST
+
+    sets = [a for s in FAST for a in ("--set", s)]
+    assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "warp", "--n", "2",
+                 "--types", "scale", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "r.json"),
+                 *sets]) == 0
+    warp = json.loads((tmp_path / "r.json").read_text())["methods"]["warp"]
+    assert list(warp["by_type"]) == ["scale"] and warp["overall"]["n"] == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "--types", "scale,shear"])
+    assert "shear: not one of translate, deform, rotate, scale" in capsys.readouterr().err
+
+
+def test_a_scale_case_scales_the_shape_about_its_centre_and_carries_the_handle_to_the_target():
+    grown = shrunk = None
+    for seed in range(30):
+        case = make_case("scale", seed)
+        moved = case.expected.shapes[-1]
+        s = moved.half[0] / case.shape.half[0]
+        assert 0.6 <= s <= 1.6 and moved.half[1] / case.shape.half[1] == pytest.approx(s)
+        assert np.allclose(moved.ends()[1], case.target)
+        assert np.allclose(np.subtract(case.target, case.center), s * np.subtract(case.handle, case.center))
+        grown, shrunk = (case, shrunk) if s > 1 else (grown, case)
+    assert grown is not None and shrunk is not None

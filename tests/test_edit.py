@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dragnext.attention import MutualSelfAttention
@@ -125,6 +126,8 @@ def empty(folder, spec):
     (lambda f, s: s["drags"][0].update(handle_mask="gone.png"), "image.png", (),
      "drags[0].handle_mask: file"),
     (None, "image.png", ("lora.stepz=1",), "lora.stepz"),
+    (lambda f, s: s["drags"][1].update(type="scale", target=[60, 70]), "image.png", (),
+     "drags[1].target: the target is not on the handle's side of the centre"),
 ])
 def test_bad_input_is_one_clear_error(cli_scene, capsys, change, image, sets, message):
     assert cli_scene(change, image, sets) == 2
@@ -165,3 +168,35 @@ def test_the_papers_defaults_run_end_to_end(tiny_model, scene):
     record = result.to_record()
     assert record["config"]["lora"]["steps"] == 80 and record["config"]["pbsi"]["iterations"] == 10
     assert result.image.size == (128, 96) and all(t > 0 for t in result.timings.values())
+
+
+def test_a_scale_drag_edits_through_the_command(cli_scene, tmp_path):
+    def scale_the_bar(folder, spec):  # the bar (x 80..109) grown 1.5x about its left end
+        spec["drags"][1].update(type="scale", handle=[108, 70], target=[122, 70], center=[80, 70])
+
+    assert cli_scene(scale_the_bar, sets=FAST) == 0
+    assert Image.open(tmp_path / "o.png").size == (128, 96)
+    drag = json.loads((tmp_path / "o.json").read_text())["item"]["drags"][1]
+    assert drag["type"] == "scale" and drag["axis"] == "uniform" and drag["factors"] == [1.5, 1.5]
+
+
+def test_pbsi_init_warp_starts_from_the_warped_inverted_latent(tiny_model, scene, fast_config, monkeypatch):
+    import importlib
+
+    from dragnext.peers.warp import warp_latent
+
+    stages = importlib.import_module("dragnext.edit")  # the package re-exports the function `edit`
+    seen = {}
+    real = stages.pbsi
+
+    def recording(trajectory, drags, *args, z_init=None, **kwargs):
+        seen.update(z_T=trajectory[-1], drags=drags, z_init=z_init)
+        return real(trajectory, drags, *args, z_init=z_init, **kwargs)
+
+    monkeypatch.setattr(stages, "pbsi", recording)
+    edit(*load_scene(*scene), tiny_model, fast_config)
+    assert seen["z_init"] is None  # the paper's start: z_T itself
+    config = build_config(fast_config.to_record(), ["pbsi.init=warp"])
+    edit(*load_scene(*scene), tiny_model, config)
+    assert torch.equal(seen["z_init"], warp_latent(seen["z_T"], seen["drags"], config.seed))
+    assert not torch.equal(seen["z_init"], seen["z_T"])

@@ -22,12 +22,14 @@ from flows.cli import DEMO_MANIFEST, main
 from flows.results import read_results
 from flows.shard import progress_log
 from infra.faults import item_workers, store_behind_proxy
+from manifests.schema import read_table
 from tests.conftest import FAST, wait_for
 from tests.test_manifests import SYNTHETIC
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SETS = [a for s in FAST for a in ("--set", s)]
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_ITEMS = read_table(str(DEMO_MANIFEST)).num_rows
 
 
 def rows_written(out: Path) -> int:
@@ -57,17 +59,17 @@ def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, 
     killer.join()
     assert code == 1
     results = read_results(str(out / "results.parquet"))
-    assert_one_row_per_item(results, 6)
+    assert_one_row_per_item(results, DEMO_ITEMS)
     failed = [r for r in results if r["status"] == "failed"]
     assert len(failed) == 1, results  # only the item the worker was editing
     assert f"WorkerLost: worker process {killed['pid']} died" in failed[0]["error"]
     assert failed[0]["attempts"] == 1
-    assert sum(r["status"] == "succeeded" for r in results) == 5  # the others went on
+    assert sum(r["status"] == "succeeded" for r in results) == DEMO_ITEMS - 1  # the others went on
     assert f"dragnext retry {out / 'results.parquet'}" in capsys.readouterr().out
 
     assert main(["-q", "retry", str(out / "results.parquet"), "--workers", "2"]) == 0
     after = {r["item_id"]: r for r in read_results(str(out / "results.parquet"))}
-    assert_one_row_per_item(list(after.values()), 6)
+    assert_one_row_per_item(list(after.values()), DEMO_ITEMS)
     assert all(r["status"] == "succeeded" for r in after.values())
     assert after[failed[0]["item_id"]]["attempts"] == 2
 
@@ -170,7 +172,7 @@ def test_a_killed_run_leaves_no_process_and_resumes_without_redoing_items(tmp_pa
     assert main(["-q", "run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
                  "--workers", "2", *SETS, "--set", "pbsi.iterations=25"]) == 0
     results = read_results(str(out / "results.parquet"))
-    assert_one_row_per_item(results, 6)
+    assert_one_row_per_item(results, DEMO_ITEMS)
     assert json.loads((out / "summary.json").read_text())["resumed"] >= len(done)
     for item_id, stamp in edited.items():  # finished items were kept, not rendered again
         assert (out / "items" / item_id / "edited.png").stat().st_mtime_ns == stamp

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from bench.cases import make_case
 from dragnext.metrics import colour_mask, score_drag
 from dragnext.model import load_model, model_preset
+from fixture import FIXTURE_MODEL as FIXTURE
 from tests.test_edit import dragnext_command
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixture" / "model"
 CASE_SEED = 0  # a translate the shipped preset gets right; the test checks that it still does
 
 

@@ -127,6 +127,7 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     assert lora.read_bytes() == stored and lora.stat().st_mtime_ns == stamp  # not trained again
     record = json.loads((out / "items" / "rotate-bar" / "record.json").read_text())
     assert record["reused"] == ["inversion", "lora"]  # resumed after the last finished stage
+    assert set(record["unet_passes"]["by_stage"]) == {"pbsi", "denoise"}  # reused stages cost nothing
 
 
 def test_a_manifest_that_cannot_be_read_fails_the_run_before_any_item(tmp_path, tiny_model_dir):
@@ -143,9 +144,9 @@ def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_s
     sets = [a for s in FAST for a in ("--set", s)]
     assert main(["-q", "demo", "--out", str(out), *sets]) == 0
     printed = capsys.readouterr().out
-    assert "6 succeeded" in printed and "previews.png" in printed
+    assert "8 succeeded" in printed and "previews.png" in printed  # 2 of each drag type
     sheet = Image.open(out / "previews.png")
-    assert sheet.height == 6 * (64 + 2)  # one 64 px strip per scene
+    assert sheet.height == 8 * (64 + 2)  # one 64 px strip per scene
 
 
 def test_the_demo_without_the_fixture_model_says_where_it_should_be(tmp_path, capsys, monkeypatch):

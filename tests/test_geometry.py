@@ -102,3 +102,47 @@ def test_a_small_region_survives_downsampling():
     mask[10, 10] = True
     small = resize_mask(mask, (8, 8))
     assert small.sum() == 1 and small[1, 1]
+
+
+@pytest.mark.parametrize("axis,handle,target", [("uniform", (30, 20), (42, 20)),
+                                                 ("uniform", (22, 26), (20, 32)),
+                                                 ("free", (30, 26), (36, 23))])
+def test_a_scale_is_the_identity_at_zero_takes_the_handle_to_the_target_and_inverts(axis, handle, target):
+    mask = disc(48, 64, 24, 20, 6)
+    d = RegionDrag("scale", torch.from_numpy(mask), *(torch.tensor(p, dtype=torch.float64)
+                                                     for p in (handle, target, (24, 20))), axis=axis)
+    points = torch.rand(100, 2, dtype=torch.float64) * 48
+    assert torch.allclose(d.forward(0.0, points), points, atol=1e-12)
+    assert torch.allclose(d.forward(1.0, d.handle), d.target, atol=1e-9)
+    assert torch.allclose(d.forward(0.7, d.center), d.center)
+    for progress in (0.0, 0.4, 1.0):
+        assert torch.allclose(d.inverse(progress, d.forward(progress, points)), points, atol=1e-9)
+
+
+def test_a_free_scale_stretches_each_axis_by_its_own_factor():
+    mask = np.ones((32, 32), dtype=bool)
+    d = drag("scale", mask, (20, 10), (26, 12), center=(10, 14))
+    d = RegionDrag(d.type, d.handle_mask, d.handle, d.target, d.center, axis="free")
+    assert d.factor == pytest.approx((1.6, 0.5))
+    assert d.forward(0.5, torch.tensor([20.0, 18.0], dtype=torch.float64)).tolist() == \
+        pytest.approx([10 + 10 * 1.3, 14 + 4 * 0.75])
+
+
+@pytest.mark.parametrize("s", [0.6, 1.5])
+def test_the_target_region_of_a_scaled_disc_is_the_scaled_disc(s):
+    r = 10
+    mask = disc(64, 64, 32, 30, r)
+    d = drag("scale", mask, (32 + r, 30), (32 + s * r, 30), center=(32, 30))
+    rho = d.target_region(1.0).numpy()
+    assert rho.sum() / mask.sum() == pytest.approx(s * s, rel=0.05)
+    ys, xs = np.nonzero(rho)
+    assert (xs.mean(), ys.mean()) == pytest.approx((32, 30), abs=0.3)
+    assert torch.equal(d.target_region(0.0), torch.from_numpy(mask))
+
+
+def test_a_scale_keeps_its_factor_at_every_resolution():
+    mask = disc(96, 128, 40, 40, 10)
+    # off the ray: only the distance counts, and a non-square resize would change the ratio
+    d = drag("scale", mask, (50, 40), (40, 52), center=(40, 40))
+    assert d.factor == pytest.approx((1.2, 1.2))
+    assert d.at((12, 12)).factor == d.factor

@@ -143,3 +143,52 @@ def test_the_shipped_example_is_valid():
     item = validate_item(EditItem(image, read_instruction(folder / "drag.json"), "shapes"))
     assert [d.type for d in item.instruction.drags] == ["translate", "rotate"]
     assert item.instruction.warnings == ()
+
+
+def scale_drag(spec, **fields):
+    """The scene's bar (x 80..109, y 66..73) as a scale about its left end."""
+    spec["drags"] = [{"type": "scale", "handle_mask": "h1.png", "handle": [108, 70], "target": [100, 70],
+                      "center": [80, 70], **fields}]
+    return spec
+
+
+def test_a_scale_drag_loads_with_its_factors_in_the_record(scene):
+    folder, spec = scene
+    item = load(folder, scale_drag(spec))
+    assert item.instruction.warnings == ()
+    record = item.to_record()["drags"][0]
+    assert record["axis"] == "uniform" and record["factors"] == pytest.approx([20 / 28, 20 / 28])
+    free = load(folder, scale_drag(spec, handle=[108, 72], target=[94, 74], axis="free"))
+    assert free.instruction.drags[0].factors == pytest.approx((0.5, 2.0))
+
+
+@pytest.mark.parametrize("fields,field,reason", [
+    ({"center": None}, "drags[0].center", "required for a scale drag"),
+    ({"center": [108, 70]}, "drags[0].center", "equals the handle, so the scale factor is undefined"),
+    ({"target": [60, 70]}, "drags[0].target", "not on the handle's side of the centre"),
+    ({"target": [81, 70]}, "drags[0].target", "scale factor s = 0.0357 is outside [0.25, 4]"),
+    ({"target": [107.893, 67.560]}, "drags[0].target", "scale factor is 1"),
+    ({"target": [80, 42]}, "drags[0].target", "not on the handle's side"),
+    ({"axis": "free"}, "drags[0].handle", "has the centre's y = 70"),
+    ({"axis": "free", "handle": [108, 72], "target": [120, 60]}, "drags[0].target",
+     "s_y = -5: the target is not on the handle's side"),
+    ({"axis": "diagonal"}, "drags[0].axis", "'uniform' or 'free'"),
+])
+def test_a_bad_scale_is_refused_naming_the_field(scene, fields, field, reason):
+    folder, spec = scene
+    expect(folder, scale_drag(spec, **fields), field, reason)
+
+
+def test_an_axis_on_a_translate_is_refused(scene):
+    folder, spec = scene
+    spec["drags"][0]["axis"] = "free"
+    expect(folder, spec, "drags[0].axis", "only allowed for scale drags, not translate")
+
+
+def test_a_scale_past_the_border_or_off_the_ray_is_loaded_with_warnings(scene):
+    folder, spec = scene
+    clipped = load(folder, scale_drag(spec, target=[140 - 13, 70]))  # s ~ 1.68: the bar reaches x ~ 130
+    assert any("handle pixels scale to outside the image and are clipped" in w
+               for w in clipped.instruction.warnings)
+    off_ray = load(folder, scale_drag(spec, target=[96, 80]))
+    assert any("off the ray from the centre through the handle" in w for w in off_ray.instruction.warnings)

@@ -42,6 +42,9 @@ def test_the_schema_is_versioned_and_keeps_extra_columns():
     conformed, problems = conform(table)
     assert problems == [] and conformed.column_names[-1] == "customer"
     assert conform(table.drop_columns(["drags"]))[1] == ["missing column(s): drags"]
+    assert "axis" not in str(table.schema.field("drags").type)  # written before scale drags existed
+    assert conformed.schema.field("drags").type == MANIFEST.field("drags").type
+    assert {d["axis"] for r in conformed.to_pylist() for d in r["drags"]} == {None}
     old = table.replace_schema_metadata({VERSION_KEY: b"0"})
     assert "schema version 0" in conform(old)[1][0]
 
@@ -74,16 +77,21 @@ def test_the_validator_reports_every_bad_row(tmp_path, capsys):
         {**good, "item_id": "bad-key", "params": json.dumps({"pbsi.iters": 3})},
         {**good, "item_id": "no-image", "image_uri": "missing.png"},
         {**good, "item_id": "small-mask", "editable_mask_uri": "small.png"},
+        {**rows[2], "item_id": "scale-free-flat",  # handle and centre share y = 32
+         "drags": [{**rows[2]["drags"][0], "type": "scale", "axis": "free"}]},
+        {**rows[2], "item_id": "scale-ok",
+         "drags": [{**rows[2]["drags"][0], "type": "scale", "target": {"x": 40.0, "y": 32.0}}]},
     ]
     write_manifest(rows + bad, str(folder / "manifest.parquet"))
     assert main(["manifest", "validate", str(folder / "manifest.parquet")]) == 1
     out = capsys.readouterr().out
     expected = [("has space", "item_id"), ("twice", "appears 2 times"), ("no-centre", "drags[0].center"),
                 ("bad-params", "params: not valid JSON"), ("bad-key", "pbsi.iters"),
-                ("no-image", "image_uri: "), ("small-mask", "editable_mask_uri: mask is 10x10")]
+                ("no-image", "image_uri: "), ("small-mask", "editable_mask_uri: mask is 10x10"),
+                ("scale-free-flat", "drags[0].handle: has the centre's y = 32")]
     for item, text in expected:
         assert any(f"'{item}'" in line and text in line for line in out.splitlines()), (item, out)
-    assert "11 rows, 8 invalid" in out
+    assert "13 rows, 9 invalid" in out and "'scale-ok'" not in out
 
 
 def test_dragbench_import_keeps_sizes_prompts_and_every_drag(tmp_path):

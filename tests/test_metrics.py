@@ -53,3 +53,17 @@ def test_the_preview_shows_original_overlay_and_edited_side_by_side(item):
     left, middle = np.asarray(strip)[:, :64], np.asarray(strip)[:, 64 + 2:128 + 2]
     assert np.array_equal(left, np.asarray(item.image))
     assert middle[0, 0].sum() < left[0, 0].sum()  # outside M is darkened in the overlay
+
+
+def test_the_overlay_of_a_scale_marks_the_centre_and_outlines_the_scaled_region():
+    from dragnext.preview import HANDLE_TINTS, overlay
+
+    image = Image.new("RGB", (64, 48), (128, 128, 128))
+    # a disc of radius 7 at (20, 24) grown 2x about its centre: its outline has radius 14
+    drag = Drag("scale", disc(48, 64, 20, 24, 7), (27, 24), (34, 24), center=(20, 24))
+    drawn = np.asarray(overlay(validate_item(EditItem(image, Instruction(drags=(drag,))))))
+    tint = np.all(drawn == HANDLE_TINTS[0], axis=-1)
+    assert tint[24, 4:8].any() and tint[7:11, 20].any()  # the outline of ρ(1), left and top
+    assert not tint[24, :4].any() and not tint[12:20, 20].any()  # not outside it, nor inside
+    assert tint[24, 17] and tint[21, 20]  # the ring on the centre
+    assert tint[24, 24]  # the line from the centre to the handle

@@ -31,7 +31,7 @@ def point(x, y):
     return torch.tensor([x, y], dtype=torch.float64)
 
 
-def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as_features):
+def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as_features, **options):
     """Optimise; return (z_{T'−1}, pixels that must have arrived, protected strip, M)."""
     handle = torch.zeros(SIZE, dtype=torch.bool)
     goal = torch.zeros(SIZE, dtype=torch.bool)  # written out by hand, not by the code under test
@@ -39,16 +39,20 @@ def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as
         handle[5:10, 2:7] = True
         goal[5:10, 8:13] = True
         d = RegionDrag("translate", handle, point(4, 7), point(10, 7))
-    else:
+    elif kind == "rotate":
         handle[7:9, 4:12] = True  # a bar through the centre (7.5, 7.5), turned upright
         goal[4:12, 7:9] = True
         d = RegionDrag("rotate", handle, point(11, 7.5), point(7.5, 11), center=point(7.5, 7.5))
-    last_rows = torch.arange(SIZE[0])[:, None] >= (9 if kind == "translate" else 11)
+    else:
+        handle[6:10, 6:10] = True  # a 4x4 block about (7.5, 7.5), grown to 6x6
+        goal[5:11, 5:11] = True
+        d = RegionDrag("scale", handle, point(9.5, 7.5), point(10.5, 7.5), center=point(7.5, 7.5))
+    last_rows = torch.arange(SIZE[0])[:, None] >= {"translate": 9, "rotate": 11, "scale": 10}[kind]
     strip = goal & ~handle & last_rows
     editable = (handle | goal) & ~strip  # part of the target lies outside M: only λ guards it
     z = handle.float().expand(1, 4, *SIZE).clone()
     steps, T = 6, 8
-    config = PbsiConfig(steps=steps, iterations=10, lr=0.1, lam=lam, progressive=progressive)
+    config = PbsiConfig(steps=steps, iterations=10, lr=0.1, lam=lam, progressive=progressive, **options)
     out = pbsi([z] * (T + 1), [d], editable, flat_schedule(T), config, forward)
     return out[0], goal & editable & ~handle, strip, editable
 
@@ -79,6 +83,16 @@ def test_without_the_lambda_term_the_protected_strip_changes(kind):
     assert not succeeded(out, arrived, strip, editable)
 
 
+def test_a_scaled_block_grows_into_its_target_and_the_background_holds(monkeypatch):
+    out, arrived, strip, editable = run("scale")
+    # even an exact result is 5/6 on the grown block's outer ring: Π samples it 1/6 px off the
+    # handle's edge, so the bar is lower than for translate
+    assert out[:, arrived].mean() > 0.75 and out[:, arrived].min() > 0.5
+    assert out[:, strip].abs().max() < 0.35 and out[:, ~editable & ~strip].abs().max() < 0.35
+    monkeypatch.setattr(dragnext.pbsi, "eta", lambda *args: 0.0)
+    assert run("scale")[0][:, arrived].mean() < 0.1
+
+
 def features_without_gradient(z: torch.Tensor, t: int):
     return torch.zeros_like(z), z.detach()
 
@@ -103,3 +117,28 @@ def test_breaking_one_piece_fails_the_check(sabotage, monkeypatch):
 def test_without_intermediate_states_the_region_still_moves():
     """η = 1 throughout (the paper's ablation) is a valid mode, not a broken one."""
     assert succeeded(*run("translate", progressive=False))
+
+
+def orientation_blind(z: torch.Tensor, t: int):
+    """Features that hold where there is content but not its shape: each pixel sees the mean
+    over a 7x7 window (an object spanning a cell or two of a coarse feature map)."""
+    blurred = torch.nn.functional.avg_pool2d(z, 7, stride=1, padding=3, count_include_pad=False)
+    return torch.zeros_like(z), blurred
+
+
+def test_the_x0_loss_turns_a_bar_that_blurred_features_cannot_see_turn():
+    """With ᾱ = 1 and ε = 0, x̂₀ is z itself: the x0 term sees the bar's orientation."""
+    assert not succeeded(*run("rotate", forward=orientation_blind))
+    assert succeeded(*run("rotate", forward=orientation_blind, loss="x0"))
+    assert succeeded(*run("rotate", forward=orientation_blind, loss="both"))
+
+
+def test_a_start_latent_replaces_z_T():
+    """With a negligible step size PBSI returns its start: `z_init` when given."""
+    z = torch.zeros(1, 4, *SIZE)
+    start = torch.randn(1, 4, *SIZE)
+    d = RegionDrag("translate", torch.ones(SIZE, dtype=torch.bool), point(4, 7), point(6, 7))
+    config = PbsiConfig(steps=1, iterations=1, lr=1e-12)
+    args = ([z] * 3, [d], torch.ones(SIZE, dtype=torch.bool), flat_schedule(2), config, latent_as_features)
+    assert torch.allclose(pbsi(*args, z_init=start), start)
+    assert torch.allclose(pbsi(*args), z)

@@ -1,0 +1,78 @@
+"""`make gpu-check`: everything a CUDA machine can tell us, in one run (under 8 minutes on an H100).
+
+1. builds the SD1.5-architecture random-weight model (`tiny-model --arch sd15`) unless present;
+2. runs `pytest -m gpu` (the half-precision CUDA edit against the fp32 CPU edit, a profile);
+3. profiles one 512 px edit of that model with LoRA on (the paper's full edit) and off
+   (drag only), and writes both with the test outcome to `--json` (docs/gpu-profile.json).
+
+It needs no network: the working tree plus the project's dependencies are enough. On a box
+without them, carry wheels (`make gpu-wheels` on a machine with network, README "A GPU box
+from zero") and put them on PYTHONPATH; Prefect, s3fs and moto are not needed here.
+
+    python -m bench.gpu_check [--model build/sd15] [--size 512] [--repeat 3] [--json docs/gpu-profile.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.profile import profile, table
+from dragnext.config import build_config
+from dragnext.model import load_model
+from dragnext.tiny_model import save_tiny_model
+
+VARIANTS = {"lora_on": [], "lora_off": ["lora.enabled=false"]}
+
+
+def gpu_tests() -> dict:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-s", "-p", "no:cacheprovider",
+                           "tests/test_gpu.py", "tests/test_edit.py"], capture_output=True, text=True)
+    print(done.stdout[-4000:], done.stderr[-2000:], sep="\n")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return {"returncode": done.returncode, "summary": lines[-1] if lines else "",
+            "measured": [line for line in lines if "mean |cuda" in line]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="build/sd15", help="built here with --arch sd15 if absent")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default="docs/gpu-profile.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here; run it on a GPU machine (README: A GPU box from zero)",
+              file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    if not (Path(args.model) / "model_index.json").exists():
+        save_tiny_model(args.model, arch="sd15")
+        print(f"built the SD1.5-architecture model in {args.model} ({time.perf_counter() - start:.0f} s)")
+    tests = gpu_tests()
+    model = load_model(args.model, device="cuda")
+    profiles = {}
+    for name, sets in VARIANTS.items():
+        config = build_config(overrides=[f"size={args.size}", *sets])
+        profiles[name] = profile(model, config, args.repeat)
+        print(f"\n{name}:\n{table(profiles[name])}")
+    report = {"device_name": torch.cuda.get_device_name(), "tests": tests, "profiles": profiles,
+              "wall_s": round(time.perf_counter() - start, 1)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    seconds = {name: p["total"]["median_s"] for name, p in profiles.items()}
+    peak_mb = max(p["peak_memory"]["mb"] for p in profiles.values())
+    print(f"\ngpu-check: pytest -m gpu: {tests['summary']}; full edit {seconds['lora_on']:.2f} s, "
+          f"drag only {seconds['lora_off']:.2f} s, peak {peak_mb:.0f} MB on {report['device_name']}; "
+          f"wrote {args.json} in {report['wall_s']:.0f} s")
+    return 0 if tests["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
