@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import generate, run
+from bench import generate, jobs, run
 from bench.cases import TYPES
 from dragnext import cli as library_cli
 from dragnext.config import build_config, read_config_file
@@ -29,8 +29,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cases = generate.cases(args.n, args.seed, args.types)
     out = Path(args.out)
     generate.write(cases, str(out))  # the same cases as a manifest, for `dragnext run`
-    model = load_model(args.model, device=args.device)
-    results, images = run.run(model, cases, methods, base, quiet=args.quiet)
+    if args.jobs > 1:
+        results, images = jobs.run_jobs(args.model, args.device, cases, methods, base, args.jobs, args.quiet)
+    else:
+        results, images = run.run(load_model(args.model, device=args.device), cases, methods, base,
+                                  quiet=args.quiet)
     print(run.table(results))
     run.write_json(results, args.json or str(out / "results.json"))
     run.grid(cases, images).save(out / "grid.png")
@@ -48,6 +51,8 @@ def add_commands(commands) -> None:
     bench.add_argument("--types", type=drag_types, default=TYPES,
                        help=f"comma-separated drag types (default: all of {','.join(TYPES)})")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--jobs", type=int, default=1, help="processes, one CPU thread each (default 1: "
+                       "this process, all threads); the JSON is the same but for seconds")
     bench.add_argument("--json", help="results JSON (default: OUT/results.json)")
     bench.add_argument("--out", default="out/bench", help="folder for the cases' manifest and the grid")
     library_cli.add_config_arguments(bench)

@@ -80,11 +80,14 @@ def types_of(cases: list[Case]) -> list[str]:
     return [t for t in TYPES if any(c.type == t for c in cases)]
 
 
-def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
-        quiet: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
-    """The results JSON ({"methods": {label: {"overall", "by_type"}}}) and edited images."""
+Scored = dict[str, tuple[list[dict], list[Image.Image]]]  # label → (scores, edited), in case order
+
+
+def score_cases(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
+                quiet: bool = False) -> Scored:
+    """Every method on every case: each case's scores and edited image."""
     items = [item_of(c) for c in cases]
-    results, images = {}, {}
+    scored: Scored = {}
     finetuned: dict[tuple, tuple[dict, float]] = {}
     for method in methods:
         config: EditConfig = build_config(base, method.overrides)
@@ -100,13 +103,28 @@ def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
                 finetuned[key] = (result.lora_weights, result.timings["lora"])
             edited.append(result.image)
             scores.append({"type": case.type, **score(case, item, result.image, seconds)})
+        scored[method.label] = (scores, edited)
+    return scored
+
+
+def results_of(scored: Scored, cases: list[Case], methods: list[Method], base: dict) -> dict:
+    """The results JSON: {"methods": {label: {"overall", "by_type", "config"}}}."""
+    results = {}
+    for method in methods:
+        scores, _ = scored[method.label]
         results[method.label] = {
             "overall": summarise(scores),
             "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in types_of(cases)},
-            "config": config.to_record(),
+            "config": build_config(base, method.overrides).to_record(),
         }
-        images[method.label] = edited
-    return {"methods": results}, images
+    return {"methods": results}
+
+
+def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
+        quiet: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """The results JSON and each method's edited images, in one process."""
+    scored = score_cases(model, cases, methods, base, quiet)
+    return results_of(scored, cases, methods, base), {label: edited for label, (_, edited) in scored.items()}
 
 
 def table(results: dict) -> str:

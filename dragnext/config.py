@@ -44,6 +44,9 @@ class PbsiConfig(_Section):
     lr: float = Field(0.02, gt=0)
     lam: float = Field(0.1, ge=0, description="weight of the background term")
     progressive: bool = True
+    eta_steps: int | None = Field(
+        None, ge=1, description="PBSI steps over which η grows to 1 and is then held; None = all "
+        "of them (the paper: η reaches 1 at the last iteration of the last step)")
     loss: Literal["features", "x0", "both"] = Field(
         "features", description="what the region term compares: the UNet features F (the paper), "
         "the predicted clean latent x̂₀ upsampled to F's size, or both")
@@ -63,14 +66,16 @@ class DragDiffusionConfig(_Section):
 
 
 class FeaturesConfig(_Section):
-    blocks: list[int] = Field(default_factory=lambda: [2], min_length=1)
+    blocks: list[int] | Literal["all"] = Field(
+        default_factory=lambda: [2], min_length=1, description="`unet.up_blocks` whose outputs "
+        "form F; \"all\" = every decoder stage (the paper's F)")
 
 
 class AttentionConfig(_Section):
     mutual: bool = True
     start_layer: int | None = Field(
         None, ge=0, description="first self-attention layer (forward order) that attends to the "
-        "reference; None = the first decoder self-attention layer")
+        "reference; None = the paper's: the first of up_blocks[-2] (10 on SD1.5)")
 
 
 class OutputConfig(_Section):
@@ -98,6 +103,8 @@ class EditConfig(_Section):
             raise ValueError(
                 f"pbsi.steps={pbsi.steps} exceeds the inverted steps "
                 f"T=round(inversion.num_steps*inversion.strength)={inversion.start_step}")
+        if pbsi.eta_steps is not None and pbsi.eta_steps > pbsi.steps:
+            raise ValueError(f"pbsi.eta_steps={pbsi.eta_steps} exceeds pbsi.steps={pbsi.steps}")
         return pbsi
 
     @property

@@ -1,6 +1,6 @@
 """The last denoising stretch (SPEC §3 step 6): the edited latent is denoised in a batch
 with the reference branch, the edited branch reading the reference's keys and values in
-the decoder self-attention layers."""
+the self-attention layers of the last two decoder stages."""
 
 from __future__ import annotations
 

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from dragnext.resize import Size, resize_mask, scale_point
 
 
-def eta(t: int, k: int, T: int, T_prime: int, K: int) -> float:
-    """Progress of iteration k (1..K) at denoising step t (T..T'), paper Eq. 5."""
-    return (K * (T - t) + k) / (K * (T - T_prime + 1))
+def eta(t: int, k: int, T: int, T_prime: int, K: int, steps: int | None = None) -> float:
+    """Progress of iteration k (1..K) at denoising step t (T..T'), paper Eq. 5. With `steps`,
+    η grows over that many steps only, reaching 1 at the last iteration of step T − steps + 1,
+    and is held at 1 after."""
+    return min(1.0, (K * (T - t) + k) / (K * (steps or T - T_prime + 1)))
 
 
 SCALE_RANGE = (0.25, 4.0)

@@ -72,7 +72,11 @@ def train_lora(model: DragModel, x: torch.Tensor, context: torch.Tensor, config:
     generator = torch.Generator().manual_seed(seed)
     num_train = model.scheduler.config.num_train_timesteps
     alphas = model.scheduler.alphas_cumprod.to(model.device)
-    params = _add_adapter(model, config.rank)
+    # peft initialises lora_A from the global RNG: seed it, so the result depends on this
+    # item alone and not on what ran before in the process
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        params = _add_adapter(model, config.rank)
     try:
         optimizer = torch.optim.AdamW(params, lr=config.lr)
         model.unet.train()

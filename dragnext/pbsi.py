@@ -87,7 +87,8 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
         for k in range(1, config.iterations + 1):
-            progress = eta(t, k, T, T_prime, config.iterations) if config.progressive else 1.0
+            progress = (eta(t, k, T, T_prime, config.iterations, config.eta_steps)
+                        if config.progressive else 1.0)
             eps, F_k = forward(z_t, t)
             loss = region_loss(F_k, F_ref, drags_f, progress) if features else F_k.new_zeros(())
             if x0:

@@ -139,3 +139,37 @@ def test_a_scale_case_scales_the_shape_about_its_centre_and_carries_the_handle_t
         assert np.allclose(np.subtract(case.target, case.center), s * np.subtract(case.handle, case.center))
         grown, shrunk = (case, shrunk) if s > 1 else (grown, case)
     assert grown is not None and shrunk is not None
+
+
+def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
+    """One CPU thread in both, so the arithmetic is the same; only the times may differ."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from flows.cli import main
+    from tests.conftest import FAST
+
+    sets = [a for s in FAST for a in ("--set", s)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for jobs in (1, 2):
+            assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "dragnext,warp",
+                         "--n", "2", "--types", "translate,scale", "--jobs", str(jobs), *sets,
+                         "--out", str(tmp_path / f"b{jobs}"), "--json", str(tmp_path / f"{jobs}.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    def without_times(path):
+        results = json.loads(path.read_text())
+        for method in results["methods"].values():
+            for row in [method["overall"], *method["by_type"].values()]:
+                row.pop("seconds")
+        return results
+
+    one, two = without_times(tmp_path / "1.json"), without_times(tmp_path / "2.json")
+    assert one == two and one["methods"]["dragnext"]["overall"]["n"] == 4
+    grid = [np.asarray(Image.open(tmp_path / f"b{jobs}" / "grid.png")) for jobs in (1, 2)]
+    assert np.array_equal(*grid)

@@ -12,7 +12,7 @@ def test_defaults_are_the_papers():
         "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4},
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True,
-                 "loss": "features", "x0_weight": 1.0, "init": "inverted"},
+                 "eta_steps": None, "loss": "features", "x0_weight": 1.0, "init": "inverted"},
         "dragdiffusion": {"iterations": 80, "lr": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3},
         "features": {"blocks": [2]},
         "attention": {"mutual": True, "start_layer": None},
@@ -68,3 +68,9 @@ def test_a_model_preset_sits_between_the_defaults_and_the_users_keys(tmp_path):
     assert c.size == 64 and c.pbsi.iterations == 5 and c.lora.steps == 3 and c.pbsi.steps == 6
     assert build_config(preset=preset).pbsi.iterations == 20
     assert model_preset(tmp_path / "none") == {} and model_preset("org/hub-model") == {}
+
+
+def test_an_eta_schedule_longer_than_pbsi_is_refused():
+    with pytest.raises(ConfigError, match="pbsi.eta_steps=7 exceeds pbsi.steps=6"):
+        build_config(overrides=["pbsi.eta_steps=7"])
+    assert build_config(overrides=["pbsi.eta_steps=3"]).pbsi.eta_steps == 3

@@ -23,6 +23,16 @@ def test_eta_is_monotone_and_reaches_one_exactly_at_the_last_iteration(T, T_prim
     assert eta(T_prime, K, T, T_prime, K) == 1.0
 
 
+def test_an_early_eta_schedule_reaches_one_at_the_stated_step_and_holds_it():
+    T, T_prime, K = 38, 33, 10  # 6 PBSI steps
+    values = {(t, k): eta(t, k, T, T_prime, K, steps=3) for t in range(T, T_prime - 1, -1)
+              for k in range(1, K + 1)}
+    assert values[(36, K - 1)] < 1.0 and values[(36, K)] == 1.0  # the last iteration of step 3
+    assert all(v == 1.0 for (t, _), v in values.items() if t < 36)
+    assert values[(38, 1)] == pytest.approx(1 / 30)
+    assert eta(36, K, T, T_prime, K, steps=None) == pytest.approx(0.5)  # the paper's: halfway
+
+
 def test_rotating_by_theta_then_minus_theta_is_the_identity():
     mask = np.zeros((32, 32), dtype=bool)
     mask[5:9, 5:20] = True

@@ -8,8 +8,8 @@ import torch
 
 from dragnext.attention import (
     MutualSelfAttention,
-    first_decoder_layer,
     mutual_self_attention,
+    paper_start_layer,
     self_attention_layers,
 )
 from dragnext.config import LoraConfig
@@ -25,7 +25,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_the_tiny_model_loads_offline_through_load_model(tiny_model_dir):
     model = load_model(tiny_model_dir, device="cpu")
     assert model.vae_factor == 2 and model.size_multiple == 16
-    assert len(self_attention_layers(model.unet)) == 10 and first_decoder_layer(model.unet) == 4
+    assert len(self_attention_layers(model.unet)) == 10 and paper_start_layer(model.unet) == 6
     assert model.embed_prompt("a dog").shape == (1, 77, 32)
 
 
@@ -36,6 +36,19 @@ def test_a_missing_model_says_how_to_provide_one(spec):
     message = str(caught.value)
     assert spec in message and "HF_HOME" in message and "local folder" in message
     assert "Traceback" not in message and len(message.splitlines()) < 10
+
+
+def test_lora_training_depends_on_its_seed_alone(tiny_model):
+    """Not on the global RNG, which whatever ran before in the process has moved."""
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    context = tiny_model.embed_prompt("a photo")
+    config = LoraConfig(steps=2, rank=4, lr=1e-2)
+    first = train_lora(tiny_model, x, context, config, seed=3)
+    torch.randn(1000)
+    second = train_lora(tiny_model, x, context, config, seed=3)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train_lora(tiny_model, x, context, config, seed=4)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_lora_trains_then_leaves_every_base_weight_bit_identical(tiny_model):
@@ -64,8 +77,8 @@ def test_mutual_attention_reads_the_reference_and_is_restored(tiny_model):
     original = dict(unet.attn_processors)
     z_ref, z_edit = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
     plain = tiny_model.predict_noise(torch.cat([z_ref, z_edit]), 300, context)
-    with mutual_self_attention(unet) as layers:
-        assert len(layers) == 6 and all(n.startswith("up_blocks") for n in layers)
+    with mutual_self_attention(unet) as layers:  # up_blocks[-2:], two transformer layers each
+        assert [n.split(".")[:2] for n in layers] == [["up_blocks", "2"]] * 2 + [["up_blocks", "3"]] * 2
         same = tiny_model.predict_noise(torch.cat([z_ref, z_ref]), 300, context)
         mutual = tiny_model.predict_noise(torch.cat([z_ref, z_edit]), 300, context)
     # identical branches: mutual attention is plain self-attention
@@ -95,6 +108,10 @@ def test_feature_hooks_capture_the_configured_blocks_at_the_requested_size(tiny_
         features = hooks.pop()
     assert features.shape == (2, sum(channels), 12, 16) and features.dtype == torch.float32
     assert not any(b._forward_hooks for b in tiny_model.unet.up_blocks)
+    with feature_hooks(tiny_model.unet, "all", (12, 16)) as hooks:  # the paper's: every stage
+        tiny_model.predict_noise(torch.randn(1, 4, 24, 32), 300, context)
+        every = hooks.pop()
+    assert every.shape[1] == sum(b.resnets[-1].out_channels for b in tiny_model.unet.up_blocks)
     with pytest.raises(ValueError, match="features.blocks"):
         feature_hooks(tiny_model.unet, [7], (4, 4)).__enter__()
 
@@ -115,8 +132,11 @@ def test_sd15_architecture_layers_and_feature_channels():
     with torch.device("meta"):
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
     layers = self_attention_layers(unet)
-    assert len(layers) == 16 and first_decoder_layer(unet) == 7
-    assert layers[10].startswith("up_blocks.2.")  # the paper's "from the 10th layer"
+    assert len(layers) == 16 and paper_start_layer(unet) == 10  # the paper's "from the 10th layer"
+    with mutual_self_attention(unet) as installed:
+        mutual = {n for n, p in unet.attn_processors.items() if isinstance(p, MutualSelfAttention)}
+    assert installed == layers[10:] and mutual == set(layers[10:])
+    assert all(n.startswith(("up_blocks.2.", "up_blocks.3.")) for n in installed)
     assert unet.up_blocks[2].resnets[-1].out_channels == 640
 
 

@@ -142,3 +142,12 @@ def test_a_start_latent_replaces_z_T():
     args = ([z] * 3, [d], torch.ones(SIZE, dtype=torch.bool), flat_schedule(2), config, latent_as_features)
     assert torch.allclose(pbsi(*args, z_init=start), start)
     assert torch.allclose(pbsi(*args), z)
+
+
+def test_pbsi_follows_the_early_eta_schedule(monkeypatch):
+    seen = []
+    real = dragnext.pbsi.eta
+    monkeypatch.setattr(dragnext.pbsi, "eta", lambda *args: seen.append(real(*args)) or seen[-1])
+    assert succeeded(*run("translate", eta_steps=2))
+    K = 10
+    assert seen[2 * K - 2] < 1.0 and seen[2 * K - 1:] == [1.0] * (len(seen) - 2 * K + 1)
