@@ -21,7 +21,7 @@ from dragnext.edit import edit
 from dragnext.instruction import Drag, EditItem, Instruction, validate_item
 from dragnext.metrics import colour_mask, image_fidelity, region_psnr, region_ssim, score_drag
 from dragnext.model import DragModel
-from dragnext.preview import overlay
+from dragnext.preview import enlarge, overlay
 
 METRICS = ("success", "centroid_err", "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "seconds")
 
@@ -150,14 +150,14 @@ def grid(cases: list[Case], images: dict[str, list[Image.Image]], per_type: int 
     picked = [i for kind in types_of(cases)
               for i in [j for j, c in enumerate(cases) if c.type == kind][:per_type]]
     columns = 3 + len(images)
-    size = cases[0].scene.width
+    size = enlarge(Image.fromarray(cases[0].scene.render())).width
     canvas = Image.new("RGB", (columns * (size + 2), len(picked) * (size + 2)), (255, 255, 255))
     for r, i in enumerate(picked):
         item = item_of(cases[i])
         panels = [item.image, overlay(item), Image.fromarray(cases[i].expected.render())]
         panels += [edited[i] for edited in images.values()]
         for c, panel in enumerate(panels):
-            canvas.paste(panel, (c * (size + 2), r * (size + 2)))
+            canvas.paste(enlarge(panel), (c * (size + 2), r * (size + 2)))
     return canvas
 
 

@@ -1,4 +1,5 @@
-"""A preview strip for people: original | instruction drawn over it | edited."""
+"""A preview strip for people: original | instruction drawn over it | edited, each panel
+enlarged (nearest neighbour, so pixels stay pixels) to at least `MIN_PANEL` px."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image, ImageDraw
 from dragnext.edit import region_drags
 from dragnext.instruction import EditItem
 
+MIN_PANEL = 256
 HANDLE_TINTS = [(255, 80, 80), (80, 160, 255), (80, 220, 120), (250, 200, 60), (200, 100, 255)]
 
 
@@ -56,9 +58,15 @@ def overlay(item: EditItem) -> Image.Image:
     return image
 
 
+def enlarge(image: Image.Image) -> Image.Image:
+    """The image scaled by the whole factor that brings its longer side to ≥ `MIN_PANEL` px."""
+    factor = max(1, math.ceil(MIN_PANEL / max(image.size)))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def preview(item: EditItem, edited: Image.Image) -> Image.Image:
-    panels = [item.image.convert("RGB"), overlay(item), edited.convert("RGB")]
-    width, height = item.image.size
+    panels = [enlarge(p) for p in (item.image.convert("RGB"), overlay(item), edited.convert("RGB"))]
+    width, height = panels[0].size
     gap = max(2, width // 64)
     strip = Image.new("RGB", (3 * width + 2 * gap, height), (255, 255, 255))
     for i, panel in enumerate(panels):

@@ -81,7 +81,7 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
     assert set(warp["by_type"]) == set(TYPES) and warp["overall"]["n"] == len(TYPES)
     for row in [warp["overall"], *warp["by_type"].values()]:
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
-    assert Image.open(out / "grid.png").size[0] == 4 * 66  # input, instruction, expected, warp
+    assert Image.open(out / "grid.png").size[0] == 4 * 258  # input, instruction, expected, warp; 256 px
     assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()
 
 

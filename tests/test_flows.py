@@ -58,7 +58,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
             continue
         original = open_image(f"{s3_bucket}/bench/images/{row['item_id']}.png")
         assert open_image(row["image_uri"]).size == original.size
-        assert open_image(row["preview_uri"]).height == original.height
+        assert open_image(row["preview_uri"]).height == original.height  # over 256 px: not enlarged
         record = json.loads(read_bytes(row["record_uri"]))
         assert set(record["timings_s"]) == set(STAGES)
         assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
@@ -146,7 +146,7 @@ def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_s
     printed = capsys.readouterr().out
     assert "8 succeeded" in printed and "previews.png" in printed  # 2 of each drag type
     sheet = Image.open(out / "previews.png")
-    assert sheet.height == 8 * (64 + 2)  # one 64 px strip per scene
+    assert sheet.height == 8 * (4 * 64 + 2)  # one strip per scene, 64 px panels enlarged to 256
 
 
 def test_the_demo_without_the_fixture_model_says_where_it_should_be(tmp_path, capsys, monkeypatch):

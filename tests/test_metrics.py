@@ -49,9 +49,9 @@ def test_ssim_of_noise_against_a_flat_image_is_low():
 
 def test_the_preview_shows_original_overlay_and_edited_side_by_side(item):
     strip = preview(item, scene_with_disc(36, 24))
-    assert strip.height == 48 and strip.width > 3 * 64
-    left, middle = np.asarray(strip)[:, :64], np.asarray(strip)[:, 64 + 2:128 + 2]
-    assert np.array_equal(left, np.asarray(item.image))
+    assert strip.height == 4 * 48 and strip.width > 3 * 4 * 64  # 64 px enlarged 4x: ≥ 256 px panels
+    left, middle = np.asarray(strip)[:, :256], np.asarray(strip)[:, 256 + 4:512 + 4]  # 4 px gaps
+    assert np.array_equal(left[::4, ::4], np.asarray(item.image))
     assert middle[0, 0].sum() < left[0, 0].sum()  # outside M is darkened in the overlay
 
 

@@ -46,3 +46,14 @@ def test_each_peer_edits_one_item_on_the_tiny_model(tiny_model, scene, method):
     result = edit(*load_scene(*scene), tiny_model, config)
     assert result.image.size == (128, 96)
     assert result.to_record()["config"]["method"] == method
+
+
+def test_dragdiffusions_motion_loss_is_the_originals_patch_sum():
+    """On features equal to x, one step right changes each of the (2r_m + 1)² patch points by
+    1: the original's (2r_m+1)²·l1_loss is 9 for r_m = 1. A handle within 2 px is done."""
+    from dragnext.peers.dragdiffusion import _square, motion_supervision
+
+    xs = torch.arange(16, dtype=torch.float32).expand(1, 3, 16, 16)
+    handles, targets = torch.tensor([[5.0, 5.0], [9.0, 9.0]]), torch.tensor([[10.0, 5.0], [10.5, 9.0]])
+    loss = motion_supervision(xs, handles, targets, _square(1, "cpu"))
+    assert float(loss) == pytest.approx(9.0)

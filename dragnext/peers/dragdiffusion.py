@@ -3,12 +3,14 @@
 
 Each iteration, for every handle h_i moving towards g_i with d_i = (g_i − h_i)/‖g_i − h_i‖:
 
-    L = Σ_i Σ_{q ∈ Ω(h_i, r_m)} |F(q + d_i) − sg(F(q))|₁ + λ · Σ |(x_{t−1}(z) − x_{t−1}(z^ref)) ⊙ (1 − M)|₁
+    L = Σ_i (2r_m + 1)² · mean_{q ∈ Ω(h_i, r_m), c} |F(q + d_i) − sg(F(q))|
+        + λ · Σ |(x_{t−1}(z) − x_{t−1}(z^ref)) ⊙ (1 − M)|₁
 
+(the original's `(2*r_m+1)**2 * F.l1_loss(...)`: a sum over the patch of the channel mean),
 then each h_i is tracked to the point of Ω(h_i, r_p) whose features are nearest to the
-original features at the first handle. It stops once every handle is within 1 px of its
-target. Only the drags' points are used: region masks and drag types are what this peer
-lacks.
+original features at the first handle. As in the original, a handle within 2 feature px
+of its target is no longer supervised, and the optimisation stops once every handle is.
+Only the drags' points are used: region masks and drag types are what this peer lacks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dragnext.geometry import RegionDrag
 from dragnext.pbsi import Forward, background_loss
 from dragnext.resize import resize_soft_mask
 
+REACHED_PX = 2.0  # at feature resolution, as the original's check_handle_reach_target
+
 
 def _sample_points(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Features at (N, 2) sub-pixel points (x, y), as (N, C)."""
@@ -37,6 +41,20 @@ def _square(radius: int, device) -> torch.Tensor:
     r = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     ys, xs = torch.meshgrid(r, r, indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+
+
+def motion_supervision(F_k: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
+                       patch: torch.Tensor) -> torch.Tensor:
+    """Σ over handles not yet reached of (2r_m + 1)² · mean |F(q + d_i) − sg(F(q))|."""
+    loss = F_k.new_zeros(())
+    for handle, target in zip(handles, targets, strict=True):
+        remaining = (target - handle).norm()
+        if remaining < REACHED_PX:
+            continue
+        q = handle + patch
+        moved = _sample_points(F_k, q + (target - handle) / remaining)
+        loss = loss + len(patch) * (moved - _sample_points(F_k, q).detach()).abs().mean()
+    return loss
 
 
 def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torch.Tensor,
@@ -65,15 +83,9 @@ def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], edit
                     distance = (_sample_points(F_k, candidates) - F_0_handles[i]).abs().sum(-1)
                     handles[i] = candidates[distance.argmin()]
         remaining = (targets - handles).norm(dim=-1)
-        if (remaining < 1.0).all():
+        if (remaining < REACHED_PX).all():
             break
-        loss = F_k.new_zeros(())
-        for i in range(len(drags)):
-            if remaining[i] < 1.0:
-                continue
-            direction = (targets[i] - handles[i]) / remaining[i]
-            q = handles[i] + patch
-            loss = loss + (_sample_points(F_k, q + direction) - _sample_points(F_k, q).detach()).abs().mean()
+        loss = motion_supervision(F_k, handles, targets, patch)
         if config.lam:
             loss = loss + config.lam * background_loss(denoise_step(schedule, z, eps, T), x_prev_ref, outside)
         optimizer.zero_grad(set_to_none=True)
