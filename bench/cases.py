@@ -1,8 +1,10 @@
 """Benchmark cases: a scene, one drag on its top-most shape, and the exact expected scene.
 
 - translate: the whole shape moves by d;
-- deform: one end of a bar or rectangle moves; the far end stays (the shape stretches and
-  turns between them);
+- deform, even seeds: one end of a bar or rectangle moves 5–10 px; the far end stays (the
+  shape stretches and turns between them); the handle region is the moving end's 40%;
+- deform, odd seeds: a stretch along the axis, 30–60% longer, the far end fixed and given
+  as the anchor (`center`); the handle region is the whole shape;
 - rotate: an asymmetric shape turns by φ about its centre or one of its ends;
 - scale: a shape grows or shrinks by s (0.6–0.8 or 1.25–1.6) about its centre or one of
   its ends; the handle is its far end, the target that end scaled.
@@ -27,6 +29,8 @@ ELONGATED = ("bar", "rect")
 ASYMMETRIC = ("triangle", "rect", "ellipse", "bar")
 MIN_COLOUR_DISTANCE = 90.0
 MAX_OVERLAP = 0.6  # IoU of the shape before and after: leaves room for the success margin
+# A 30–60% stretch overlaps its input by 0.63–0.77; the unedited input still fails the margin.
+MAX_STRETCH_OVERLAP = 0.8
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Case:
     def handle_mask(self) -> np.ndarray:
         """ϑ: the part of the shape that is dragged (all of it, or the moving end)."""
         mask = self.scene.visible_mask(len(self.scene.shapes) - 1)
-        if self.type != "deform":
+        if self.type != "deform" or self.center is not None:  # all of it, or an anchored stretch
             return mask
         ys, xs = np.mgrid[: self.scene.height, : self.scene.width]
         first, second = self.shape.ends()
@@ -95,13 +99,18 @@ def _inside(scene: Scene, shape: Shape, margin: float = 2) -> bool:
                               or hit[:, :border].any() or hit[:, -border:].any())
 
 
-def _drag(kind: str, shape: Shape, rng: np.random.Generator):
+def _drag(kind: str, shape: Shape, rng: np.random.Generator, stretch: bool = False):
     """(expected shape, handle, target, centre) for one drag of `kind` on `shape`."""
     if kind == "translate":
         distance, direction = rng.uniform(6, 14), rng.uniform(-math.pi, math.pi)
         d = (distance * math.cos(direction), distance * math.sin(direction))
         handle = shape.center
         return shape.moved(d), handle, (handle[0] + d[0], handle[1] + d[1]), None
+    if kind == "deform" and stretch:
+        anchor, end = shape.ends()
+        k = rng.uniform(1.3, 1.6)
+        target = (anchor[0] + k * (end[0] - anchor[0]), anchor[1] + k * (end[1] - anchor[1]))
+        return shape.with_end(target), end, target, anchor
     if kind == "deform":
         _, end = shape.ends()
         distance, direction = rng.uniform(5, 10), rng.uniform(-math.pi, math.pi)
@@ -135,7 +144,8 @@ def make_case(kind: str, seed: int, size: int = 64) -> Case:
         shape = random_shape(rng, size, size, kind=None if kinds is None else str(rng.choice(kinds)),
                              colour=str(rng.choice(free)))
         scene = Scene(size, size, background, (*others, shape))
-        moved, handle, target, center = _drag(kind, shape, rng)
+        stretch = kind == "deform" and seed % 2 == 1
+        moved, handle, target, center = _drag(kind, shape, rng, stretch)
         expected = scene.with_shape(len(others), moved)
         last = len(others)
         if not (_inside(scene, shape) and _inside(expected, moved)):
@@ -143,6 +153,6 @@ def make_case(kind: str, seed: int, size: int = 64) -> Case:
         if scene.visible_mask(last).sum() < 30 or expected.visible_mask(last).sum() < 30:
             continue
         case = Case(f"{kind}-{seed:04d}", kind, scene, expected, handle, target, center)
-        if iou(*case.object_masks()) > MAX_OVERLAP:
+        if iou(*case.object_masks()) > (MAX_STRETCH_OVERLAP if stretch else MAX_OVERLAP):
             continue  # too small a change to tell an edit from no edit
         return case

@@ -5,8 +5,13 @@ A `RegionDrag` lives at one resolution; `.at(size)` moves it to another (image, 
 latent). ρ and Π are computed by inverse mapping: p' ∈ ρ(η) iff ϑ(T_η⁻¹(p')) is set, and
 Π(p') = T_η⁻¹(p') is a `grid_sample` grid.
 
-The maps, for a drag with handle h, target g and (rotate, scale) centre c:
+The maps, for a drag with handle h, target g and (rotate, scale, anchored deform) centre c:
 - translate, deform: T_η(p) = p + η(g − h);
+- deform with an anchor c (a stretch or bend): T_η(p) = p + η w(p)(g − h), where
+  w(p) = clamp(σ(p), 0, 1) and σ(p) = (p − c)·(h − c)/|h − c|²: no motion at the anchor,
+  full motion at the handle and beyond, linear along the anchor-to-handle axis in between.
+  With δ = σ(g) − 1 the axis coordinate maps as σ' = σ(1 + ηδ) on [0, 1], so T_η is one to
+  one while 1 + δ > 0 (g on the handle's side of the anchor), and T_η⁻¹ inverts σ piecewise;
 - rotate: T_η(p) = c + R(ηθ)(p − c), θ the signed angle from h − c to g − c;
 - scale: T_η(p) = c + (1 + η(s − 1)) ⊙ (p − c), T_η⁻¹(p') = c + (p' − c) ⊘ (1 + η(s − 1)),
   with s = (s_x, s_y) fixed at the input image's resolution:
@@ -98,6 +103,8 @@ class RegionDrag:
             return self.center + (p - self.center) @ rotation(eta * self.theta).T
         if self.type == "scale":
             return self.center + (p - self.center) * self._stretch(eta, p)
+        if self.type == "deform" and self.center is not None:
+            return p + eta * self._weight(self._axial(p))[..., None] * (self.target - self.handle)
         return p + eta * (self.target - self.handle)
 
     def inverse(self, eta: float, p: torch.Tensor) -> torch.Tensor:
@@ -106,7 +113,21 @@ class RegionDrag:
             return self.center + (p - self.center) @ rotation(-eta * self.theta).T
         if self.type == "scale":
             return self.center + (p - self.center) / self._stretch(eta, p)
+        if self.type == "deform" and self.center is not None:
+            sigma, grown = self._axial(p), 1 + eta * (self._axial(self.target) - 1)
+            source = torch.where(sigma <= 0, sigma, torch.where(sigma <= grown, sigma / grown,
+                                                                 sigma - (grown - 1)))
+            return p - eta * self._weight(source)[..., None] * (self.target - self.handle)
         return p - eta * (self.target - self.handle)
+
+    def _axial(self, p: torch.Tensor) -> torch.Tensor:
+        """σ(p): 0 at the anchor, 1 at the handle, along the anchor-to-handle axis."""
+        axis = self.handle - self.center
+        return (p - self.center) @ axis / (axis @ axis)
+
+    @staticmethod
+    def _weight(sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.clamp(0, 1)
 
     def pixels(self) -> torch.Tensor:
         """Every pixel p of the grid, (H, W, 2) as (x, y)."""

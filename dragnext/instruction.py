@@ -24,8 +24,10 @@ from dragnext.geometry import SCALE_RANGE, scale_factors
 DragType = Literal["translate", "deform", "rotate", "scale"]
 DRAG_TYPES = ("translate", "deform", "rotate", "scale")
 ScaleAxis = Literal["uniform", "free"]
-# What a centre defines, for the drags that have one.
-CENTRED = {"rotate": "the rotation angle", "scale": "the scale factor"}
+# What a centre defines, for the drags that have one: rotate and scale need it; for deform it
+# is an optional anchor that stays put (the region stretches or bends towards it).
+CENTRED = {"rotate": "the rotation angle", "scale": "the scale factor", "deform": "the stretch axis"}
+CENTRE_REQUIRED = ("rotate", "scale")
 # A uniform scale's target further off the ray from the centre through the handle than this
 # is probably a mistake: only its distance from the centre is used.
 OFF_RAY_DEGREES = 10.0
@@ -280,16 +282,23 @@ def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
     if drag.type not in CENTRED:
         if drag.center is not None:
             raise InvalidItemError(item, f"{name}.center",
-                                   f"only allowed for rotate and scale drags, not {drag.type}")
+                                   f"only allowed for rotate, scale and deform drags, not {drag.type}")
         return
     if drag.center is None:
-        raise InvalidItemError(item, f"{name}.center", f"required for a {drag.type} drag")
+        if drag.type in CENTRE_REQUIRED:
+            raise InvalidItemError(item, f"{name}.center", f"required for a {drag.type} drag")
+        return
     for point_name in ("handle", "target") if drag.type == "rotate" else ("handle",):
         if tuple(getattr(drag, point_name)) == tuple(drag.center):
             raise InvalidItemError(item, f"{name}.center",
                                    f"equals the {point_name}, so {CENTRED[drag.type]} is undefined")
     if drag.type == "scale":
         _check_scale(item, name, drag)
+    if drag.type == "deform":
+        (hx, hy), (gx, gy), (cx, cy) = drag.handle, drag.target, drag.center
+        if (hx - cx) * (gx - cx) + (hy - cy) * (gy - cy) <= 0:
+            raise InvalidItemError(item, f"{name}.target", "an anchored deform needs the target on the "
+                                   "handle's side of the anchor (center), or the region would fold")
 
 
 def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = None) -> None:

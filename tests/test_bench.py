@@ -45,9 +45,15 @@ def test_identical_images_have_infinite_psnr_and_unit_ssim():
 
 
 def test_a_deform_keeps_the_far_end_and_a_rotate_carries_the_handle_to_the_target():
-    deform = make_case("deform", 5)
+    deform = make_case("deform", 4)  # even seeds: one end moves, the handle is that end
     assert np.allclose(deform.shape.ends()[0], deform.expected.shapes[-1].ends()[0])
     assert np.allclose(deform.expected.shapes[-1].ends()[1], deform.target)
+    stretch = make_case("deform", 7)  # odd seeds: the far end anchored, 30-60% longer
+    first, _ = stretch.shape.ends()
+    assert stretch.center == first
+    assert np.allclose(stretch.expected.shapes[-1].ends(), (first, stretch.target))
+    assert 1.3 <= stretch.expected.shapes[-1].half[0] / stretch.shape.half[0] <= 1.6
+    assert stretch.handle_mask().sum() == stretch.scene.visible_mask(len(stretch.scene.shapes) - 1).sum()
     rotate = make_case("rotate", 5)
     assert np.allclose(rotate.expected.shapes[-1].ends()[1], rotate.target)
     assert deform.handle_mask().sum() < deform.scene.visible_mask(len(deform.scene.shapes) - 1).sum()

@@ -156,3 +156,21 @@ def test_a_scale_keeps_its_factor_at_every_resolution():
     d = drag("scale", mask, (50, 40), (40, 52), center=(40, 40))
     assert d.factor == pytest.approx((1.2, 1.2))
     assert d.at((12, 12)).factor == d.factor
+
+
+def test_an_anchored_deform_stretches_a_bar_and_keeps_its_anchor():
+    bar = np.zeros((32, 64), dtype=bool)
+    bar[14:18, 10:30] = True  # x 10..29
+    d = drag("deform", bar, (29, 16), (41, 16), center=(10, 16))  # the far end stays: 20 → 32 px
+    points = torch.rand(200, 2, dtype=torch.float64) * torch.tensor([64.0, 32.0])
+    for progress in (0.0, 0.5, 1.0):
+        assert torch.allclose(d.inverse(progress, d.forward(progress, points)), points, atol=1e-9)
+    assert torch.allclose(d.forward(1.0, d.handle), d.target)
+    assert torch.allclose(d.forward(1.0, d.center), d.center)
+    assert torch.allclose(d.forward(1.0, torch.tensor([19.5, 16.0], dtype=torch.float64)),
+                          torch.tensor([19.5 + 6, 16.0], dtype=torch.float64))  # halfway: half of 12 px
+    rho = d.target_region(1.0).numpy()
+    columns = np.nonzero(rho.any(axis=0))[0]
+    assert columns.min() == 10 and columns.max() in (41, 42) and rho[14:18, 10:41].all()
+    plain = drag("deform", bar, (29, 16), (41, 16)).target_region(1.0).numpy()
+    assert not plain[:, 10:22].any()  # the paper's deform map moves the handle region rigidly

@@ -192,3 +192,14 @@ def test_a_scale_past_the_border_or_off_the_ray_is_loaded_with_warnings(scene):
                for w in clipped.instruction.warnings)
     off_ray = load(folder, scale_drag(spec, target=[96, 80]))
     assert any("off the ray from the centre through the handle" in w for w in off_ray.instruction.warnings)
+
+
+def test_a_deform_may_name_an_anchor_on_the_far_side_of_its_handle(scene):
+    folder, spec = scene
+    bar = {"type": "deform", "handle_mask": "h1.png", "handle": [108, 70], "target": [118, 70]}
+    spec["drags"] = [{**bar, "center": [80, 70]}]
+    assert load(folder, spec).instruction.drags[0].center == (80, 70)
+    spec["drags"] = [{**bar, "center": [80, 70], "target": [70, 70]}]
+    expect(folder, spec, "drags[0].target", "on the handle's side of the anchor")
+    spec["drags"] = [{**bar, "center": [108, 70]}]
+    expect(folder, spec, "drags[0].center", "equals the handle, so the stretch axis is undefined")
