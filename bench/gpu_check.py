@@ -33,7 +33,8 @@ VARIANTS = {"lora_on": [], "lora_off": ["lora.enabled=false"]}
 
 def gpu_tests() -> dict:
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-s", "-p", "no:cacheprovider",
-                           "tests/test_gpu.py", "tests/test_edit.py"], capture_output=True, text=True)
+                           "tests/test_gpu.py", "tests/test_edit.py", "tests/test_model_stages.py"],
+                          capture_output=True, text=True)
     print(done.stdout[-4000:], done.stderr[-2000:], sep="\n")
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return {"returncode": done.returncode, "summary": lines[-1] if lines else "",

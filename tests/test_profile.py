@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dragnext.config import build_config
 from flows.cli import main
 
@@ -51,3 +53,15 @@ def test_the_peers_pass_counts(tiny_model, fast_config):
     peer = build_config(fast_config.to_record(), ["method=dragdiffusion", "dragdiffusion.iterations=3"])
     passes = edit(item.image, item.instruction, tiny_model, peer).unet_passes["by_stage"]["pbsi"]
     assert (passes["forward"], passes["backward"]) == (1 + 3, 3)  # the reference, then one per iteration
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message a CPU box gets")
+def test_gpu_check_on_a_machine_without_cuda_says_so_and_fails():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--json", "/nonexistent/x.json"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no CUDA device here" in done.stderr
