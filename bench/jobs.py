@@ -9,7 +9,9 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+import diffusers
 import torch
+import transformers
 from PIL import Image
 from tqdm import tqdm
 
@@ -23,6 +25,8 @@ _model: DragModel | None = None  # one per worker process, loaded once
 def _load(spec: str, device: str | None) -> None:
     global _model
     torch.set_num_threads(1)  # N processes share the cores
+    diffusers.utils.logging.disable_progress_bar()  # the parent's bar is the one to read
+    transformers.utils.logging.disable_progress_bar()
     _model = load_model(spec, device=device)
 
 
