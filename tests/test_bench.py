@@ -163,7 +163,7 @@ def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
     try:
         for jobs in (1, 2):
             assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "dragnext,warp",
-                         "--n", "2", "--types", "translate,scale", "--jobs", str(jobs), *sets,
+                         "--n", "1", "--types", "translate,scale", "--jobs", str(jobs), *sets,
                          "--out", str(tmp_path / f"b{jobs}"), "--json", str(tmp_path / f"{jobs}.json")]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -176,6 +176,6 @@ def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
         return results
 
     one, two = without_times(tmp_path / "1.json"), without_times(tmp_path / "2.json")
-    assert one == two and one["methods"]["dragnext"]["overall"]["n"] == 4
+    assert one == two and one["methods"]["dragnext"]["overall"]["n"] == 2
     grid = [np.asarray(Image.open(tmp_path / f"b{jobs}" / "grid.png")) for jobs in (1, 2)]
     assert np.array_equal(*grid)
