@@ -104,7 +104,7 @@ class RegionDrag:
         if self.type == "scale":
             return self.center + (p - self.center) * self._stretch(eta, p)
         if self.type == "deform" and self.center is not None:
-            return p + eta * self._weight(self._axial(p))[..., None] * (self.target - self.handle)
+            return p + eta * self._axial(p).clamp(0, 1)[..., None] * (self.target - self.handle)
         return p + eta * (self.target - self.handle)
 
     def inverse(self, eta: float, p: torch.Tensor) -> torch.Tensor:
@@ -117,17 +117,13 @@ class RegionDrag:
             sigma, grown = self._axial(p), 1 + eta * (self._axial(self.target) - 1)
             source = torch.where(sigma <= 0, sigma, torch.where(sigma <= grown, sigma / grown,
                                                                  sigma - (grown - 1)))
-            return p - eta * self._weight(source)[..., None] * (self.target - self.handle)
+            return p - eta * source.clamp(0, 1)[..., None] * (self.target - self.handle)
         return p - eta * (self.target - self.handle)
 
     def _axial(self, p: torch.Tensor) -> torch.Tensor:
         """σ(p): 0 at the anchor, 1 at the handle, along the anchor-to-handle axis."""
         axis = self.handle - self.center
         return (p - self.center) @ axis / (axis @ axis)
-
-    @staticmethod
-    def _weight(sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.clamp(0, 1)
 
     def pixels(self) -> torch.Tensor:
         """Every pixel p of the grid, (H, W, 2) as (x, y)."""

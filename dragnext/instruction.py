@@ -238,6 +238,12 @@ def _check_mask(item: str, field: str, mask: np.ndarray, width: int, height: int
         raise InvalidItemError(item, field, "mask is empty")
 
 
+def _target_beyond_centre(drag: Drag | DragSpec) -> bool:
+    """The target lies on the handle's side of the centre: (g − c)·(h − c) > 0."""
+    (hx, hy), (gx, gy), (cx, cy) = drag.handle, drag.target, drag.center
+    return (hx - cx) * (gx - cx) + (hy - cy) * (gy - cy) > 0
+
+
 def _check_scale(item: str, name: str, drag: Drag | DragSpec) -> None:
     """A scale's factors: defined, positive, in `SCALE_RANGE`, and not all 1."""
     axis = drag.axis or "uniform"
@@ -247,8 +253,7 @@ def _check_scale(item: str, name: str, drag: Drag | DragSpec) -> None:
                 raise InvalidItemError(item, f"{name}.handle", f"has the centre's {a} = {drag.handle[k]:g}, "
                                        f"so s_{a} is undefined for a free scale (use axis uniform)")
     factors = scale_factors(drag.handle, drag.target, drag.center, axis)
-    (hx, hy), (gx, gy), (cx, cy) = drag.handle, drag.target, drag.center
-    if axis == "uniform" and (hx - cx) * (gx - cx) + (hy - cy) * (gy - cy) <= 0:
+    if axis == "uniform" and not _target_beyond_centre(drag):
         raise InvalidItemError(item, f"{name}.target", "the target is not on the handle's side of the "
                                "centre (a scale does not mirror)")
     low, high = SCALE_RANGE
@@ -295,8 +300,7 @@ def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
     if drag.type == "scale":
         _check_scale(item, name, drag)
     if drag.type == "deform":
-        (hx, hy), (gx, gy), (cx, cy) = drag.handle, drag.target, drag.center
-        if (hx - cx) * (gx - cx) + (hy - cy) * (gy - cy) <= 0:
+        if not _target_beyond_centre(drag):
             raise InvalidItemError(item, f"{name}.target", "an anchored deform needs the target on the "
                                    "handle's side of the anchor (center), or the region would fold")
 

@@ -21,6 +21,7 @@ from dragnext.config import EditConfig
 from dragnext.edit import STAGES, run_stage
 from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
+from dragnext.model import DragModel
 from dragnext.preview import preview
 from manifests.items import load_item
 from manifests.storage import is_transient, join, write_bytes
@@ -95,9 +96,9 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _run_stages(ctx: ItemContext, item: EditItem, worker: WorkerState) -> tuple[dict, dict, list[str]]:
+def _run_stages(ctx: ItemContext, item: EditItem, model: DragModel) -> tuple[dict, dict, list[str]]:
     """Every stage's output, reusing stored ones; (outputs, seconds per stage, reused)."""
-    model, config = worker.model(ctx.model), ctx.edit_config
+    config = ctx.edit_config
     store, keys = StageStore(ctx.item_dir), stage_keys(ctx, item)
     done: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -106,7 +107,7 @@ def _run_stages(ctx: ItemContext, item: EditItem, worker: WorkerState) -> tuple[
         start = time.perf_counter()
         stored = store.load(name, keys[name]) if name in STORED_STAGES else None
         if stored is not None:
-            done[name] = from_tensors(name, stored, worker.device)
+            done[name] = from_tensors(name, stored, model.device)
             reused.append(name)
         else:
             done[name] = run_stage(name, model, item, config, done)
@@ -126,7 +127,7 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
     model = worker.model(ctx.model)
     model.passes.reset()
     try:
-        done, timings, reused = _run_stages(ctx, item, worker)
+        done, timings, reused = _run_stages(ctx, item, model)
     except torch.OutOfMemoryError as error:
         worker.free_memory()
         raise TransientError(f"CUDA out of memory: {error}") from error
