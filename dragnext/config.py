@@ -54,6 +54,10 @@ class PbsiConfig(_Section):
     init: Literal["inverted", "warp"] = Field(
         "inverted", description="z_T that PBSI starts from: the inverted latent (the paper) or it "
         "warped by the drags' final maps, the vacated handle region refilled with noise")
+    vacate: Literal["keep", "fill"] = Field(
+        "keep", description="the handle region a drag leaves: left to the denoiser (the paper) or "
+        "pulled, in x̂₀, towards the reference background filled in from around the handle regions")
+    vacate_weight: float = Field(1.0, ge=0, description="weight of the vacated-region term (vacate fill)")
 
 
 class DragDiffusionConfig(_Section):
@@ -63,6 +67,8 @@ class DragDiffusionConfig(_Section):
     lam: float = Field(0.1, ge=0)
     r_m: int = Field(1, ge=0, description="motion supervision patch radius, feature px")
     r_p: int = Field(3, ge=1, description="point tracking search radius, feature px")
+    reached_px: float = Field(2.0, gt=0, description="a handle this close to its target, in feature px, "
+                              "is reached and no longer supervised (the original's 2)")
 
 
 class FeaturesConfig(_Section):

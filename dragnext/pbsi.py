@@ -12,7 +12,11 @@ Options beyond the paper (`PbsiConfig`; the paper's behaviour is the default):
 - `loss`: the region term on F (paper), on the predicted clean latent
   x̂₀ = (z_t − √(1−ᾱ_t) ε)/√ᾱ_t upsampled to F's size (orientation and extent live in x̂₀
   where a few feature cells cannot hold them), or on both, x̂₀'s weighted by `x0_weight`;
-- `init`: start from z_T (paper) or from z_T warped by the drags' final maps (`z_init`).
+- `init`: start from z_T (paper) or from z_T warped by the drags' final maps (`z_init`);
+- `vacate`: leave the handle region a drag vacates, V(η) = ∪ handle_i ∖ ∪ ρ_i(η), to the
+  denoiser (paper), or add  w · mean_{p ∈ V(η)} |x̂₀(z_t^k)(p) − B(p)|₁  where B is the
+  reference x̂₀ with the handle regions filled in from their surroundings: the object's
+  old pose is cleared towards the background instead of persisting.
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ def background_loss(x_prev: torch.Tensor, x_prev_ref: torch.Tensor,
     return ((x_prev - x_prev_ref) * outside).abs().sum()
 
 
+def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, drags: list[RegionDrag],
+                 progress: float) -> torch.Tensor:
+    """mean over V(η) = ∪ handle_i ∖ ∪ ρ_i(η) of the channel-L1 distance to B."""
+    handles = torch.stack([d.handle_mask for d in drags]).any(0)
+    landed = torch.stack([d.target_region(progress) for d in drags]).any(0)
+    vacated = handles & ~landed
+    count = int(vacated.sum())
+    if count == 0:
+        return x0_k.new_zeros(())
+    distance = (x0_k - background).abs().sum(dim=1)[0]
+    return (distance * vacated.to(x0_k.device, distance.dtype)).sum() / count
+
+
+def fill_in(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """x with its unknown pixels filled ring by ring, each the mean of its known 3×3
+    neighbours, from the border of the known area inwards."""
+    k = known.to(x.device, x.dtype)[None, None]
+    filled = x * k
+    while not bool(k.all()):
+        weight = F.avg_pool2d(k, 3, stride=1, padding=1)
+        grow = (weight > 0) & (k == 0)
+        if not bool(grow.any()):  # nothing known to fill from
+            return x
+        mean = F.avg_pool2d(filled, 3, stride=1, padding=1) / weight.clamp_min(1e-12)
+        filled = torch.where(grow, mean, filled)
+        k = torch.where(grow, torch.ones_like(k), k)
+    return filled
+
+
 def x0_at(schedule: DDIMSchedule, z_t: torch.Tensor, eps: torch.Tensor, t: int,
           like: torch.Tensor) -> torch.Tensor:
     """x̂₀ of (z_t, ε) at step t, bilinearly upsampled to the size of `like` (F)."""
@@ -76,14 +109,17 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
     outside = 1 - resize_soft_mask(editable, trajectory[0].shape[-2:]).to(trajectory[0].device)
     z_t = (trajectory[T] if z_init is None else z_init).clone()
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
+    vacate = config.vacate == "fill"
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
         with torch.no_grad():
             eps_ref, F_ref = forward(z_ref, t)
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
-            x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 else None
+            x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 or vacate else None
         drags_f = [d.at(tuple(F_ref.shape[-2:])) for d in drags]
+        if vacate:
+            background = fill_in(x0_ref, ~torch.stack([d.handle_mask for d in drags_f]).any(0))
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
         for k in range(1, config.iterations + 1):
@@ -91,9 +127,11 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
                         if config.progressive else 1.0)
             eps, F_k = forward(z_t, t)
             loss = region_loss(F_k, F_ref, drags_f, progress) if features else F_k.new_zeros(())
+            x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate else None
             if x0:
-                loss = loss + config.x0_weight * region_loss(
-                    x0_at(schedule, z_t, eps, t, F_k), x0_ref, drags_f, progress)
+                loss = loss + config.x0_weight * region_loss(x0_k, x0_ref, drags_f, progress)
+            if vacate:
+                loss = loss + config.vacate_weight * vacated_loss(x0_k, background, drags_f, progress)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

@@ -200,3 +200,16 @@ def test_pbsi_init_warp_starts_from_the_warped_inverted_latent(tiny_model, scene
     edit(*load_scene(*scene), tiny_model, config)
     assert torch.equal(seen["z_init"], warp_latent(seen["z_T"], seen["drags"], config.seed))
     assert not torch.equal(seen["z_init"], seen["z_T"])
+
+
+@pytest.mark.parametrize("option", ["pbsi.loss=x0", "pbsi.vacate=fill", "features.blocks=all",
+                                    "pbsi.eta_steps=1"])
+def test_each_pbsi_option_changes_the_edit_through_the_real_unet(tiny_model, scene, fast_config, option):
+    """Every option beyond the paper runs on a real UNet, is recorded, and changes the result."""
+    paper_config = build_config(fast_config.to_record(), ["lora.enabled=false"])
+    paper = edit(*load_scene(*scene), tiny_model, paper_config)
+    changed = edit(*load_scene(*scene), tiny_model, build_config(paper_config.to_record(), [option]))
+    key, value = option.split("=")
+    section, name = key.split(".")
+    assert str(changed.to_record()["config"][section][name]).lower() == value
+    assert not np.array_equal(np.asarray(changed.image), np.asarray(paper.image))

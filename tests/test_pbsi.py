@@ -151,3 +151,30 @@ def test_pbsi_follows_the_early_eta_schedule(monkeypatch):
     assert succeeded(*run("translate", eta_steps=2))
     K = 10
     assert seen[2 * K - 2] < 1.0 and seen[2 * K - 1:] == [1.0] * (len(seen) - 2 * K + 1)
+
+
+def test_fill_in_completes_a_hole_from_its_surroundings():
+    from dragnext.pbsi import fill_in
+
+    x = torch.linspace(0, 1, 16).expand(1, 2, 16, 16).clone()  # a left-to-right ramp
+    known = torch.ones(SIZE, dtype=torch.bool)
+    known[4:12, 5:11] = False
+    x[..., ~known] = 9.0  # an object where the hole is
+    filled = fill_in(x, known)
+    assert torch.equal(filled[..., known], x[..., known])
+    assert filled[..., ~known].min() >= x[0, 0, 0, 4] and filled[..., ~known].max() <= x[0, 0, 0, 11]
+    assert torch.equal(fill_in(x, torch.zeros(SIZE, dtype=torch.bool)), x)
+
+
+def test_vacate_fill_clears_the_old_pose_that_keep_leaves():
+    """With η = 1 throughout no region term reaches the translated block's old place (the
+    whole handle region): it stays at 1 unless the vacated term pulls it to the background
+    (0) around it. The block still arrives, with or without intermediate states."""
+    handle = torch.zeros(SIZE, dtype=torch.bool)
+    handle[5:10, 2:7] = True
+    kept, *_ = run("translate", progressive=False)
+    assert kept[:, handle].min() > 0.95
+    for progressive in (False, True):
+        cleared, arrived, strip, editable = run("translate", progressive=progressive, vacate="fill")
+        assert cleared[:, handle].abs().max() < 0.1
+        assert succeeded(cleared, arrived, strip, editable)

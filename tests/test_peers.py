@@ -55,5 +55,7 @@ def test_dragdiffusions_motion_loss_is_the_originals_patch_sum():
 
     xs = torch.arange(16, dtype=torch.float32).expand(1, 3, 16, 16)
     handles, targets = torch.tensor([[5.0, 5.0], [9.0, 9.0]]), torch.tensor([[10.0, 5.0], [10.5, 9.0]])
-    loss = motion_supervision(xs, handles, targets, _square(1, "cpu"))
+    loss = motion_supervision(xs, handles, targets, _square(1, "cpu"), reached_px=2.0)
     assert float(loss) == pytest.approx(9.0)
+    assert float(motion_supervision(xs, handles, targets, _square(1, "cpu"), reached_px=1.0)) == \
+        pytest.approx(18.0)

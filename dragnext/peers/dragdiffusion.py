@@ -8,8 +8,10 @@ Each iteration, for every handle h_i moving towards g_i with d_i = (g_i − h_i)
 
 (the original's `(2*r_m+1)**2 * F.l1_loss(...)`: a sum over the patch of the channel mean),
 then each h_i is tracked to the point of Ω(h_i, r_p) whose features are nearest to the
-original features at the first handle. As in the original, a handle within 2 feature px
-of its target is no longer supervised, and the optimisation stops once every handle is.
+original features at the first handle. As in the original, a handle within `reached_px`
+(2) feature px of its target is no longer supervised, and the optimisation stops once
+every handle is. The original's 2 px is 1/128 of its 256-px feature map; on a small
+model's map it is a large part of a drag, hence a key.
 Only the drags' points are used: region masks and drag types are what this peer lacks.
 """
 
@@ -25,8 +27,6 @@ from dragnext.ddim import DDIMSchedule, denoise_step
 from dragnext.geometry import RegionDrag
 from dragnext.pbsi import Forward, background_loss
 from dragnext.resize import resize_soft_mask
-
-REACHED_PX = 2.0  # at feature resolution, as the original's check_handle_reach_target
 
 
 def _sample_points(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -44,12 +44,12 @@ def _square(radius: int, device) -> torch.Tensor:
 
 
 def motion_supervision(F_k: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
-                       patch: torch.Tensor) -> torch.Tensor:
+                       patch: torch.Tensor, reached_px: float) -> torch.Tensor:
     """Σ over handles not yet reached of (2r_m + 1)² · mean |F(q + d_i) − sg(F(q))|."""
     loss = F_k.new_zeros(())
     for handle, target in zip(handles, targets, strict=True):
         remaining = (target - handle).norm()
-        if remaining < REACHED_PX:
+        if remaining < reached_px:
             continue
         q = handle + patch
         moved = _sample_points(F_k, q + (target - handle) / remaining)
@@ -83,9 +83,9 @@ def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], edit
                     distance = (_sample_points(F_k, candidates) - F_0_handles[i]).abs().sum(-1)
                     handles[i] = candidates[distance.argmin()]
         remaining = (targets - handles).norm(dim=-1)
-        if (remaining < REACHED_PX).all():
+        if (remaining < config.reached_px).all():
             break
-        loss = motion_supervision(F_k, handles, targets, patch)
+        loss = motion_supervision(F_k, handles, targets, patch, config.reached_px)
         if config.lam:
             loss = loss + config.lam * background_loss(denoise_step(schedule, z, eps, T), x_prev_ref, outside)
         optimizer.zero_grad(set_to_none=True)
