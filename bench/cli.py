@@ -46,7 +46,8 @@ def add_commands(commands) -> None:
     bench.add_argument("--methods", default="dragnext,dragdiffusion,warp",
                        help="comma-separated; a method may carry overrides after ':' joined by "
                             "',' (then separate methods with ';'), e.g. "
-                            "'dragnext;dragnext:pbsi.progressive=false'")
+                            "'dragnext;dragnext:pbsi.progressive=false'. Such variants are in the "
+                            "table and JSON; the grid shows the plain methods")
     bench.add_argument("--n", type=int, default=30, help="cases per drag type")
     bench.add_argument("--types", type=drag_types, default=TYPES,
                        help=f"comma-separated drag types (default: all of {','.join(TYPES)})")

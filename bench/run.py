@@ -146,7 +146,9 @@ def table(results: dict) -> str:
 
 
 def grid(cases: list[Case], images: dict[str, list[Image.Image]], per_type: int = 2) -> Image.Image:
-    """input | instruction | expected | each method, for the first cases of each drag type."""
+    """input | instruction | expected | each method, for the first cases of each drag type.
+    Variants (`method:overrides`, i.e. ablations) are left out when a plain method ran."""
+    images = {label: edited for label, edited in images.items() if ":" not in label} or images
     picked = [i for kind in types_of(cases)
               for i in [j for j, c in enumerate(cases) if c.type == kind][:per_type]]
     columns = 3 + len(images)

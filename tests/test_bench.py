@@ -78,7 +78,7 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
 
     out = tmp_path / "bench"
     sets = [a for s in FAST for a in ("--set", s)]
-    assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "warp", "--n", "1",
+    assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "warp;warp:seed=1", "--n", "1",
                  "--out", str(out), "--json", str(tmp_path / "r.json"), *sets]) == 0
     printed = capsys.readouterr().out
     assert "warp" in printed and "rotate" in printed and "success" in printed
@@ -87,7 +87,8 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
     assert set(warp["by_type"]) == set(TYPES) and warp["overall"]["n"] == len(TYPES)
     for row in [warp["overall"], *warp["by_type"].values()]:
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
-    assert Image.open(out / "grid.png").size[0] == 4 * 258  # input, instruction, expected, warp; 256 px
+    assert results["methods"]["warp:seed=1"]["config"]["seed"] == 1  # a variant: in the JSON ...
+    assert Image.open(out / "grid.png").size[0] == 4 * 258  # ... not the grid: input, instruction, expected, warp
     assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()
 
 
