@@ -25,7 +25,7 @@ test: setup
 	$(BIN)/pytest
 
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
-# (manifests/examples/bench: a translate, a deform and a rotate, twice) with the committed
+# (manifests/examples/bench: a translate, a deform, a rotate and a scale, twice) with the committed
 # fixture model (fixture/README.md) and its preset, and stacks the previews.
 demo: setup
 	$(BIN)/dragnext demo --out $(DEMO_OUT)
