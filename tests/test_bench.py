@@ -88,7 +88,8 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
     for row in [warp["overall"], *warp["by_type"].values()]:
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
     assert results["methods"]["warp:seed=1"]["config"]["seed"] == 1  # a variant: in the JSON ...
-    assert Image.open(out / "grid.png").size[0] == 4 * 258  # ... not the grid: input, instruction, expected, warp
+    # ... not the grid: input, instruction, expected, warp
+    assert Image.open(out / "grid.png").size[0] == 4 * 258
     assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()
 
 
