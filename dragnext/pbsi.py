@@ -42,13 +42,15 @@ def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, drags: list[RegionDrag],
     loss = F_k.new_zeros(())
     for drag in drags:
         rho = drag.target_region(progress)
-        count = int(rho.sum())
-        if count == 0:
-            continue
-        F_source = sample(F_ref, drag.correspondence(progress).to(F_k.device))
-        distance = (F_k - F_source).abs().sum(dim=1)[0]
-        loss = loss + (distance * rho.to(F_k.device, distance.dtype)).sum() / count
+        if rho.any():
+            F_source = sample(F_ref, drag.correspondence(progress).to(F_k.device))
+            loss = loss + _masked_mean((F_k - F_source).abs().sum(dim=1)[0], rho)
     return loss
+
+
+def _masked_mean(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean of `distance` over a non-empty host `mask`, as a masked sum: no device sync."""
+    return (distance * mask.to(distance.device, distance.dtype)).sum() / int(mask.sum())
 
 
 def background_loss(x_prev: torch.Tensor, x_prev_ref: torch.Tensor,
@@ -57,17 +59,18 @@ def background_loss(x_prev: torch.Tensor, x_prev_ref: torch.Tensor,
     return ((x_prev - x_prev_ref) * outside).abs().sum()
 
 
-def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, drags: list[RegionDrag],
-                 progress: float) -> torch.Tensor:
+def _handle_union(drags: list[RegionDrag]) -> torch.Tensor:
+    """∪ handle_i, on the host."""
+    return torch.stack([d.handle_mask for d in drags]).any(0)
+
+
+def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, handles: torch.Tensor,
+                 drags: list[RegionDrag], progress: float) -> torch.Tensor:
     """mean over V(η) = ∪ handle_i ∖ ∪ ρ_i(η) of the channel-L1 distance to B."""
-    handles = torch.stack([d.handle_mask for d in drags]).any(0)
-    landed = torch.stack([d.target_region(progress) for d in drags]).any(0)
-    vacated = handles & ~landed
-    count = int(vacated.sum())
-    if count == 0:
+    vacated = handles & ~torch.stack([d.target_region(progress) for d in drags]).any(0)
+    if not vacated.any():
         return x0_k.new_zeros(())
-    distance = (x0_k - background).abs().sum(dim=1)[0]
-    return (distance * vacated.to(x0_k.device, distance.dtype)).sum() / count
+    return _masked_mean((x0_k - background).abs().sum(dim=1)[0], vacated)
 
 
 def fill_in(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -119,7 +122,8 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
             x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 or vacate else None
         drags_f = [d.at(tuple(F_ref.shape[-2:])) for d in drags]
         if vacate:
-            background = fill_in(x0_ref, ~torch.stack([d.handle_mask for d in drags_f]).any(0))
+            handles_f = _handle_union(drags_f)
+            background = fill_in(x0_ref, ~handles_f)
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
         for k in range(1, config.iterations + 1):
@@ -131,7 +135,8 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
             if x0:
                 loss = loss + config.x0_weight * region_loss(x0_k, x0_ref, drags_f, progress)
             if vacate:
-                loss = loss + config.vacate_weight * vacated_loss(x0_k, background, drags_f, progress)
+                loss = loss + config.vacate_weight * vacated_loss(
+                    x0_k, background, handles_f, drags_f, progress)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)
