@@ -10,16 +10,25 @@ from pathlib import Path
 
 import diffusers
 import transformers
+from PIL import Image
 from tqdm import tqdm
 
 from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
 from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, load_model, model_preset
+from dragnext.output_check import EditFailed
 from dragnext.tiny_model import ARCHS, save_tiny_model
 
 log = logging.getLogger("dragnext")
-EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError)
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be used: it would destroy an input, no image format
+    matches it, or it names a file where a folder is needed."""
+
+
+EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError, OutputPathError, EditFailed)
 
 
 class StageProgress:
@@ -52,10 +61,28 @@ class StageProgress:
         self.stages.close()
 
 
+def check_out_path(out: Path, inputs: list[Path]) -> None:
+    """`--out` must name a format PIL writes, and neither it nor its record (`.json` beside
+    it) may be one of the inputs."""
+    formats = Image.registered_extensions()
+    if out.suffix.lower() not in formats or formats[out.suffix.lower()] not in Image.SAVE:
+        raise OutputPathError(f"--out {out}: '{out.suffix or '(no extension)'}' is not an image format "
+                              "this can write (use .png, .jpg, .webp, …)")
+    if out.is_dir():
+        raise OutputPathError(f"--out {out} is a folder; give a file name")
+    existing = {p.resolve(): p for p in inputs if p.exists()}
+    for written in (out, out.with_suffix(".json")):
+        if written.resolve() in existing:
+            raise OutputPathError(f"--out {out} would overwrite the input {existing[written.resolve()]} "
+                                  f"(with the {'edited image' if written == out else 'record'}); "
+                                  "choose another path")
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_out_path(out, [Path(args.image), Path(args.instruction)])
     base = read_config_file(args.config) if args.config else None
     config = build_config(base, args.set, preset=model_preset(args.model))
-    out = Path(args.out)
     item_id = args.item_id or out.stem
     image = read_image(args.image, item_id)
     instruction = read_instruction(args.instruction, item_id)
@@ -129,7 +156,10 @@ def parser(*command_groups) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, root: argparse.ArgumentParser | None = None,
-         expected_errors: tuple[type[Exception], ...] = EXPECTED_ERRORS) -> int:
+         expected_errors: tuple[type[Exception], ...] = EXPECTED_ERRORS,
+         exit_3: tuple[type[Exception], ...] = ()) -> int:
+    """Run a command; an expected error is one line and exit 2 (bad input), or exit 3 for
+    `exit_3` (the output or store cannot be used)."""
     args = (root or parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -138,6 +168,9 @@ def main(argv: list[str] | None = None, root: argparse.ArgumentParser | None = N
         transformers.utils.logging.disable_progress_bar()
     try:
         return args.run(args)
+    except exit_3 as error:
+        print(f"dragnext: error: {error}", file=sys.stderr)
+        return 3
     except expected_errors as error:
         print(f"dragnext: error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -17,14 +17,15 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity pass every `ge`/`le` bound in a surprising way (inf >= 0): refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Section):
     enabled: bool = True
     rank: int = Field(16, ge=1, le=256)
     steps: int = Field(80, ge=0, le=10_000)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, le=1)
     batch_size: int = Field(4, ge=1, le=64)
 
 
@@ -39,10 +40,10 @@ class InversionConfig(_Section):
 
 
 class PbsiConfig(_Section):
-    steps: int = Field(6, ge=1, description="T - T' + 1: denoising steps that run PBSI")
+    steps: int = Field(6, ge=1, le=1000, description="T - T' + 1: denoising steps that run PBSI")
     iterations: int = Field(10, ge=1, le=1000, description="K: Adam iterations per step")
-    lr: float = Field(0.02, gt=0)
-    lam: float = Field(0.1, ge=0, description="weight of the background term")
+    lr: float = Field(0.02, gt=0, le=10)
+    lam: float = Field(0.1, ge=0, le=1e4, description="weight of the background term")
     progressive: bool = True
     eta_steps: int | None = Field(
         None, ge=1, description="PBSI steps over which η grows to 1 and is then held; None = all "
@@ -50,29 +51,29 @@ class PbsiConfig(_Section):
     loss: Literal["features", "x0", "both"] = Field(
         "features", description="what the region term compares: the UNet features F (the paper), "
         "the predicted clean latent x̂₀ upsampled to F's size, or both")
-    x0_weight: float = Field(1.0, ge=0, description="weight of the x̂₀ region term (loss x0 or both)")
+    x0_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the x̂₀ region term (loss x0 or both)")
     init: Literal["inverted", "warp"] = Field(
         "inverted", description="z_T that PBSI starts from: the inverted latent (the paper) or it "
         "warped by the drags' final maps, the vacated handle region refilled with noise")
     vacate: Literal["keep", "fill"] = Field(
         "keep", description="the handle region a drag leaves: left to the denoiser (the paper) or "
         "pulled, in x̂₀, towards the reference background filled in from around the handle regions")
-    vacate_weight: float = Field(1.0, ge=0, description="weight of the vacated-region term (vacate fill)")
+    vacate_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the vacated-region term (vacate fill)")
 
 
 class DragDiffusionConfig(_Section):
     """The `dragdiffusion` peer (SPEC §8)."""
     iterations: int = Field(80, ge=1, le=10_000)
-    lr: float = Field(0.01, gt=0)
-    lam: float = Field(0.1, ge=0)
-    r_m: int = Field(1, ge=0, description="motion supervision patch radius, feature px")
-    r_p: int = Field(3, ge=1, description="point tracking search radius, feature px")
-    reached_px: float = Field(2.0, gt=0, description="a handle this close to its target, in feature px, "
+    lr: float = Field(0.01, gt=0, le=10)
+    lam: float = Field(0.1, ge=0, le=1e4)
+    r_m: int = Field(1, ge=0, le=64, description="motion supervision patch radius, feature px")
+    r_p: int = Field(3, ge=1, le=64, description="point tracking search radius, feature px")
+    reached_px: float = Field(2.0, gt=0, le=1e3, description="a handle this close to its target, in feature px, "
                               "is reached and no longer supervised (the original's 2)")
 
 
 class FeaturesConfig(_Section):
-    blocks: list[int] | Literal["all"] = Field(
+    blocks: list[Annotated[int, Field(ge=0, le=16)]] | Literal["all"] = Field(
         default_factory=lambda: [2], min_length=1, description="`unet.up_blocks` whose outputs "
         "form F; \"all\" = every decoder stage (the paper's F)")
 
@@ -80,7 +81,7 @@ class FeaturesConfig(_Section):
 class AttentionConfig(_Section):
     mutual: bool = True
     start_layer: int | None = Field(
-        None, ge=0, description="first self-attention layer (forward order) that attends to the "
+        None, ge=0, le=1024, description="first self-attention layer (forward order) that attends to the "
         "reference; None = the paper's: the first of up_blocks[-2] (10 on SD1.5)")
 
 
@@ -91,7 +92,7 @@ class OutputConfig(_Section):
 class EditConfig(_Section):
     # Bounded: memory grows with its square (2048 px already takes ~16x the 512 px memory).
     size: int = Field(512, ge=8, le=2048, description="working size of the longer image side, px")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     method: Literal["dragnext", "dragdiffusion", "warp"] = "dragnext"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
@@ -122,6 +123,13 @@ class EditConfig(_Section):
     def to_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def check_model(self, up_blocks: int) -> None:
+        """The keys that depend on the model: `features.blocks` must name its decoder stages."""
+        blocks = self.features.blocks
+        if blocks != "all" and any(b >= up_blocks for b in blocks):
+            raise ConfigError(f"invalid config: features.blocks: {blocks} names a decoder stage this "
+                              f"model lacks (its up_blocks are 0-{up_blocks - 1})")
+
 
 def _parse_value(text: str) -> Any:
     try:
@@ -151,11 +159,15 @@ def _merge(into: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format_validation_error(error: ValidationError) -> str:
-    problems = []
+    """One problem per key: a value that fits no branch of a union (`[2]` or `"all"`) is
+    reported by its first branch, without pydantic's branch tags in the key."""
+    problems: dict[str, str] = {}
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<config>"
-        problems.append(f"{key}: {item['msg']}")
-    return "invalid config: " + "; ".join(problems)
+        parts = [str(p) for p in item["loc"] if not (isinstance(p, str) and "[" in p)]
+        key = ".".join(parts) or "<config>"
+        if not any(key.startswith(k) or k.startswith(key) for k in problems):
+            problems[key] = item["msg"]
+    return "invalid config: " + "; ".join(f"{k}: {m}" for k, m in problems.items())
 
 
 def parse_overrides(texts: list[str]) -> dict[str, Any]:

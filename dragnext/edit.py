@@ -22,6 +22,7 @@ from dragnext.geometry import RegionDrag
 from dragnext.instruction import EditItem, Instruction, validate_item
 from dragnext.lora import lora_applied, train_lora
 from dragnext.model import DragModel
+from dragnext.output_check import check_image, check_latent
 from dragnext.pbsi import pbsi
 from dragnext.peers.dragdiffusion import drag_diffusion
 from dragnext.peers.warp import warp_latent
@@ -172,8 +173,13 @@ def denoise_latent(model: DragModel, prep: Prepared, trajectory: list[torch.Tens
 
 
 def decode_image(model: DragModel, item: EditItem, z_0: torch.Tensor, config: EditConfig) -> Image.Image:
-    """The edited image at the input size."""
-    edited = tensor_to_image(model.decode(z_0), *item.size)
+    """The edited image at the input size; raises `EditFailed` for an output that cannot be
+    right (non-finite, or flat where the input is not)."""
+    check_latent(z_0, "the edited latent z_0")
+    x = model.decode(z_0)
+    check_latent(x, "the decoded image")
+    edited = tensor_to_image(x, *item.size)
+    check_image(item.image, edited)
     if config.output.paste_background:
         edited = paste_background(edited, item.image, item.editable)
     return edited

@@ -36,6 +36,13 @@ Point = tuple[float, float]
 # hundred kB on disk and 1.2 GB in memory.
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_SIDE = 8192
+# Below this a side has less than one latent pixel per UNet level; past this aspect the
+# shorter side would be stretched to the model's size multiple and the edit distorted.
+MIN_IMAGE_SIDE = 16
+MAX_ASPECT_RATIO = 8.0
+# What one item may ask for: its masks are image-sized, so drags cost memory in proportion.
+MAX_DRAGS = 16
+MAX_MASK_PIXELS = 8 * MAX_IMAGE_PIXELS
 
 
 class InvalidItemError(ValueError):
@@ -161,6 +168,19 @@ def open_image_header(source: str | Path | BinaryIO, item: str, field: str) -> I
     return image
 
 
+def check_image_shape(size: tuple[int, int], item: str, field: str) -> None:
+    """An input image (not a mask) the model can work on: each side at least
+    `MIN_IMAGE_SIDE`, the aspect ratio at most `MAX_ASPECT_RATIO`."""
+    width, height = size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidItemError(item, field, f"image is {width}x{height}; each side must be at least "
+                               f"{MIN_IMAGE_SIDE} px")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidItemError(item, field, f"image is {width}x{height}, an aspect ratio of "
+                               f"{max(width, height) / min(width, height):.1f}:1; at most "
+                               f"{MAX_ASPECT_RATIO:g}:1 is accepted")
+
+
 def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
     image = open_image_header(source, item, field)
     try:
@@ -171,7 +191,9 @@ def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.I
 
 
 def read_image(source: str | Path | BinaryIO, item: str, field: str = "image") -> Image.Image:
-    return _open_image(source, item, field).convert("RGB")
+    image = _open_image(source, item, field)
+    check_image_shape(image.size, item, field)
+    return image.convert("RGB")
 
 
 def read_mask(source: str | Path | BinaryIO, item: str, field: str) -> np.ndarray:
@@ -309,6 +331,13 @@ def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = 
     """Every rule of an instruction that needs no mask file."""
     if not spec.drags:
         raise InvalidItemError(item, "drags", "at least one drag is required")
+    if len(spec.drags) > MAX_DRAGS:
+        raise InvalidItemError(item, "drags", f"{len(spec.drags)} drags; at most {MAX_DRAGS} per item")
+    if size is not None:
+        masks = len(spec.drags) + (spec.editable_mask is not None)
+        if masks * size[0] * size[1] > MAX_MASK_PIXELS:
+            raise InvalidItemError(item, "drags", f"{masks} masks of {size[0]}x{size[1]} are "
+                                   f"{masks * size[0] * size[1]:,} mask pixels; at most {MAX_MASK_PIXELS:,}")
     for i, drag in enumerate(spec.drags):
         check_drag_geometry(item, i, drag, size)
 

@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from dragnext.fingerprint import model_folder
 from dragnext.profiling import PassCounter
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,15 @@ def _not_found(spec: str, cause: Exception) -> ModelNotFoundError:
         "  - network access to the hub" + (" (HF_HUB_OFFLINE is set, so the hub is not asked)"
                                           if offline else "") + ".\n"
         "For tests and smoke checks, 'dragnext tiny-model DIR' writes a small random model.")
+
+
+def check_model_present(spec: str | Path) -> None:
+    """Raises `ModelNotFoundError` when `load_model(spec)` could not find the model: a path
+    that is no folder, or (offline) a hub id the local cache does not hold. Loads nothing."""
+    spec = str(spec)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    if model_folder(spec) is None and (offline or spec.startswith((".", "/", "~"))):
+        raise _not_found(spec, FileNotFoundError("not a local folder, and not in the Hugging Face cache"))
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, device: torch.device | str | None = None,

@@ -18,18 +18,29 @@ from bench import cli as bench_cli
 from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
-from dragnext.model import DEFAULT_MODEL
+from dragnext.fingerprint import unet_up_blocks
+from dragnext.model import DEFAULT_MODEL, check_model_present, model_preset
 from fixture import FIXTURE_MODEL
 from flows import watchdog
-from flows.bulk_edit import bulk_edit, retry_failed
-from flows.results import read_results
+from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, format_output, retry_failed
+from flows.lease import OutputInUse, check_free
+from flows.local_api import local_api
+from flows.results import read_results, read_summary
 from flows.shard import ItemsFailed, progress_log
-from manifests.dragbench import UnsafePickleError, import_dragbench
+from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
 from manifests.examples import DEMO_MANIFEST
 from manifests.items import conform, validate_rows
 from manifests.schema import ManifestError, read_table
-from manifests.storage import StoreUnavailable, parent, read_bytes
-from manifests.uris import UriPolicy
+from manifests.storage import (
+    OutputUnwritable,
+    StoreUnavailable,
+    absolute,
+    check_writable,
+    is_remote,
+    parent,
+    read_bytes,
+)
+from manifests.uris import PolicyError, UriPolicy, check_prefix
 
 
 class ProgressBar(logging.Handler):
@@ -62,10 +73,11 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     progress_log.addHandler(bar)
     progress_log.propagate = False
     try:
-        summary = run()
+        with local_api():
+            summary = run()
     except ItemsFailed as error:
         summary = error.summary
-    except StoreUnavailable as error:
+    except (StoreUnavailable, OutputUnwritable) as error:
         print(f"dragnext: error: {error}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped on the way out
@@ -85,8 +97,32 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     return 0 if set(counts) <= {"succeeded", "skipped"} else 1
 
 
+def preflight(manifest: str, output: str, model: str, overrides: dict, allow_prefixes: list[str]) -> None:
+    """Everything about a run's command line that can be checked before Prefect starts, so a
+    mistake costs one line and seconds: the prefixes, the config (against the model's
+    folder), the model's presence, the manifest's readability, and the output (a folder,
+    writable, not leased by a live run). Raises the error that names the problem."""
+    for prefix in allow_prefixes:
+        check_prefix(prefix)
+    config = build_config(overrides=overrides, preset=model_preset(model))
+    check_model_present(model)
+    if (up_blocks := unet_up_blocks(model)) is not None:
+        config.check_model(up_blocks)
+    problems = conform(read_table(manifest)).problems
+    if problems:
+        raise ManifestError(f"manifest {manifest} cannot be read: {'; '.join(problems)}")
+    if format_output(output, "DATE", "RUN") != output:
+        return  # filled in per run (a nightly folder): checked by the run itself
+    output = absolute(output)
+    if not is_remote(output) and Path(output).exists() and not Path(output).is_dir():
+        raise OutputPathError(f"output '{output}' is an existing file; give a folder")
+    check_writable(output)
+    check_free(output, None, LEASE_STALE_AFTER_S)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
+    preflight(args.manifest, args.output, args.model, overrides, args.allow_prefix)
     return _run_flow(lambda: bulk_edit(
         args.manifest, args.output, model=args.model, overrides=overrides,
         item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
@@ -94,23 +130,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    summary = read_summary(parent(absolute(args.results)))
+    preflight(summary["manifest_uri"], summary["output_uri"], summary["model"], summary["overrides"],
+              summary["allow_prefixes"])
     return _run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
         retries=args.retries), args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    table, problems = conform(read_table(args.manifest))
-    if problems:
-        for problem in problems:
+    conformed = conform(read_table(args.manifest))
+    if conformed.problems:
+        for problem in conformed.problems:
             print(f"{args.manifest}: {problem}")
         return 1
     config = build_config(overrides=parse_overrides(args.set))
     policy = UriPolicy(parent(args.manifest), tuple(args.allow_prefix))
-    found = validate_rows(table.to_pylist(), config, policy, "rows" if args.no_files else "files")
+    found = validate_rows(conformed.table.to_pylist(), config, policy, "rows" if args.no_files else "files",
+                          row_problems=conformed.row_problems,
+                          up_blocks=unet_up_blocks(args.model) if args.model else None)
     for problem in found:
         print(problem)
-    print(f"{table.num_rows} rows, {len(found)} invalid")
+    print(f"{conformed.table.num_rows} rows, {len(found)} invalid")
     return 1 if found else 0
 
 
@@ -139,6 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"dragnext: error: the fixture model is missing from {FIXTURE_MODEL} (it is committed; "
               "fixture/README.md rebuilds it); or run with --model DIR", file=sys.stderr)
         return 2
+    preflight(str(DEMO_MANIFEST), args.out, args.model, parse_overrides(args.set), [])
     code = _run_flow(lambda: bulk_edit(
         str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
         workers=args.workers), args)
@@ -169,7 +211,7 @@ def add_commands(commands) -> None:
     library_cli.add_config_arguments(run)
     run.add_argument("--items", help="comma-separated item ids to run (others are skipped)")
     run.add_argument("--workers", type=int, help="items at once, one process each "
-                     "(default: one per GPU, 1 on CPU)")
+                     "(default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
     run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
     add_allow_prefix(run)
     run.set_defaults(run=cmd_run)
@@ -189,6 +231,7 @@ def add_commands(commands) -> None:
     validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
     add_allow_prefix(validate)
     library_cli.add_set_argument(validate, help="the run's config overrides, to check rows' params against")
+    validate.add_argument("--model", help="the run's model folder, to check rows' params against its shape")
     validate.set_defaults(run=cmd_validate)
     importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
     importer.add_argument("directory")
@@ -202,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands,
                               profile_cli.add_commands)
     return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
-        UnsafePickleError, FileNotFoundError, ManifestError))
+        UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError, PolicyError),
+        exit_3=(OutputUnwritable, StoreUnavailable))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from flows.results import table_rows
 from flows.shard import RUN_ID_KEY, shard_dir
 from manifests.schema import read_table
 from manifests.storage import exists, join, read_bytes
-from tasks.stage_store import digest
+from manifests.digest import digest
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0

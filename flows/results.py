@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import posixpath
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,18 +16,21 @@ from pathlib import Path
 import pyarrow as pa
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from manifests.schema import RESULTS, read_table, table_bytes
+from manifests.schema import RESULTS, STATUSES, ManifestError, read_table, table_bytes
 from manifests.storage import (
+    OutputUnwritable,
     StoreUnavailable,
+    write_file_atomic,
     exists,
     filesystem,
     join,
     list_names,
+    read_bytes,
     with_retries,
     write_bytes,
 )
 
-FALLBACK_DIR = os.environ.get("DRAGNEXT_FALLBACK_DIR", "dragnext-fallback")
+log = logging.getLogger(__name__)
 
 
 def row_uri(output_uri: str, item_id: str) -> str:
@@ -37,16 +42,33 @@ def write_row(output_uri: str, row: dict, run_id: str) -> None:
     write_bytes(row_uri(output_uri, row["item_id"]), json.dumps({**row, "run_id": run_id}).encode())
 
 
+def _parse_row(path: str, blob: bytes | Exception) -> dict | None:
+    """A stored row, or None (with a warning) when it is torn or unreadable: that item
+    counts as not finished, so it runs again."""
+    try:
+        if isinstance(blob, Exception):
+            raise blob
+        row = json.loads(blob)
+        if not isinstance(row, dict) or not isinstance(row.get("item_id"), str) \
+                or row.get("status") not in STATUSES or f"{row['item_id']}.json" != posixpath.basename(path):
+            raise ValueError("not a results row")
+        return row
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        log.warning("ignoring the unreadable row %s (%s: %s); its item runs again",
+                    path, type(error).__name__, error)
+        return None
+
+
 def read_rows(output_uri: str) -> dict[str, dict]:
-    """Every stored item row of an output, by item id."""
-    names = [n for n in list_names(join(output_uri, "rows")) if n.endswith(".json")]
+    """Every readable item row of an output, by item id."""
+    names = [n for n in list_names(join(output_uri, "rows")) if n.endswith(".json") and not n.startswith(".")]
     if not names:
         return {}
     fs, folder = filesystem(join(output_uri, "rows"))
     paths = [join(folder, name) for name in names]
-    blobs = with_retries(lambda: fs.cat(paths), f"reading {len(paths)} rows of {output_uri}")
-    rows = [json.loads(blob) for blob in blobs.values()]
-    return {row["item_id"]: row for row in rows}
+    blobs = with_retries(lambda: fs.cat(paths, on_error="return"), f"reading {len(paths)} rows of {output_uri}")
+    rows = [_parse_row(path, blob) for path, blob in blobs.items()]
+    return {row["item_id"]: row for row in rows if row is not None}
 
 
 def results_table(rows: list[dict], extra_columns: dict[str, list]) -> pa.Table:
@@ -74,9 +96,15 @@ def read_results(uri: str) -> list[dict]:
 
 def previous_rows(output_uri: str) -> dict[str, dict]:
     """What an earlier run into this output left: its results, overlaid by item rows
-    written since (a killed run has rows but no results file)."""
+    written since (a killed run has rows but no results file). A results file that cannot
+    be read counts as absent: its items run again."""
     results_uri = join(output_uri, "results.parquet")
-    earlier = {r["item_id"]: r for r in read_results(results_uri)} if exists(results_uri) else {}
+    earlier = {}
+    if exists(results_uri):
+        try:
+            earlier = {r["item_id"]: r for r in read_results(results_uri)}
+        except (ManifestError, KeyError, TypeError) as error:
+            log.warning("ignoring the unreadable %s (%s); its items run again", results_uri, error)
     return {**earlier, **read_rows(output_uri)}
 
 
@@ -84,23 +112,44 @@ def counts(rows: list[dict]) -> dict[str, int]:
     return dict(Counter(r["status"] for r in rows))
 
 
+def read_summary(output_uri: str) -> dict:
+    """A run's summary.json; `FileNotFoundError` names the folder when there is none."""
+    uri = join(output_uri, "summary.json")
+    try:
+        return json.loads(read_bytes(uri))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} does not exist: is {output_uri} the output of a run?") from None
+    except ValueError as error:
+        raise ManifestError(f"{uri} is not a run summary ({error})") from None
+
+
 def write_summary(output_uri: str, summary: dict) -> None:
     write_bytes(join(output_uri, "summary.json"), json.dumps(summary, indent=2).encode())
 
 
 def write_final(output_uri: str, table: pa.Table, summary: dict) -> str:
-    """summary.json, then results.parquet last. If the store stays down through every
-    retry, both go to a local fallback folder and `StoreUnavailable` says where."""
+    """results.parquet, then summary.json saying `finished`: a summary never claims results
+    that are not there. If the store stays down through every retry, or the output is full
+    or read-only, both go to a local fallback folder and `StoreUnavailable` says where."""
     try:
-        write_summary(output_uri, summary)
         write_bytes(summary["results_uri"], table_bytes(table))
+        write_summary(output_uri, summary)
         return summary["results_uri"]
-    except StoreUnavailable as error:
-        folder = Path(FALLBACK_DIR).resolve() / time.strftime("%Y%m%d-%H%M%S")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-        (folder / "results.parquet").write_bytes(table_bytes(table))
-        raise StoreUnavailable(f"{error}; the results were written to {folder} instead") from error
+    except (StoreUnavailable, OutputUnwritable) as error:
+        raise StoreUnavailable(f"{error}; {write_fallback(table, summary)}") from error
+
+
+def write_fallback(table: pa.Table, summary: dict) -> str:
+    """summary.json and results.parquet in `DRAGNEXT_FALLBACK_DIR/TIME/`; says where, or
+    why not even that worked."""
+    folder = Path(os.environ.get("DRAGNEXT_FALLBACK_DIR", "dragnext-fallback")).resolve() \
+        / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        write_file_atomic(str(folder / "results.parquet"), table_bytes(table))
+        write_file_atomic(str(folder / "summary.json"), json.dumps(summary, indent=2).encode())
+    except OSError as error:
+        return f"the results could not be written to the fallback {folder} either ({error})"
+    return f"the results were written to {folder} instead"
 
 
 def publish(rows: list[dict]) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
@@ -24,9 +25,17 @@ from dragnext.config import EditConfig
 from flows.results import results_table, write_row
 from manifests.items import conform, item_config
 from manifests.schema import MANIFEST, read_table, table_bytes
-from manifests.storage import StoreUnavailable, join, parent, read_bytes, write_bytes
+from manifests.storage import (
+    OutputUnwritable,
+    StoreUnavailable,
+    join,
+    parent,
+    read_bytes,
+    unwritable_reason,
+    write_bytes,
+)
 from tasks.item_task import edit_item_task
-from tasks.pool import default_workers, item_runner
+from tasks.pool import CLOSING, InlineRunner, ProcessRunner, default_workers, item_runner
 from tasks.stages import ItemContext, is_retryable, result_row
 
 # Progress as data: one record per finished item, with `done`, `total` and `row` attached.
@@ -35,6 +44,8 @@ progress_log = logging.getLogger("dragnext.progress")
 progress_log.setLevel(logging.INFO)  # whatever the root logger's level: listeners decide
 RUN_ID_KEY = b"dragnext.run_id"  # in a shard's results.parquet: the flow run that wrote it
 HEARTBEAT_S = float(os.environ.get("DRAGNEXT_HEARTBEAT_S", "10"))
+# Interrupted, a run waits this long for the items in hand before it kills their workers.
+INTERRUPT_GRACE_S = 3.0
 
 
 class ItemsFailed(RuntimeError):
@@ -80,60 +91,114 @@ def _failed_row(ctx: ItemContext, error: BaseException, retries: int) -> dict:
     return result_row(ctx, "failed", attempts, error=f"{type(error).__name__}: {error}")
 
 
-def run_shard(plan_uri: str, workers: int | None = None) -> list[dict]:
-    """Edit the items of a shard plan (written by the parent flow); their rows, as finished."""
+@dataclass
+class ShardOutcome:
+    rows: list[dict]
+    stopped: str | None  # why the shard stopped dispatching (a full or read-only output)
+
+
+def _contexts(plan: dict) -> list[ItemContext]:
+    wanted = set(plan["item_ids"])
+    base = EditConfig.model_validate(plan["config"])
+    return [ItemContext(row={k: row[k] for k in MANIFEST.names}, manifest_dir=parent(plan["manifest_uri"]),
+                        output_uri=plan["output_uri"], model=plan["model"],
+                        config=item_config(row, base).to_record(),
+                        allowed_prefixes=tuple(plan["allowed_prefixes"]),
+                        model_fingerprint=plan.get("model_fingerprint", ""),
+                        input_digest=plan.get("input_digests", {}).get(row["item_id"]),
+                        previous_attempts=plan["previous_attempts"].get(row["item_id"], 0))
+            for row in conform(read_table(plan["manifest_uri"])).table.to_pylist()
+            if row["item_id"] in wanted]
+
+
+class _Rows:
+    """The shard's finished rows: each stored as it arrives (`OUT/rows/ID.json`) and counted
+    on the progress log. A write the output refuses for good stops the runner."""
+
+    def __init__(self, plan: dict, run_id: str, runner: InlineRunner | ProcessRunner, total: int):
+        self.plan, self.run_id, self.runner, self.total = plan, run_id, runner, total
+        self.rows: dict[str, dict] = {}
+        self.log = get_run_logger()
+
+    def add(self, ctx: ItemContext, row: dict, error: BaseException | None = None) -> None:
+        if ctx.item_id in self.rows:
+            return
+        row["attempts"] += ctx.previous_attempts
+        self.rows[ctx.item_id] = row
+        reason = unwritable_reason(error) if error is not None else None
+        try:
+            write_row(self.plan["output_uri"], row, self.run_id)
+        except OutputUnwritable as error:
+            reason = reason or str(error)
+        except StoreUnavailable as error:  # kept in memory: the shard's results carry it
+            self.log.error("item %s: row not stored: %s", ctx.item_id, error)
+        if reason and not self.runner.stopped:
+            self.log.error("the output cannot take writes (%s): no more items are started", reason)
+            self.runner.stop(f"the output cannot take writes ({reason})")
+        if row["status"] == "failed":
+            self.log.error("item %s failed: %s", ctx.item_id, row["error"])
+        done = len(self.rows)
+        progress_log.info("%s: %s (%d/%d)", row["item_id"], row["status"], done, self.total,
+                          extra={"done": done, "total": self.total, "row": row})
+
+
+def _outcome(ctx: ItemContext, future, retries: int,
+             timeout: float | None = None) -> tuple[dict, BaseException | None]:
+    """The item's row, and the error it failed with (if it did)."""
+    try:
+        return future.result(timeout=timeout), None
+    except Exception as error:  # one item's failure never fails its siblings
+        return _failed_row(ctx, error, retries), error
+
+
+def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = None) -> ShardOutcome:
+    """Edit the items of a shard plan (written by the parent flow); their rows, as finished.
+
+    Interrupted (Ctrl-C, SIGTERM), it starts no more items, gives the running ones
+    `INTERRUPT_GRACE_S` to finish (their rows are stored), ends the workers and re-raises.
+    `stopped` (an earlier shard found the output full) starts none at all."""
     log = get_run_logger()
     plan = json.loads(read_bytes(plan_uri))
-    wanted = set(plan["item_ids"])
-    table, _ = conform(read_table(plan["manifest_uri"]))
-    base = EditConfig.model_validate(plan["config"])
-    contexts = [ItemContext(row={k: row[k] for k in MANIFEST.names},
-                            manifest_dir=parent(plan["manifest_uri"]),
-                            output_uri=plan["output_uri"], model=plan["model"],
-                            config=item_config(row, base).to_record(),
-                            allowed_prefixes=tuple(plan["allowed_prefixes"]))
-                for row in table.to_pylist() if row["item_id"] in wanted]
+    contexts = _contexts(plan)
     run_id, retries = str(flow_run.id), plan["retries"]
     task = edit_item_task.with_options(
         retries=retries, retry_delay_seconds=exponential_backoff(plan["retry_delay_s"])(retries))
-    n_workers = workers or default_workers()
-    log.info("shard %d: %d items on %d worker(s)", plan["shard"], len(contexts), n_workers)
-    rows: list[dict] = []
+    n_workers = default_workers() if workers is None else workers
+    log.info("shard %d: %d items on %s", plan["shard"], len(contexts),
+             f"{n_workers} worker process(es)" if n_workers else "the run's own process")
     runner = item_runner(n_workers)
+    if stopped:
+        runner.stop(stopped)
+    finished = _Rows(plan, run_id, runner, len(contexts))
     try:
         with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), HEARTBEAT_S), \
-                ThreadPoolTaskRunner(max_workers=n_workers) as pool:
+                ThreadPoolTaskRunner(max_workers=max(1, n_workers)) as pool:
             futures = {pool.submit(task, parameters={"ctx": ctx, "runner": runner}): ctx for ctx in contexts}
-            for done, future in enumerate(as_completed(futures), start=1):
-                ctx = futures[future]
-                try:
-                    row = future.result()
-                except Exception as error:  # one item's failure never fails its siblings
-                    row = _failed_row(ctx, error, retries)
-                    log.error("item %s failed: %s", ctx.item_id, row["error"])
-                row["attempts"] += plan["previous_attempts"].get(ctx.item_id, 0)
-                rows.append(row)
-                try:
-                    write_row(plan["output_uri"], row, run_id)
-                except StoreUnavailable as error:  # kept in memory: the shard's results carry it
-                    log.error("item %s: row not stored: %s", ctx.item_id, error)
-                progress_log.info("%s: %s (%d/%d)", row["item_id"], row["status"], done, len(contexts),
-                                  extra={"done": done, "total": len(contexts), "row": row})
+            try:
+                for future in as_completed(futures):
+                    finished.add(futures[future], *_outcome(futures[future], future, retries))
+            except BaseException:  # KeyboardInterrupt, SIGTERM: keep what finishes in the grace period
+                runner.close(grace_s=INTERRUPT_GRACE_S)
+                for future, ctx in futures.items():
+                    if future.state.is_completed():
+                        finished.add(ctx, *_outcome(ctx, future, retries))
+                raise
     finally:
         runner.close()
+    rows = list(finished.rows.values())
     table = results_table(rows, {})
     table = table.replace_schema_metadata({**table.schema.metadata, RUN_ID_KEY: run_id.encode()})
     try:
         write_bytes(join(shard_dir(plan["output_uri"], plan["shard"]), "results.parquet"), table_bytes(table))
-    except StoreUnavailable as error:
+    except (StoreUnavailable, OutputUnwritable) as error:
         log.error("shard %d: results not stored: %s", plan["shard"], error)
-    return rows
+    return ShardOutcome(rows, runner.stopped if runner.stopped != CLOSING else None)
 
 
 @flow(name="bulk-edit-shard")
 def bulk_edit_shard(plan_uri: str, workers: int | None = None) -> dict:
     """Edit one shard of a bulk run (launched by `bulk-edit`; `plan_uri` names its items)."""
-    rows = run_shard(plan_uri, workers)
+    rows = run_shard(plan_uri, workers).rows
     failed = [r["item_id"] for r in rows if r["status"] == "failed"]
     summary = {"items": len(rows), "failed": failed}
     if failed:

@@ -166,6 +166,19 @@ MALFORMED = [
      "image_uri: 'http://127.0.0.1:9/x.png'"),
     ("escape", lambda r: {**r, "image_uri": "../outside.png"}, "image_uri: '../outside.png' is outside"),
     ("mask-escape", lambda r: _drag(r, handle_mask_uri="../outside.png"), "drags[0].handle_mask_uri: '../o"),
+    ("tiny-image", lambda r: {**r, "image_uri": "tiny.png"}, "image_uri: image is 8x8; each side must be at least"),
+    ("thin-image", lambda r: {**r, "image_uri": "thin.png"}, "image_uri: image is 400x20, an aspect ratio of 20.0:1"),
+    ("null-drag", lambda r: {**r, "drags": [None]}, "drags[0]: Input should be a valid dictionary"),
+    ("many-drags", lambda r: {**r, "drags": r["drags"] * 17}, "drags: 17 drags; at most 16 per item"),
+    ("deep-params", lambda r: {**r, "params": "[" * 8000 + "]" * 8000}, "params: is nested too deeply"),
+    ("huge-params", lambda r: {**r, "params": json.dumps({"seed": 0, "x": "y" * 100_000})},
+     "params: is 100,020 characters; at most 16,384"),
+    ("inf-params", lambda r: {**r, "params": '{"pbsi.lam": Infinity}'}, "params: invalid config: pbsi.lam: Input "
+     "should be a finite number"),
+    ("blocks-params", lambda r: {**r, "params": json.dumps({"features.blocks": [99]})},
+     "params: invalid config: features.blocks.0: Input should be less than or equal to 16"),
+    ("seed-params", lambda r: {**r, "params": json.dumps({"seed": -1})},
+     "params: invalid config: seed: Input should be greater than or equal to 0"),
 ]
 
 
@@ -175,7 +188,18 @@ def malformed_rows(good: dict) -> list[dict]:
 
 def malformed_files() -> dict[str, bytes]:
     """The files the malformed rows name, by path relative to the manifest's folder."""
-    return {"bomb.png": png_claiming(20000, 20000), "huge.png": png_claiming(12000, 12000)}
+    return {"bomb.png": png_claiming(20000, 20000), "huge.png": png_claiming(12000, 12000),
+            "tiny.png": _png_bytes(8, 8), "thin.png": _png_bytes(400, 20)}
+
+
+def _png_bytes(width: int, height: int) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (width, height), (120, 80, 40)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def careless_manifest(rows: list[dict]) -> bytes:

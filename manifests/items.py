@@ -7,10 +7,12 @@ import io
 import json
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dragnext.config import ConfigError, EditConfig, build_config
 from dragnext.instruction import (
@@ -18,6 +20,7 @@ from dragnext.instruction import (
     InstructionSpec,
     InvalidItemError,
     build_instruction,
+    check_image_shape,
     check_spec,
     open_image_header,
     parse_instruction,
@@ -25,12 +28,27 @@ from dragnext.instruction import (
     read_mask,
     validate_item,
 )
-from manifests.schema import MANIFEST, SCHEMA_VERSION, VERSION_KEY
-from manifests.storage import read_bytes
+from manifests.digest import input_digest
+from manifests.schema import MANIFEST, RESERVED_COLUMNS, SCHEMA_VERSION, VERSION_KEY
+from manifests.storage import (
+    HEADER_BYTES,
+    NotARegularFile,
+    OutputUnwritable,
+    StoreUnavailable,
+    is_transient,
+    read_bytes,
+    regular_file_size,
+)
 from manifests.uris import UriPolicy
 
 # An id names output paths: `.` and `..` would name the folders above the item's own.
 ITEM_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
+# A row's config overrides are a handful of keys; anything longer is a mistake or an attack.
+MAX_PARAMS_CHARS = 16_384
+# Rows whose files are checked at once (each mostly waits on a ranged read).
+VALIDATION_THREADS = 16
+# A file larger than this is no image or mask this project edits (and would fill a worker).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 # instruction field names → the manifest's column names, for error messages
 _COLUMN_NAMES = {"handle_mask": "handle_mask_uri", "editable_mask": "editable_mask_uri"}
 
@@ -61,14 +79,17 @@ def instruction_of(row: dict) -> dict:
     return {
         "prompt": row.get("prompt") or "",
         "editable_mask": row.get("editable_mask_uri"),
-        "drags": [
-            {"type": d["type"], "handle_mask": d["handle_mask_uri"], "handle": _point(d["handle"]),
-             "target": _point(d["target"]),
-             **({"center": _point(d["center"])} if d.get("center") is not None else {}),
-             **({"axis": d["axis"]} if d.get("axis") is not None else {})}
-            for d in row.get("drags") or []
-        ],
+        "drags": [_drag_of(d) for d in row.get("drags") or []],
     }
+
+
+def _drag_of(d: dict | None) -> dict | None:
+    if d is None:  # a null element: reported by the instruction's parser as drags[i]
+        return None
+    return {"type": d["type"], "handle_mask": d["handle_mask_uri"], "handle": _point(d["handle"]),
+            "target": _point(d["target"]),
+            **({"center": _point(d["center"])} if d.get("center") is not None else {}),
+            **({"axis": d["axis"]} if d.get("axis") is not None else {})}
 
 
 def item_config(row: dict, base: EditConfig) -> EditConfig:
@@ -77,10 +98,14 @@ def item_config(row: dict, base: EditConfig) -> EditConfig:
     if not params:
         return base
     item = row["item_id"]
+    if len(params) > MAX_PARAMS_CHARS:
+        raise InvalidItemError(item, "params", f"is {len(params):,} characters; at most {MAX_PARAMS_CHARS:,}")
     try:
         overrides = json.loads(params)
     except json.JSONDecodeError as error:
         raise InvalidItemError(item, "params", f"not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise InvalidItemError(item, "params", "is nested too deeply") from None
     if not isinstance(overrides, dict):
         raise InvalidItemError(item, "params", "must be a JSON object of config keys")
     try:
@@ -106,9 +131,18 @@ def _file_fields(spec: InstructionSpec, row: dict) -> dict[str, str]:
     return fields
 
 
-def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None) -> InstructionSpec:
-    """Every check that needs no file: id, structure, drag geometry, params and (with a
-    policy) where each file may come from. Raises `InvalidItemError`."""
+def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: UriPolicy) -> str:
+    """The digest of everything a valid row's edit is made from (`manifests.digest`)."""
+    spec = parse_instruction(instruction_of(row), row["item_id"])
+    files = [policy.resolve(uri) for uri in _file_fields(spec, row).values()]
+    return input_digest({"image_uri": row["image_uri"], **instruction_of(row)}, files, config, model_fingerprint)
+
+
+def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
+              up_blocks: int | None = None) -> InstructionSpec:
+    """Every check that needs no file: id, structure, drag geometry, params (against the
+    model's `up_blocks` when known) and (with a policy) where each file may come from.
+    Raises `InvalidItemError`."""
     item = row.get("item_id")
     if not item or not ITEM_ID.match(item):
         raise InvalidItemError(str(item), "item_id",
@@ -117,7 +151,12 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None) -> I
         raise InvalidItemError(item, "image_uri", "is empty")
     spec = _in_columns(item, lambda: parse_instruction(instruction_of(row), item))
     _in_columns(item, lambda: check_spec(spec, item))
-    item_config(row, base)
+    config = item_config(row, base)
+    if up_blocks is not None:
+        try:
+            config.check_model(up_blocks)
+        except ConfigError as error:
+            raise InvalidItemError(item, "params" if row.get("params") else "config", str(error)) from None
     if policy is not None:
         for field, uri in _file_fields(spec, row).items():
             if policy.resolve(uri) is None:
@@ -125,22 +164,52 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None) -> I
     return spec
 
 
-def _fetch(uri: str, policy: UriPolicy, item: str, field: str) -> io.BytesIO:
+def _look(uri: str, policy: UriPolicy, item: str, field: str) -> str:
+    """The URI to read, after the policy and a look at what it names (stat, or a HEAD):
+    refused unless it is a regular file or an object of bounded size (a FIFO would block
+    the reader, a device would never end)."""
     resolved = policy.resolve(uri)
     if resolved is None:
         raise InvalidItemError(item, field, policy.refusal(uri))
     try:
-        return io.BytesIO(read_bytes(resolved))
+        size = regular_file_size(resolved)
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"'{uri}' does not exist") from None
+    except NotARegularFile as error:
+        raise InvalidItemError(item, field, f"'{uri}' {error}") from None
+    if size > MAX_FILE_BYTES:
+        raise InvalidItemError(item, field, f"'{uri}' is {size:,} bytes; at most {MAX_FILE_BYTES:,} are read")
+    return resolved
+
+
+def _fetch(uri: str, policy: UriPolicy, item: str, field: str, header_only: bool = False) -> io.BytesIO:
+    """A file's bytes (the first `HEADER_BYTES` with `header_only`), once `_look` allows it."""
+    resolved = _look(uri, policy, item, field)
+    try:
+        return io.BytesIO(read_bytes(resolved, end=HEADER_BYTES if header_only else None))
+    except FileNotFoundError:
+        raise InvalidItemError(item, field, f"'{uri}' does not exist") from None
+    except IsADirectoryError:
+        raise InvalidItemError(item, field, f"'{uri}' is a directory, not a file") from None
 
 
 def check_image(row: dict, spec: InstructionSpec, policy: UriPolicy) -> None:
     """The checks that need only the image's header: it exists, is an image of an accepted
     size, and every point lies inside it."""
     item = row["item_id"]
-    image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri"), item, "image_uri")
+    try:
+        image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri", header_only=True),
+                                  item, "image_uri")
+    except InvalidItemError as error:
+        if "not a readable image" not in error.reason:
+            raise
+        # a header past the first bytes (a JPEG with a large EXIF block): read it all
+        image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri"), item, "image_uri")
+    check_image_shape(image.size, item, "image_uri")
     _in_columns(item, lambda: check_spec(spec, item, image.size))
+    for field, uri in _file_fields(spec, row).items():  # masks: a look, not a read
+        if field != "image_uri":
+            _look(uri, policy, item, _column_field(field))
 
 
 def load_item(row: dict, policy: UriPolicy) -> EditItem:
@@ -154,52 +223,120 @@ def load_item(row: dict, policy: UriPolicy) -> EditItem:
             _fetch(ref, policy, item, field), item, field))
         return validate_item(EditItem(image, instruction, item))
 
-    return _in_columns(item, load)
+    return _in_columns(item, lambda: isolated(item, load))
 
 
-def conform(table: pa.Table) -> tuple[pa.Table, list[str]]:
+def isolated(item: str, check):
+    """`check()`, with any unexpected error turned into this row's `InvalidItemError`: one
+    row's odd input (or a bug it finds) must never take its batch down."""
+    try:
+        return check()
+    except InvalidItemError:
+        raise
+    except (StoreUnavailable, OutputUnwritable):
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise
+        raise InvalidItemError(str(item), "row", f"could not be checked ({type(error).__name__}: "
+                               f"{str(error)[:200]})") from None
+
+
+def _as_text(column: pa.ChunkedArray, expected: pa.DataType) -> pa.ChunkedArray:
+    """Binary bytes where text is expected, read as text (checked for UTF-8 afterwards)."""
+    if pa.types.is_string(expected) and (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        text = pa.string() if pa.types.is_binary(column.type) else pa.large_string()
+        return pa.chunked_array([chunk.view(text) for chunk in column.chunks], type=text)
+    return column
+
+
+def _utf8_rows(name: str, column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[int, tuple[str, str]]]:
+    """The column with every value that is not valid UTF-8 set to null, and those rows'
+    problems: one row's bytes must not make the whole manifest unreadable."""
+    try:
+        column.validate(full=True)
+        return column, {}
+    except pa.ArrowInvalid:
+        pass
+    bad = {}
+    for index in range(len(column)):
+        try:
+            column.slice(index, 1).validate(full=True)
+        except pa.ArrowInvalid:
+            bad[index] = (name, "is not valid UTF-8 text")
+    null = pa.nulls(len(column), column.type)
+    keep = pa.array([i not in bad for i in range(len(column))])
+    return pa.chunked_array([pc.if_else(keep, column.combine_chunks(), null)]), bad
+
+
+@dataclass(frozen=True)
+class Conformed:
+    """A manifest table cast to the schema (extra columns kept); `problems` make the whole
+    table unusable, `row_problems` (row → field, reason) only their rows."""
+    table: pa.Table
+    problems: list[str]
+    row_problems: dict[int, tuple[str, str]]
+
+
+def conform(table: pa.Table) -> Conformed:
     """The table cast to the manifest schema, extra columns kept; or the reasons it cannot be."""
     version = (table.schema.metadata or {}).get(VERSION_KEY)
     if version is not None and version.decode() != SCHEMA_VERSION:
-        return table, [f"schema version {version.decode()} is not {SCHEMA_VERSION}"]
+        return Conformed(table, [f"schema version {version.decode()} is not {SCHEMA_VERSION}"], {})
     missing = [f.name for f in MANIFEST if not f.nullable and f.name not in table.column_names]
     if missing:
-        return table, [f"missing column(s): {', '.join(missing)}"]
-    columns, problems = {}, []
+        return Conformed(table, [f"missing column(s): {', '.join(missing)}"], {})
+    reserved = [n for n in table.column_names if n in RESERVED_COLUMNS]
+    if reserved:
+        return Conformed(table, [f"column(s) {', '.join(reserved)} would collide with the results columns "
+                                 "of the same name: rename or drop them (a results.parquet is not a "
+                                 "manifest)"], {})
+    columns, problems, row_problems = {}, [], {}
+    for name in table.column_names:
+        expected = MANIFEST.field(name).type if name in MANIFEST.names else table[name].type
+        columns[name], bad = _utf8_rows(name, _as_text(table[name], expected))
+        for row, problem in bad.items():
+            row_problems.setdefault(row, problem)
     for field in MANIFEST:
         if field.name not in table.column_names:
             columns[field.name] = pa.nulls(len(table), field.type)
             continue
         try:
-            columns[field.name] = table[field.name].cast(field.type)
+            columns[field.name] = columns[field.name].cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             problems.append(f"column {field.name}: expected {field.type} ({error})")
-    extra = [n for n in table.column_names if n not in MANIFEST.names]
-    names = MANIFEST.names + extra
-    arrays = [columns[n] if n in columns else table[n] for n in names]
-    return pa.Table.from_arrays(arrays, names=names), problems
+    names = MANIFEST.names + [n for n in table.column_names if n not in MANIFEST.names]
+    return Conformed(pa.Table.from_arrays([columns[n] for n in names], names=names), problems, row_problems)
 
 
 Depth = Literal["rows", "headers", "files"]
 
 
 def validate_rows(rows: list[dict[str, Any]], base: EditConfig, policy: UriPolicy,
-                  depth: Depth = "headers") -> list[Problem]:
+                  depth: Depth = "headers", row_problems: dict[int, tuple[str, str]] | None = None,
+                  up_blocks: int | None = None) -> list[Problem]:
     """Every bad row, not just the first: `rows` checks what needs no file, `headers` also
     reads each image's header (existence, pixel count, points inside), `files` reads and
-    checks every image and mask in full."""
-    problems = []
+    checks every image and mask in full. `row_problems` are those `conform` found."""
     counts = Counter(row.get("item_id") for row in rows)
-    for index, row in enumerate(rows):
+
+    def check(index: int) -> Problem | None:
+        row = rows[index]
         item = row.get("item_id")
         try:
+            if index in (row_problems or {}):
+                raise InvalidItemError(str(item), *row_problems[index])
             if counts[item] > 1:
                 raise InvalidItemError(str(item), "item_id", f"appears {counts[item]} times")
-            spec = check_row(row, base, policy)
+            spec = isolated(item, lambda: check_row(row, base, policy, up_blocks))
             if depth == "headers":
-                check_image(row, spec, policy)
+                isolated(item, lambda: check_image(row, spec, policy))
             elif depth == "files":
                 load_item(row, policy)
         except InvalidItemError as error:
-            problems.append(Problem(index, item, error.field, error.reason))
-    return problems
+            return Problem(index, item, error.field, error.reason)
+        return None
+
+    # Reading headers is waiting on the store, not computing: overlap the requests.
+    with ThreadPoolExecutor(max_workers=VALIDATION_THREADS if depth != "rows" else 1) as pool:
+        return [p for p in pool.map(check, range(len(rows))) if p is not None]

@@ -47,7 +47,13 @@ RESULTS = pa.schema([
     pa.field("attempts", pa.int32(), nullable=False),
     pa.field("config_hash", pa.string()),
     pa.field("device", pa.string()),
+    # digest of everything the edit was made from (files' bytes, drags, prompt, config, model):
+    # a rerun keeps a succeeded item only while it still matches
+    pa.field("input_digest", pa.string()),
 ], metadata={VERSION_KEY: SCHEMA_VERSION.encode()})
+# Columns the project writes next to the manifest's: a manifest column of the same name would
+# collide with them in results.parquet.
+RESERVED_COLUMNS = tuple(n for n in RESULTS.names if n not in MANIFEST.names) + ("run_id",)
 
 
 def table_bytes(table: pa.Table) -> bytes:

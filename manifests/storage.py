@@ -1,7 +1,12 @@
 """All I/O goes through fsspec: local paths and `file://` by default, `s3://` on any
 S3-compatible store. The endpoint and keys come from the standard AWS variables
 (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …) or fsspec's own config,
-never from a manifest. Writes are whole objects: bytes are built first, then put.
+never from a manifest. Writes are whole objects: bytes are built first, then put; a local
+file is written under a temporary name and renamed, so a reader never sees half of one
+(an S3 put is atomic already).
+
+A full disk, a read-only folder or a refused write is permanent (`OutputUnwritable`): no
+retry can help, so the run stops dispatching instead of failing every item in turn.
 
 A store that is briefly unreachable or overloaded is expected, not exceptional: writes are
 retried with exponential back-off (`STORE_RETRIES`, `STORE_BACKOFF_S`), and every layer
@@ -14,6 +19,8 @@ import errno
 import logging
 import os
 import posixpath
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -43,14 +50,45 @@ class StoreUnavailable(OSError):
     """The store stayed unreachable through every retry."""
 
 
+class OutputUnwritable(OSError):
+    """The output cannot take writes (disk full, read-only, permission refused): permanent."""
+
+
+# errno → what a user is told; the words "disk full" and "read-only" are what they look for.
+_UNWRITABLE = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk full (quota exceeded)",
+               errno.EROFS: "read-only file system", errno.EACCES: "not writable (permission denied)",
+               errno.EPERM: "not writable (operation not permitted)", errno.EFBIG: "disk full (file too large)"}
+
+
+def unwritable_reason(error: BaseException) -> str | None:
+    """Why a write can never succeed, or None when it might (also through wrapped causes)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OutputUnwritable):
+            return str(error)
+        if isinstance(error, OSError) and error.errno in _UNWRITABLE:
+            return _UNWRITABLE[error.errno]
+        seen.add(id(error))
+        error = _cause(error)
+    return None
+
+
 def _transient_one(error: BaseException) -> bool:
     if isinstance(error, (BotoConnectionError, HTTPClientError, TimeoutError, ConnectionError)):
         return True  # refused, reset, timed out: botocore's are not OSErrors
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code")) in _TRANSIENT_S3_CODES
     if isinstance(error, OSError):
-        return not isinstance(error, _PERMANENT_OSERRORS) and error.errno != errno.ENOSPC
+        return not isinstance(error, (*_PERMANENT_OSERRORS, OutputUnwritable)) and error.errno not in _UNWRITABLE
     return False
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    """What `error` was raised from; not the exception being handled when it was raised
+    `from None` (a `WorkerLost` raised while handling an EOFError is no I/O error)."""
+    if error.__cause__ is not None:
+        return error.__cause__
+    return None if error.__suppress_context__ else error.__context__
 
 
 def is_transient(error: BaseException) -> bool:
@@ -61,7 +99,7 @@ def is_transient(error: BaseException) -> bool:
         if _transient_one(error):
             return True
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = _cause(error)
     return False
 
 
@@ -99,6 +137,11 @@ def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     return url_to_fs(uri, **_options(protocol))
 
 
+def absolute(uri: str) -> str:
+    """A URI that means the same from any working directory."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def is_absolute(uri: str) -> bool:
     return "://" in uri or uri.startswith("/")
 
@@ -122,22 +165,150 @@ def resolve(uri: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, uri))
 
 
-def read_bytes(uri: str) -> bytes:
+# Enough for the size in any image header this project reads (PNG's IHDR is in the first 33).
+HEADER_BYTES = 64 * 1024
+
+
+class NotARegularFile(ValueError):
+    """A path that names a folder, FIFO, socket or device: never opened."""
+
+
+def read_bytes(uri: str, end: int | None = None) -> bytes:
+    """The object's bytes, or its first `end` bytes (a ranged read on a store)."""
     fs, path = filesystem(uri)
-    return with_retries(lambda: fs.cat_file(path), f"reading {uri}")
+    return with_retries(lambda: fs.cat_file(path, end=end), f"reading {uri}")
+
+
+def regular_file_size(uri: str) -> int:
+    """The size of a regular file or object; raises `FileNotFoundError` or `NotARegularFile`
+    (local paths are looked at with stat, which opens nothing)."""
+    if not is_remote(uri):
+        try:
+            mode = os.stat(_local_path(uri))
+        except NotADirectoryError:
+            raise FileNotFoundError(uri) from None
+        if stat.S_ISDIR(mode.st_mode):
+            raise NotARegularFile("is a directory, not a file")
+        if not stat.S_ISREG(mode.st_mode):
+            raise NotARegularFile("is not a regular file (a FIFO, socket or device)")
+        return mode.st_size
+    fs, path = filesystem(uri)
+    info = with_retries(lambda: fs.info(path), f"looking up {uri}")
+    if info.get("type") != "file":
+        raise NotARegularFile(f"is a {info.get('type', 'non-file')}, not a file")
+    return int(info.get("size") or 0)
+
+
+def write_file_atomic(path: str, data: bytes, exclusive: bool = False) -> bool:
+    """Write `path` through a temporary file in its folder, then rename (or, `exclusive`,
+    hard-link: fails when `path` exists). A crash or a full disk leaves the old file, or
+    none, never a torn one. Returns False when `exclusive` found the file there."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from their readers
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if not exclusive:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _local_path(uri: str) -> str:
+    return uri.removeprefix("file://")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Put a whole object, retried while the store is unreachable; a failure leaves no
-    partial object behind."""
+    partial object behind. Raises `OutputUnwritable` at once for a full or read-only output."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        action = lambda: fs.pipe_file(path, data)  # noqa: E731
+    else:
+        action = lambda: write_file_atomic(_local_path(uri), data)  # noqa: E731
+    _unwritable_or(lambda: with_retries(action, f"writing {uri}"), uri)
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `uri` only if nothing is there yet (a conditional put on S3); False if something
+    was. Stores without conditional writes fall back to check-then-put."""
+    if not is_remote(uri):
+        return _unwritable_or(lambda: write_file_atomic(_local_path(uri), data, exclusive=True), uri)
     fs, path = filesystem(uri)
 
-    def put() -> None:
-        if not is_remote(uri):
-            fs.makedirs(parent(path), exist_ok=True)
-        fs.pipe_file(path, data)
+    def put() -> bool:
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno == errno.EINVAL and "Precondition" in str(error):  # s3fs: 412
+                return False
+            raise
+        except (TypeError, NotImplementedError):  # no conditional writes here
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+            return True
 
-    with_retries(put, f"writing {uri}")
+    return _unwritable_or(lambda: with_retries(put, f"creating {uri}"), uri)
+
+
+def _unwritable_or(action: Callable[[], T], uri: str) -> T:
+    try:
+        return action()
+    except OutputUnwritable:
+        raise
+    except Exception as error:
+        reason = unwritable_reason(error)
+        if reason is None:
+            raise
+        raise OutputUnwritable(f"writing {uri}: {reason}") from error
+
+
+def check_writable(folder_uri: str) -> None:
+    """Write and remove a small probe object under a folder; raises `OutputUnwritable` for a
+    full or read-only output (a store that is down raises `StoreUnavailable`)."""
+    probe = join(folder_uri, f".dragnext-probe-{os.getpid()}")
+    write_bytes(probe, b"probe")
+    delete(probe)
+
+
+def delete(uri: str) -> None:
+    """Remove an object if it is there."""
+    fs, path = filesystem(uri)
+
+    def remove() -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    with_retries(remove, f"deleting {uri}")
 
 
 def is_remote(uri: str) -> bool:

@@ -1,5 +1,7 @@
-"""Where items run: in the calling process (`InlineRunner`, one worker) or in a pool of
-worker processes (`ProcessRunner`, one per GPU or as many as asked for on the CPU).
+"""Where items run: in a pool of worker processes (`ProcessRunner`, one per GPU or as many
+as asked for on the CPU), so an item that is killed for its memory (or crashes the
+interpreter) costs that item, not the run. `workers=0` edits in the run's own process
+(`InlineRunner`): for a debugger, at the price of that isolation.
 
 Each worker process keeps its own model (`WorkerState`) and serves one item at a time over
 a pipe: the item's context goes in, its results row (or its exception) comes back, as
@@ -14,9 +16,13 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
+
+import diffusers
+import transformers
 
 from tasks.stages import ItemContext, edit_item
 from tasks.worker import WorkerState
@@ -28,17 +34,30 @@ class WorkerLost(RuntimeError):
     """The worker process running an item died before it answered."""
 
 
+CLOSING = "the run is stopping"
+
+
 class InlineRunner:
     """Items edited one at a time in this process."""
 
     def __init__(self) -> None:
         self.worker = WorkerState()
+        self.stopped: str | None = None
+
+    def stop(self, reason: str) -> None:
+        self.stopped = self.stopped or reason
 
     def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+        if self.stopped:
+            raise RunStopped(f"not run: {self.stopped}")
         return edit_item(ctx, self.worker, attempt)
 
-    def close(self) -> None:
-        pass
+    def close(self, grace_s: float = 0.0) -> None:
+        self.stop(CLOSING)
+
+
+class RunStopped(RuntimeError):
+    """The run stopped dispatching (interrupted, or its output is full) before this item ran."""
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -51,6 +70,12 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _serve(conn: Connection, parent_pid: int, log_level: int) -> None:
     """A worker process: edit the items sent to it until told to stop (None)."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [worker %(process)d]: %(message)s")
+    # Ctrl-C reaches the whole process group: the run decides when its workers stop (after
+    # the item in hand, or killed after a grace period), so a finished item is not lost.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The run's items bar is the user's view; a loading bar per worker would tear it.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     worker = WorkerState()
     while (message := conn.recv()) is not None:
@@ -92,12 +117,15 @@ class _Slot:
             raise value
         return value
 
-    def stop(self) -> None:
+    def ask_to_stop(self) -> None:
+        """The worker exits after the item it is editing (if any)."""
         try:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(10)
+
+    def end(self, deadline: float) -> None:
+        self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
@@ -109,9 +137,15 @@ class ProcessRunner:
     def __init__(self, workers: int) -> None:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._free: queue.Queue[_Slot] = queue.Queue()
-        self._slots = [_Slot(self._context) for _ in range(workers)]
+        self._slots = [_Slot(self._context) for _ in range(max(1, workers))]
+        self.stopped: str | None = None  # why no more items are dispatched
         for slot in self._slots:
             self._free.put(slot)
+
+    def stop(self, reason: str) -> None:
+        """Dispatch no more items: each one asked for from now on raises `RunStopped`."""
+        if self.stopped is None:
+            self.stopped = reason
 
     def _replace(self, slot: _Slot) -> _Slot:
         fresh = _Slot(self._context)
@@ -119,16 +153,23 @@ class ProcessRunner:
         return fresh
 
     def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+        if self.stopped:
+            raise RunStopped(f"not run: {self.stopped}")
         slot = self._free.get()
-        if not slot.process.is_alive():  # died between items: nothing was lost
-            log.warning("worker %d died while idle; starting a fresh one", slot.process.pid)
-            slot = self._replace(slot)
         try:
-            return slot.run(ctx, attempt)
-        except WorkerLost:
-            log.error("item %s: worker %d died; starting a fresh one", ctx.item_id, slot.process.pid)
-            slot = self._replace(slot)
-            raise
+            if self.stopped:
+                raise RunStopped(f"not run: {self.stopped}")
+            if not slot.process.is_alive():  # died between items: nothing was lost
+                log.warning("worker %d died while idle; starting a fresh one", slot.process.pid)
+                slot = self._replace(slot)
+            try:
+                return slot.run(ctx, attempt)
+            except WorkerLost:
+                if self.stopped:  # killed on purpose: the run is stopping
+                    raise RunStopped(f"not finished: {self.stopped}") from None
+                log.error("item %s: worker %d died; starting a fresh one", ctx.item_id, slot.process.pid)
+                slot = self._replace(slot)
+                raise
         finally:
             self._free.put(slot)
 
@@ -136,13 +177,19 @@ class ProcessRunner:
     def pids(self) -> list[int]:
         return [slot.process.pid for slot in self._slots]
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 10.0) -> None:
+        """End the workers: each finishes its item within `grace_s` (0: killed now)."""
+        self.stop(CLOSING)
         for slot in self._slots:
-            slot.stop()
+            slot.ask_to_stop()
+        deadline = time.monotonic() + grace_s
+        for slot in self._slots:
+            slot.end(deadline)
 
 
 def item_runner(workers: int) -> InlineRunner | ProcessRunner:
-    return InlineRunner() if workers <= 1 else ProcessRunner(workers)
+    """`workers` processes; 0: this process."""
+    return InlineRunner() if workers == 0 else ProcessRunner(workers)
 
 
 def default_workers() -> int:

@@ -5,22 +5,18 @@ Prefect's UI artifacts, which `flows/` publishes.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 from typing import Any
 
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from manifests.storage import filesystem, join, read_bytes, with_retries, write_bytes
+from manifests.storage import filesystem, is_transient, join, read_bytes, with_retries, write_bytes
 
-
-def digest(*parts: object) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+log = logging.getLogger(__name__)
+MAX_HEADER_BYTES = 1 << 20  # a stage's header holds a few tensor names and one key
 
 
 def to_tensors(name: str, output: Any) -> dict[str, torch.Tensor]:
@@ -52,16 +48,27 @@ class StageStore:
             if not fs.exists(path):
                 return None
             header_len = int.from_bytes(fs.cat_file(path, start=0, end=8), "little")  # safetensors: u64
-            header = json.loads(fs.cat_file(path, start=8, end=8 + header_len))
-            return header.get("__metadata__", {}).get("key")
+            if not 0 < header_len <= MAX_HEADER_BYTES:
+                return None
+            try:
+                header = json.loads(fs.cat_file(path, start=8, end=8 + header_len))
+                return header.get("__metadata__", {}).get("key")
+            except (ValueError, AttributeError):  # torn or foreign: recomputed, never trusted
+                return None
 
         return with_retries(read, f"reading the header of {self.uri(name)}")
 
     def load(self, name: str, key: str) -> dict[str, torch.Tensor] | None:
-        """The stored output if it exists and was made from inputs with this digest."""
+        """The stored output if it exists, is whole, and was made from inputs with this digest."""
         if self.key_of(name) != key:
             return None
-        return load_tensors(read_bytes(self.uri(name)))
+        try:
+            return load_tensors(read_bytes(self.uri(name)))
+        except Exception as error:  # safetensors raises its own error types for a torn file
+            if is_transient(error):
+                raise
+            log.warning("stage %s is unreadable (%s); computing it again", self.uri(name), error)
+            return None
 
     def save(self, name: str, key: str, tensors: dict[str, torch.Tensor]) -> str:
         uri = self.uri(name)

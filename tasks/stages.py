@@ -26,7 +26,8 @@ from dragnext.preview import preview
 from manifests.items import load_item
 from manifests.storage import is_transient, join, write_bytes
 from manifests.uris import UriPolicy
-from tasks.stage_store import StageStore, digest, from_tensors, to_tensors
+from manifests.digest import digest
+from tasks.stage_store import StageStore, from_tensors, to_tensors
 from tasks.worker import WorkerState
 
 STORED_STAGES = ("lora", "inversion", "pbsi", "denoise")
@@ -49,6 +50,9 @@ class ItemContext:
     model: str
     config: dict[str, Any]
     allowed_prefixes: tuple[str, ...] = field(default=())
+    model_fingerprint: str = ""  # `dragnext.fingerprint`: which weights, not which name
+    input_digest: str | None = None  # `manifests.digest`: recorded in the row, checked on resume
+    previous_attempts: int = 0
 
     @property
     def item_id(self) -> str:
@@ -75,7 +79,8 @@ def result_row(ctx: ItemContext, status: str, attempts: int, error: str | None =
                **fields: Any) -> dict:
     return {"item_id": ctx.item_id, "status": status, "error": error, "image_uri": None,
             "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
-            "attempts": attempts, "config_hash": ctx.config_hash, "device": None, **fields}
+            "attempts": attempts, "config_hash": ctx.config_hash, "device": None,
+            "input_digest": ctx.input_digest if status == "succeeded" else None, **fields}
 
 
 def stage_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
@@ -84,7 +89,8 @@ def stage_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
     image = digest(np.asarray(item.image).tobytes())
     drags = digest([(d.type, d.handle, d.target, d.center, d.axis, d.handle_mask.tobytes())
                     for d in item.instruction.drags], item.editable.tobytes())
-    lora = digest(ctx.model, image, item.instruction.prompt, c["size"], c["seed"], c["lora"])
+    lora = digest(ctx.model_fingerprint or ctx.model, image, item.instruction.prompt, c["size"], c["seed"],
+                  c["lora"])
     inversion = digest(lora, c["inversion"])
     pbsi = digest(inversion, drags, c["method"], c["pbsi"], c["dragdiffusion"], c["features"])
     return {"lora": lora, "inversion": inversion, "pbsi": pbsi, "denoise": digest(pbsi, c["attention"])}
@@ -136,7 +142,8 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
     uris = {"image_uri": join(ctx.item_dir, "edited.png"), "preview_uri": join(ctx.item_dir, "preview.png"),
             "record_uri": join(ctx.item_dir, "record.json")}
     record = {
-        "item": item.to_record(), "model": ctx.model, "config": ctx.config,
+        "item": item.to_record(), "model": ctx.model, "model_fingerprint": ctx.model_fingerprint,
+        "input_digest": ctx.input_digest, "config": ctx.config,
         "config_hash": ctx.config_hash, "device": str(worker.device), "metrics": metrics,
         "timings_s": timings, "unet_passes": model.passes.to_record(), "attempts": attempt,
         "warnings": list(item.instruction.warnings), "reused": sorted(reused),

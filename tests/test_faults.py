@@ -132,7 +132,7 @@ def test_a_store_still_down_at_the_end_leaves_the_results_in_a_local_folder(
     proxy, direct, bucket = flaky_store
     monkeypatch.setattr(manifests.storage, "STORE_RETRIES", 2)
     monkeypatch.setattr(manifests.storage, "STORE_BACKOFF_S", 0.2)
-    monkeypatch.setattr(flows.results, "FALLBACK_DIR", str(tmp_path / "fallback"))
+    monkeypatch.setenv("DRAGNEXT_FALLBACK_DIR", str(tmp_path / "fallback"))
     on_progress(lambda done, total: proxy.down() if done == total else None)
     code = main(["-q", "run", f"s3://{bucket}/job/manifest.parquet", "--output", f"s3://{bucket}/out",
                  "--model", str(tiny_model_dir), "--workers", "1", *SETS])

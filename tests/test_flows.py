@@ -105,7 +105,7 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     out = tmp_path / "run"
     with pytest.raises(ItemsFailed) as failed:
         bulk_edit(str(SYNTHETIC), str(out), model=str(tiny_model_dir), overrides=FAST_OVERRIDES,
-                  item_filter=["translate-disc", "rotate-bar"], workers=1, retry_delay_s=0.1)
+                  item_filter=["translate-disc", "rotate-bar"], workers=0, retry_delay_s=0.1)
     summary = failed.value.summary
     assert "dragnext retry" in str(failed.value)  # the flow run ends Failed, saying how to retry
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
@@ -118,7 +118,7 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     lora = out / "items" / "rotate-bar" / "stages" / "lora.safetensors"
     stored, stamp = lora.read_bytes(), lora.stat().st_mtime_ns
     monkeypatch.setattr(tasks.stages, "run_stage", run_stage)  # the cause is removed
-    summary = retry_failed(summary["results_uri"], workers=1)
+    summary = retry_failed(summary["results_uri"], workers=0)
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
     assert results["translate-disc"]["attempts"] == 2  # kept from the first run

@@ -28,7 +28,8 @@ SYNTHETIC = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "sy
 
 def dragbench_subset(tmp_path: Path, names: list[str]) -> Path:
     """A copy of some fixture samples (the fixtures themselves stay read-only)."""
-    assert DRAGBENCH.is_dir(), f"DragBench fixtures not found at {DRAGBENCH} (set DRAGBENCH_FIXTURES)"
+    if not DRAGBENCH.is_dir():  # a clone without ../shared runs the rest of the suite
+        pytest.skip(f"DragBench fixtures not found at {DRAGBENCH} (set DRAGBENCH_FIXTURES)")
     root = tmp_path / "dragbench"
     for name in names:
         sample = next(DRAGBENCH.glob(f"{name}/*"))
@@ -39,14 +40,15 @@ def dragbench_subset(tmp_path: Path, names: list[str]) -> Path:
 def test_the_schema_is_versioned_and_keeps_extra_columns():
     assert MANIFEST.metadata[VERSION_KEY] == SCHEMA_VERSION.encode()
     table = read_table(str(SYNTHETIC)).append_column("customer", pa.array(["a", "b", "c"]))
-    conformed, problems = conform(table)
-    assert problems == [] and conformed.column_names[-1] == "customer"
-    assert conform(table.drop_columns(["drags"]))[1] == ["missing column(s): drags"]
+    result = conform(table)
+    conformed = result.table
+    assert result.problems == [] and conformed.column_names[-1] == "customer"
+    assert conform(table.drop_columns(["drags"])).problems == ["missing column(s): drags"]
     assert "axis" not in str(table.schema.field("drags").type)  # written before scale drags existed
     assert conformed.schema.field("drags").type == MANIFEST.field("drags").type
     assert {d["axis"] for r in conformed.to_pylist() for d in r["drags"]} == {None}
     old = table.replace_schema_metadata({VERSION_KEY: b"0"})
-    assert "schema version 0" in conform(old)[1][0]
+    assert "schema version 0" in conform(old).problems[0]
 
 
 def test_relative_uris_resolve_against_the_manifest():

@@ -1,0 +1,41 @@
+"""What an item's result was made from, as one digest, so a rerun keeps a result only while
+every input is unchanged: the image's and masks' bytes, the drags and prompt, the resolved
+config and the model's fingerprint (`dragnext.fingerprint`).
+
+A local file is hashed by its bytes. An object on a store is identified by what the store
+says of it (ETag, size, and version where the store keeps versions), one HEAD request, so a
+resume of 100 000 items does not download every image again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from manifests.storage import filesystem, is_remote, read_bytes, regular_file_size, with_retries
+
+
+def digest(*parts: object) -> str:
+    """A short stable digest of bytes and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def file_identity(uri: str) -> str:
+    """Changes whenever the file's content does. Opens nothing but a regular file."""
+    regular_file_size(uri)
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        info = with_retries(lambda: fs.info(path), f"looking up {uri}")
+        tag = info.get("ETag") or info.get("etag") or info.get("VersionId")
+        if tag:
+            return digest(uri, str(tag), info.get("size"), info.get("VersionId"))
+    return digest(uri, read_bytes(uri))
+
+
+def input_digest(row_inputs: dict, files: list[str], config: dict, model_fingerprint: str) -> str:
+    """The digest of one item's inputs: its row's instruction fields, the identity of each
+    file it reads (resolved URIs), its config and the model."""
+    return digest(row_inputs, [file_identity(uri) for uri in files], config, model_fingerprint)
