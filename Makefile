@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo chaos overhead gpu-check gpu-wheels clean
+.PHONY: setup test test-integration test-all demo chaos overhead gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +21,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# The fast suite (unit tests: the library, manifests, storage, command-line checks; a few
+# minutes on 2 cores). `test-integration` runs the real runs: the dragnext command through
+# Prefect and worker processes, S3 (moto), the work pools, the faults. CI runs both.
 test: setup
 	$(BIN)/pytest
+
+test-integration: setup
+	$(BIN)/pytest -m integration
+
+test-all: test test-integration
 
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
 # (manifests/examples/bench: a translate, a deform, a rotate and a scale, twice) with the committed

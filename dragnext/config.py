@@ -58,7 +58,8 @@ class PbsiConfig(_Section):
     vacate: Literal["keep", "fill"] = Field(
         "keep", description="the handle region a drag leaves: left to the denoiser (the paper) or "
         "pulled, in x̂₀, towards the reference background filled in from around the handle regions")
-    vacate_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the vacated-region term (vacate fill)")
+    vacate_weight: float = Field(1.0, ge=0, le=1e4,
+                                 description="weight of the vacated-region term (vacate fill)")
 
 
 class DragDiffusionConfig(_Section):
@@ -68,7 +69,8 @@ class DragDiffusionConfig(_Section):
     lam: float = Field(0.1, ge=0, le=1e4)
     r_m: int = Field(1, ge=0, le=64, description="motion supervision patch radius, feature px")
     r_p: int = Field(3, ge=1, le=64, description="point tracking search radius, feature px")
-    reached_px: float = Field(2.0, gt=0, le=1e3, description="a handle this close to its target, in feature px, "
+    reached_px: float = Field(2.0, gt=0, le=1e3,
+                              description="a handle this close to its target, in feature px, "
                               "is reached and no longer supervised (the original's 2)")
 
 

@@ -27,9 +27,9 @@ from flows.lease import leased
 from flows.results import (
     counts,
     previous_rows,
-    read_summary,
     publish,
     read_rows,
+    read_summary,
     results_table,
     write_fallback,
     write_final,
@@ -45,12 +45,10 @@ from manifests.storage import (
     is_transient,
     join,
     parent,
-    read_bytes,
     write_bytes,
 )
 from manifests.uris import UriPolicy
 from tasks.stages import ItemContext, result_row
-
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
 LEASE_STALE_AFTER_S = 60.0

@@ -58,6 +58,17 @@ class ProgressBar(logging.Handler):
             self.bar.update(record.done - self.bar.n)
 
 
+class ReportedByTheCommand(logging.Filter):
+    """Prefect logs a flow's exception with its traceback; the ends the command expects
+    (failed items, a full output, a store that stays down, a leased output) it reports in
+    one line of its own."""
+
+    ENDS = (ItemsFailed, StoreUnavailable, OutputUnwritable, OutputInUse, ManifestError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.ENDS))
+
+
 def _on_terminate(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -67,6 +78,8 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     every item succeeded, 1 when some failed or were invalid, 3 when the store was down."""
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    reported = ReportedByTheCommand()
+    logging.getLogger("prefect.flow_runs").addFilter(reported)
     watchdog.start(os.getpid())
     signal.signal(signal.SIGTERM, _on_terminate)
     bar = ProgressBar(args.quiet)
@@ -86,6 +99,7 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         return 130
     finally:
         progress_log.removeHandler(bar)
+        logging.getLogger("prefect.flow_runs").removeFilter(reported)
         progress_log.propagate = True
         bar.bar.close()
     counts = summary["counts"]
@@ -245,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands,
                               profile_cli.add_commands)
     return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
-        UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError, PolicyError),
+        UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError,
+        PolicyError),
         exit_3=(OutputUnwritable, StoreUnavailable))
 
 

@@ -17,9 +17,9 @@ from prefect.states import Crashed
 
 from flows.results import table_rows
 from flows.shard import RUN_ID_KEY, shard_dir
+from manifests.digest import digest
 from manifests.schema import read_table
 from manifests.storage import exists, join, read_bytes
-from manifests.digest import digest
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0

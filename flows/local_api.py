@@ -27,7 +27,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 DRAIN_S = 5.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -55,7 +56,7 @@ def local_api(timeout_s: float = 120.0) -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     with tempfile.NamedTemporaryFile("w+", prefix="dragnext-prefect-server-", suffix=".log") as log:
         process = subprocess.Popen(

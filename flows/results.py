@@ -20,7 +20,6 @@ from manifests.schema import RESULTS, STATUSES, ManifestError, read_table, table
 from manifests.storage import (
     OutputUnwritable,
     StoreUnavailable,
-    write_file_atomic,
     exists,
     filesystem,
     join,
@@ -28,6 +27,7 @@ from manifests.storage import (
     read_bytes,
     with_retries,
     write_bytes,
+    write_file_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def read_rows(output_uri: str) -> dict[str, dict]:
         return {}
     fs, folder = filesystem(join(output_uri, "rows"))
     paths = [join(folder, name) for name in names]
-    blobs = with_retries(lambda: fs.cat(paths, on_error="return"), f"reading {len(paths)} rows of {output_uri}")
+    blobs = with_retries(lambda: fs.cat(paths, on_error="return"),
+                         f"reading {len(paths)} rows of {output_uri}")
     rows = [_parse_row(path, blob) for path, blob in blobs.items()]
     return {row["item_id"]: row for row in rows if row is not None}
 

@@ -35,7 +35,7 @@ from manifests.storage import (
     write_bytes,
 )
 from tasks.item_task import edit_item_task
-from tasks.pool import CLOSING, InlineRunner, ProcessRunner, default_workers, item_runner
+from tasks.pool import CLOSING, InlineRunner, ProcessRunner, RunStopped, default_workers, item_runner
 from tasks.stages import ItemContext, is_retryable, result_row
 
 # Progress as data: one record per finished item, with `done`, `total` and `row` attached.
@@ -135,7 +135,7 @@ class _Rows:
         if reason and not self.runner.stopped:
             self.log.error("the output cannot take writes (%s): no more items are started", reason)
             self.runner.stop(f"the output cannot take writes ({reason})")
-        if row["status"] == "failed":
+        if row["status"] == "failed" and not row["error"].startswith(RunStopped.__name__):
             self.log.error("item %s failed: %s", ctx.item_id, row["error"])
         done = len(self.rows)
         progress_log.info("%s: %s (%d/%d)", row["item_id"], row["status"], done, self.total,

@@ -9,12 +9,15 @@ import os
 import socket
 import socketserver
 import struct
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import s3fs
+
+from flows.local_api import free_port
 
 
 class _Pipe(socketserver.BaseRequestHandler):
@@ -100,9 +103,7 @@ def store_behind_proxy(bucket: str) -> Iterator[tuple[StoreProxy, s3fs.S3FileSys
     filesystem yielded reaches the server directly. Restores the variables after."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     proxy = StoreProxy(("127.0.0.1", port))
@@ -126,6 +127,33 @@ def store_behind_proxy(bucket: str) -> Iterator[tuple[StoreProxy, s3fs.S3FileSys
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class FaultUnavailable(RuntimeError):
+    """This machine cannot inject the fault (e.g. mounting needs root)."""
+
+
+@contextmanager
+def capped_disk(path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` (e.g. "1500k") mounted at `path` for the block: a disk that fills.
+    `resize_disk(path, size)` grows it, `read_only_disk(path)` makes it refuse writes."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise FaultUnavailable(f"cannot mount a tmpfs at {path}: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize_disk(path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def read_only_disk(path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -166,14 +194,17 @@ MALFORMED = [
      "image_uri: 'http://127.0.0.1:9/x.png'"),
     ("escape", lambda r: {**r, "image_uri": "../outside.png"}, "image_uri: '../outside.png' is outside"),
     ("mask-escape", lambda r: _drag(r, handle_mask_uri="../outside.png"), "drags[0].handle_mask_uri: '../o"),
-    ("tiny-image", lambda r: {**r, "image_uri": "tiny.png"}, "image_uri: image is 8x8; each side must be at least"),
-    ("thin-image", lambda r: {**r, "image_uri": "thin.png"}, "image_uri: image is 400x20, an aspect ratio of 20.0:1"),
+    ("tiny-image", lambda r: {**r, "image_uri": "tiny.png"},
+     "image_uri: image is 8x8; each side must be at least"),
+    ("thin-image", lambda r: {**r, "image_uri": "thin.png"},
+     "image_uri: image is 400x20, an aspect ratio of 20.0:1"),
     ("null-drag", lambda r: {**r, "drags": [None]}, "drags[0]: Input should be a valid dictionary"),
     ("many-drags", lambda r: {**r, "drags": r["drags"] * 17}, "drags: 17 drags; at most 16 per item"),
     ("deep-params", lambda r: {**r, "params": "[" * 8000 + "]" * 8000}, "params: is nested too deeply"),
     ("huge-params", lambda r: {**r, "params": json.dumps({"seed": 0, "x": "y" * 100_000})},
      "params: is 100,020 characters; at most 16,384"),
-    ("inf-params", lambda r: {**r, "params": '{"pbsi.lam": Infinity}'}, "params: invalid config: pbsi.lam: Input "
+    ("inf-params", lambda r: {**r, "params": '{"pbsi.lam": Infinity}'},
+     "params: invalid config: pbsi.lam: Input "
      "should be a finite number"),
     ("blocks-params", lambda r: {**r, "params": json.dumps({"features.blocks": [99]})},
      "params: invalid config: features.blocks.0: Input should be less than or equal to 16"),

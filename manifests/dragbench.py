@@ -135,7 +135,8 @@ def read_sample(sample: Path, root: Path) -> tuple[Image.Image, dict]:
         raise BadSampleError(f"sample {name}: mask is {meta['mask'].shape[1]}x{meta['mask'].shape[0]}, "
                              f"the image is {image.width}x{image.height}")
     for k, (x, y) in enumerate(meta["points"]):
-        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x <= image.width - 1 and 0 <= y <= image.height - 1):
+        inside = 0 <= x <= image.width - 1 and 0 <= y <= image.height - 1
+        if not (np.isfinite(x) and np.isfinite(y) and inside):
             raise BadSampleError(f"sample {name}: points[{k}] = [{x:g}, {y:g}] is not a point inside the "
                                  f"{image.width}x{image.height} image")
     return image, meta

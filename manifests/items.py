@@ -135,7 +135,8 @@ def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: U
     """The digest of everything a valid row's edit is made from (`manifests.digest`)."""
     spec = parse_instruction(instruction_of(row), row["item_id"])
     files = [policy.resolve(uri) for uri in _file_fields(spec, row).values()]
-    return input_digest({"image_uri": row["image_uri"], **instruction_of(row)}, files, config, model_fingerprint)
+    inputs = {"image_uri": row["image_uri"], **instruction_of(row)}
+    return input_digest(inputs, files, config, model_fingerprint)
 
 
 def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
@@ -244,7 +245,8 @@ def isolated(item: str, check):
 
 def _as_text(column: pa.ChunkedArray, expected: pa.DataType) -> pa.ChunkedArray:
     """Binary bytes where text is expected, read as text (checked for UTF-8 afterwards)."""
-    if pa.types.is_string(expected) and (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+    binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+    if pa.types.is_string(expected) and binary:
         text = pa.string() if pa.types.is_binary(column.type) else pa.large_string()
         return pa.chunked_array([chunk.view(text) for chunk in column.chunks], type=text)
     return column

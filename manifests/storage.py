@@ -55,9 +55,12 @@ class OutputUnwritable(OSError):
 
 
 # errno → what a user is told; the words "disk full" and "read-only" are what they look for.
-_UNWRITABLE = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk full (quota exceeded)",
-               errno.EROFS: "read-only file system", errno.EACCES: "not writable (permission denied)",
-               errno.EPERM: "not writable (operation not permitted)", errno.EFBIG: "disk full (file too large)"}
+_UNWRITABLE = {errno.ENOSPC: "disk full (no space left on device)",
+               errno.EDQUOT: "disk full (quota exceeded)",
+               errno.EFBIG: "disk full (file too large)",
+               errno.EROFS: "read-only file system",
+               errno.EACCES: "not writable (permission denied)",
+               errno.EPERM: "not writable (operation not permitted)"}
 
 
 def unwritable_reason(error: BaseException) -> str | None:
@@ -79,7 +82,8 @@ def _transient_one(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code")) in _TRANSIENT_S3_CODES
     if isinstance(error, OSError):
-        return not isinstance(error, (*_PERMANENT_OSERRORS, OutputUnwritable)) and error.errno not in _UNWRITABLE
+        permanent = isinstance(error, (*_PERMANENT_OSERRORS, OutputUnwritable)) or error.errno in _UNWRITABLE
+        return not permanent
     return False
 
 

@@ -24,7 +24,6 @@ from urllib.parse import unquote
 
 from manifests.storage import resolve
 
-
 URL_PROTOCOLS = ("http", "https")
 
 

@@ -9,7 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from tasks.stages import ItemContext, is_retryable
+from tasks.pool import RunStopped
+from tasks.stages import ItemContext, is_retryable, result_row
 
 Runner = Callable[[ItemContext, int], dict]
 
@@ -21,4 +22,7 @@ def _retry_transient(task, task_run, state) -> bool:
 @task(name="edit-item", task_run_name="edit {ctx.item_id}", cache_policy=NO_CACHE,
       retry_condition_fn=_retry_transient)
 def edit_item_task(ctx: ItemContext, runner: Runner) -> dict:
-    return runner(ctx, task_run.run_count or 1)
+    try:
+        return runner(ctx, task_run.run_count or 1)
+    except RunStopped as error:  # the run's state, not the item's failure: no retry, no error per item
+        return result_row(ctx, "failed", 0, error=f"{type(error).__name__}: {error}")

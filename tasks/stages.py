@@ -23,10 +23,10 @@ from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
 from dragnext.model import DragModel
 from dragnext.preview import preview
+from manifests.digest import digest
 from manifests.items import load_item
 from manifests.storage import is_transient, join, write_bytes
 from manifests.uris import UriPolicy
-from manifests.digest import digest
 from tasks.stage_store import StageStore, from_tensors, to_tensors
 from tasks.worker import WorkerState
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-import flows.results
 import manifests.storage
 from flows.cli import DEMO_MANIFEST, main
 from flows.results import read_results
@@ -26,7 +25,7 @@ from manifests.schema import read_table
 from tests.conftest import FAST, wait_for
 from tests.test_manifests import SYNTHETIC
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 SETS = [a for s in FAST for a in ("--set", s)]
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ITEMS = read_table(str(DEMO_MANIFEST)).num_rows

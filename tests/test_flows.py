@@ -20,7 +20,7 @@ from manifests.storage import filesystem, read_bytes, write_bytes
 from tests.conftest import FAST, FAST_OVERRIDES
 from tests.test_manifests import SYNTHETIC, dragbench_subset
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 
 
 def open_image(uri: str) -> Image.Image:

@@ -12,7 +12,7 @@ from manifests.schema import read_table
 from tests.conftest import FAST
 from tests.test_manifests import SYNTHETIC
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 SETS = [a for s in FAST for a in ("--set", s)]
 
 

@@ -7,7 +7,6 @@ completes them on the worker that is left."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,17 +20,13 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli import DEMO_MANIFEST
+from flows.local_api import free_port
 from flows.results import read_results
 from manifests.schema import read_table
 from tests.conftest import FAST_OVERRIDES, wait_for
 
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def kill_tree(process: psutil.Process) -> None:
