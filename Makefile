@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/pytest
 
 test-integration: setup
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest -m "integration and not slow and not gpu"
 
 test-all: test test-integration
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -69,8 +70,30 @@ class ReportedByTheCommand(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], self.ENDS))
 
 
-def _on_terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+INTERRUPTED = ("dragnext: interrupted; the finished items are kept: run the same command again "
+               "to resume")
+# An interrupted run stores what finished and ends its workers within a few seconds; past this
+# deadline (a Prefect call stuck on a server that is gone) the process ends regardless. What is
+# left is ended by the watchdog, and the output's lease is taken over by the next run here.
+STOP_DEADLINE_S = 9.0
+
+
+def _interrupt_handler():
+    """Ctrl-C and SIGTERM: a KeyboardInterrupt, so the run stops in order, and a deadline."""
+    deadline: list[threading.Timer] = []
+
+    def give_up() -> None:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def handle(signum, frame) -> None:
+        if not deadline:
+            deadline.append(threading.Timer(STOP_DEADLINE_S, give_up))
+            deadline[0].daemon = True
+            deadline[0].start()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return handle
 
 
 def _run_flow(run, args: argparse.Namespace) -> int:
@@ -81,7 +104,8 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     reported = ReportedByTheCommand()
     logging.getLogger("prefect.flow_runs").addFilter(reported)
     watchdog.start(os.getpid())
-    signal.signal(signal.SIGTERM, _on_terminate)
+    handler = _interrupt_handler()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = ProgressBar(args.quiet)
     progress_log.addHandler(bar)
     progress_log.propagate = False
@@ -94,12 +118,13 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         print(f"dragnext: error: {error}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped on the way out
-        print("dragnext: interrupted; the finished items are kept: run the same command again "
-              "to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     finally:
         progress_log.removeHandler(bar)
         logging.getLogger("prefect.flow_runs").removeFilter(reported)
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
         progress_log.propagate = True
         bar.bar.close()
     counts = summary["counts"]

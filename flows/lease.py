@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
+from flows.periodic import every
 from manifests.storage import create_exclusive, delete, join, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -100,27 +100,20 @@ def acquire(output_uri: str, run_id: str, stale_after_s: float) -> None:
 def leased(output_uri: str, run_id: str, stale_after_s: float, every_s: float) -> Iterator[None]:
     """Hold the output's lease for the block, renewing it every `every_s` seconds."""
     acquire(output_uri, run_id, stale_after_s)
-    stop = threading.Event()
 
-    def renew() -> None:
-        while not stop.wait(every_s):
-            try:
-                current = holder(output_uri)
-                if current is not None and current.run_id != run_id:
-                    log.error("output %s was taken over by %s; this run's results may be overwritten",
-                              output_uri, current.describe())
-                    return
-                write_bytes(lease_uri(output_uri), _mine(run_id))
-            except Exception as error:  # a missed renewal is not worth failing the run for
-                log.warning("renewing the lease on %s: %s", output_uri, error)
+    def renew() -> bool:
+        current = holder(output_uri)
+        if current is not None and current.run_id != run_id:
+            log.error("output %s was taken over by %s; this run's results may be overwritten",
+                      output_uri, current.describe())
+            return False
+        write_bytes(lease_uri(output_uri), _mine(run_id))
+        return True
 
-    thread = threading.Thread(target=renew, daemon=True, name="output-lease")
-    thread.start()
     try:
-        yield
+        with every(every_s, renew, f"lease on {output_uri}"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         try:
             if (current := holder(output_uri)) is not None and current.run_id == run_id:
                 delete(lease_uri(output_uri))

@@ -5,14 +5,12 @@ finishes (`OUT/rows/ID.json`), then the shard's rows as `OUT/shards/K/results.pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
@@ -22,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from dragnext.config import EditConfig
+from flows.periodic import every
 from flows.results import results_table, write_row
 from manifests.items import conform, item_config
 from manifests.schema import MANIFEST, read_table, table_bytes
@@ -60,30 +59,16 @@ def shard_dir(output_uri: str, shard: int) -> str:
     return join(output_uri, "shards", str(shard))
 
 
-@contextmanager
-def heartbeat(uri: str, every_s: float) -> Iterator[None]:
+def heartbeat(uri: str, every_s: float):
     """Rewrite `uri` every `every_s` seconds while the block runs: the parent's sign that this
     shard's process is alive (a flow run whose machine died stays Running otherwise)."""
-    stop = threading.Event()
+    count = itertools.count(1)
 
     def beat() -> None:
-        count = 0
-        while not stop.is_set():
-            count += 1
-            try:
-                write_bytes(uri, json.dumps({"beat": count, "pid": os.getpid(),
-                                             "host": socket.gethostname(), "time": time.time()}).encode())
-            except Exception as error:  # a missed beat is not worth failing items for
-                logging.getLogger(__name__).warning("heartbeat %s: %s", uri, error)
-            stop.wait(every_s)
+        write_bytes(uri, json.dumps({"beat": next(count), "pid": os.getpid(), "host": socket.gethostname(),
+                                     "time": time.time()}).encode())
 
-    thread = threading.Thread(target=beat, daemon=True, name="shard-heartbeat")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return every(every_s, beat, f"shard heartbeat {uri}", first_now=True)
 
 
 def _failed_row(ctx: ItemContext, error: BaseException, retries: int) -> dict:

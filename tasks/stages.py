@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
@@ -96,6 +97,13 @@ def stage_keys(ctx: ItemContext, item: EditItem) -> dict[str, str]:
     return {"lora": lora, "inversion": inversion, "pbsi": pbsi, "denoise": digest(pbsi, c["attention"])}
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
+
+
 def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
@@ -147,7 +155,9 @@ def edit_item(ctx: ItemContext, worker: WorkerState, attempt: int) -> dict:
         "config_hash": ctx.config_hash, "device": str(worker.device), "metrics": metrics,
         "timings_s": timings, "unet_passes": model.passes.to_record(), "attempts": attempt,
         "warnings": list(item.instruction.warnings), "reused": sorted(reused),
-        "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads},
+        "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads,
+                   # the run's process's parent: on a work pool, the Prefect worker that took the shard
+                   "grandparent_pid": _parent_of(os.getppid())},
         "postprocess": ["paste_background"] if ctx.edit_config.output.paste_background else [],
         "outputs": uris,
     }

@@ -4,6 +4,7 @@ judges what will be read, not how it is spelt."""
 
 import json
 import os
+import time
 from contextlib import ExitStack
 
 import pytest
@@ -101,6 +102,9 @@ def test_the_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     os.unlink(lease_uri(out))
     with leased(out, "run-a", stale_after_s=60, every_s=0.05):
         assert holder(out).run_id == "run-a"
+        first = holder(out).beat
+        time.sleep(0.3)
+        assert holder(out).beat > first  # renewed while the run lives
         with pytest.raises(OutputInUse, match="in use by run run-a on host"):
             acquire(out, "run-b", stale_after_s=60)
         acquire(out, "run-a", stale_after_s=60)  # the same run may take its own lease again

@@ -155,7 +155,8 @@ def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack,
     assert all(r["status"] == "succeeded" for r in results)
     records = [json.loads(Path(r["record_uri"]).read_text()) for r in results]
     workers = {stack.processes[name].pid for name in ("gpu-a", "gpu-b")}
-    assert {r["worker"]["parent_pid"] for r in records} == workers  # both GPU workers took shards
+    # both GPU workers took shards (each shard's run is a child of its worker, its items grandchildren)
+    assert {r["worker"]["grandparent_pid"] for r in records} == workers
 
 
 def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
