@@ -41,8 +41,10 @@ demo: setup
 clean:
 	rm -rf $(VENV) build out
 
-# The failure drill (README "Surviving faults"): 200 rows, 20 malformed, store outages, a
-# worker killed, one retry; prints the table and writes docs/chaos-results.json.
+# The failure drill (README "Surviving faults"): 180 good rows and every malformed kind on S3,
+# store outages, a worker killed, a second run into the same output, one retry, an edited row
+# and a deleted output, a disk that fills (a capped tmpfs: root only); prints the table and
+# writes docs/chaos-results.json.
 chaos: setup
 	$(BIN)/python -m infra.chaos --json docs/chaos-results.json
 
