@@ -113,10 +113,10 @@ class _Rows:
         reason = unwritable_reason(error) if error is not None else None
         try:
             write_row(self.plan["output_uri"], row, self.run_id)
-        except OutputUnwritable as error:
-            reason = reason or str(error)
-        except StoreUnavailable as error:  # kept in memory: the shard's results carry it
-            self.log.error("item %s: row not stored: %s", ctx.item_id, error)
+        except OutputUnwritable as refused:
+            reason = reason or str(refused)
+        except StoreUnavailable as down:  # kept in memory: the shard's results carry it
+            self.log.error("item %s: row not stored: %s", ctx.item_id, down)
         if reason and not self.runner.stopped:
             self.log.error("the output cannot take writes (%s): no more items are started", reason)
             self.runner.stop(f"the output cannot take writes ({reason})")

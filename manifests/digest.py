@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from manifests.storage import filesystem, is_remote, read_bytes, regular_file_size, with_retries
+from manifests.storage import is_remote, object_info, read_bytes, regular_file_size
 
 
 def digest(*parts: object) -> str:
@@ -25,13 +25,13 @@ def digest(*parts: object) -> str:
 
 def file_identity(uri: str) -> str:
     """Changes whenever the file's content does. Opens nothing but a regular file."""
-    regular_file_size(uri)
-    if is_remote(uri):
-        fs, path = filesystem(uri)
-        info = with_retries(lambda: fs.info(path), f"looking up {uri}")
-        tag = info.get("ETag") or info.get("etag") or info.get("VersionId")
-        if tag:
-            return digest(uri, str(tag), info.get("size"), info.get("VersionId"))
+    if not is_remote(uri):
+        regular_file_size(uri)  # a stat: a FIFO is never opened
+        return digest(uri, read_bytes(uri))
+    info = object_info(uri)
+    tag = info.get("ETag") or info.get("etag") or info.get("VersionId")
+    if tag:
+        return digest(uri, str(tag), info.get("size"), info.get("VersionId"))
     return digest(uri, read_bytes(uri))
 
 

@@ -196,11 +196,17 @@ def regular_file_size(uri: str) -> int:
         if not stat.S_ISREG(mode.st_mode):
             raise NotARegularFile("is not a regular file (a FIFO, socket or device)")
         return mode.st_size
+    return int(object_info(uri).get("size") or 0)
+
+
+def object_info(uri: str) -> dict:
+    """What a store says of an object (size, ETag, …), one HEAD; `NotARegularFile` for a
+    prefix or anything else that is no object."""
     fs, path = filesystem(uri)
     info = with_retries(lambda: fs.info(path), f"looking up {uri}")
     if info.get("type") != "file":
         raise NotARegularFile(f"is a {info.get('type', 'non-file')}, not a file")
-    return int(info.get("size") or 0)
+    return info
 
 
 def write_file_atomic(path: str, data: bytes, exclusive: bool = False) -> bool:

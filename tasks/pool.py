@@ -37,27 +37,35 @@ class WorkerLost(RuntimeError):
 CLOSING = "the run is stopping"
 
 
-class InlineRunner:
-    """Items edited one at a time in this process."""
+class RunStopped(RuntimeError):
+    """The run stopped dispatching (interrupted, or its output is full) before this item ran."""
 
-    def __init__(self) -> None:
-        self.worker = WorkerState()
-        self.stopped: str | None = None
+
+class _Dispatcher:
+    """What both runners share: once stopped (for the first reason given), no item starts."""
+
+    stopped: str | None = None
 
     def stop(self, reason: str) -> None:
         self.stopped = self.stopped or reason
 
-    def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+    def refuse_if_stopped(self) -> None:
         if self.stopped:
             raise RunStopped(f"not run: {self.stopped}")
+
+
+class InlineRunner(_Dispatcher):
+    """Items edited one at a time in this process."""
+
+    def __init__(self) -> None:
+        self.worker = WorkerState()
+
+    def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+        self.refuse_if_stopped()
         return edit_item(ctx, self.worker, attempt)
 
     def close(self, grace_s: float = 0.0) -> None:
         self.stop(CLOSING)
-
-
-class RunStopped(RuntimeError):
-    """The run stopped dispatching (interrupted, or its output is full) before this item ran."""
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -131,21 +139,15 @@ class _Slot:
             self.process.join()
 
 
-class ProcessRunner:
+class ProcessRunner(_Dispatcher):
     """Items edited in `workers` processes at once; call it from as many threads."""
 
     def __init__(self, workers: int) -> None:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._free: queue.Queue[_Slot] = queue.Queue()
         self._slots = [_Slot(self._context) for _ in range(max(1, workers))]
-        self.stopped: str | None = None  # why no more items are dispatched
         for slot in self._slots:
             self._free.put(slot)
-
-    def stop(self, reason: str) -> None:
-        """Dispatch no more items: each one asked for from now on raises `RunStopped`."""
-        if self.stopped is None:
-            self.stopped = reason
 
     def _replace(self, slot: _Slot) -> _Slot:
         fresh = _Slot(self._context)
@@ -153,12 +155,10 @@ class ProcessRunner:
         return fresh
 
     def __call__(self, ctx: ItemContext, attempt: int) -> dict:
-        if self.stopped:
-            raise RunStopped(f"not run: {self.stopped}")
+        self.refuse_if_stopped()
         slot = self._free.get()
         try:
-            if self.stopped:
-                raise RunStopped(f"not run: {self.stopped}")
+            self.refuse_if_stopped()  # stopped while this call waited for a free worker
             if not slot.process.is_alive():  # died between items: nothing was lost
                 log.warning("worker %d died while idle; starting a fresh one", slot.process.pid)
                 slot = self._replace(slot)
