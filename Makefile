@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-integration test-all demo chaos overhead gpu-check gpu-wheels clean
+.PHONY: setup test test-integration test-all demo chaos overhead throughput manifest-scale gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,16 @@ chaos: setup
 overhead: setup
 	$(BIN)/python -m bench.overhead --n 10 --json docs/overhead-n10.json
 
+# Items/hour of `dragnext run` by batch size (1, 2, 4, 8), 1 worker x 2 threads and 2 workers x 1
+# thread, LoRA off and on, with the bench's success per type; about an hour on 2 cores (README).
+throughput: setup
+	$(BIN)/python -m bench.throughput --json docs/throughput.json
+
+# Validate+plan 1 000, 10 000 and 100 000-row manifests on moto S3, and merge 100 000 results rows:
+# seconds, peak memory, bytes read from the store (README).
+manifest-scale: setup
+	$(BIN)/python -m bench.manifest_scale --json docs/manifest-scale.json
+
 # On a CUDA machine: the SD1.5-size model, `pytest -m gpu`, `dragnext profile` at 512 px with
 # LoRA on and off; writes docs/gpu-profile.json (bench/gpu_check.py). Needs no network: with
 # the project installed (`make setup TORCH=...`), or on a box without network, from the
@@ -63,7 +73,7 @@ gpu-check:
 	$(GPU_PY) -m bench.gpu_check --json docs/gpu-profile.json
 
 # Wheels (Python 3.12, x86-64 Linux) of this venv's versions of what a stock CUDA PyTorch
-# image lacks for gpu-check; torch, transformers, peft and pytest are expected there.
+# image lacks for gpu-check; torch, transformers and pytest are expected there.
 GPU_WHEELS := diffusers|pydantic|pydantic_core|annotated-types|typing-inspection|importlib_metadata
 gpu-wheels: setup
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -3,7 +3,10 @@
 1. builds the SD1.5-architecture random-weight model (`tiny-model --arch sd15`) unless present;
 2. runs `pytest -m gpu` (the half-precision CUDA edit against the fp32 CPU edit, a profile);
 3. profiles one 512 px edit of that model with LoRA on (the paper's full edit) and off
-   (drag only), and writes both with the test outcome to `--json` (docs/gpu-profile.json).
+   (drag only), stage by stage;
+4. edits batches of 1, 4 and 8 items (`edit_batch`, LoRA on and off): items/hour and peak
+   memory per setting, in the profile format `dragnext plan --profile` reads (`settings`);
+and writes it all with the test outcome to `--json` (docs/gpu-profile.json).
 
 It needs no network: the working tree plus the project's dependencies are enough. On a box
 without them, carry wheels (`make gpu-wheels` on a machine with network, README "A GPU box
@@ -29,6 +32,37 @@ from dragnext.model import load_model
 from dragnext.tiny_model import save_tiny_model
 
 VARIANTS = {"lora_on": [], "lora_off": ["lora.enabled=false"]}
+BATCHES = (1, 4, 8)
+
+
+def batch_settings(model, size: int) -> dict:
+    """Items/hour and peak memory of `edit_batch` over B benchmark cases, after a warm-up."""
+    from bench.cases import TYPES, make_case
+    from bench.run import item_of
+    from dragnext.edit import edit_batch
+
+    settings = {}
+    for lora in (False, True):
+        for batch in BATCHES:
+            config = build_config(overrides=[f"size={size}", f"lora.enabled={str(lora).lower()}",
+                                             f"runtime.batch_size={batch}"])
+            items = [item_of(make_case(TYPES[i % len(TYPES)], seed=i)) for i in range(batch)]
+            edit_batch(items[:1], model, config)  # warm-up: kernels, allocator
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            results = edit_batch(items, model, config)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            failed = [str(r) for r in results if isinstance(r, BaseException)]
+            name = f"lora {'on' if lora else 'off'}, batch {batch}"
+            settings[name] = {"lora": lora, "batch": batch, "seconds": round(seconds, 2),
+                              "items_per_hour": round(batch / seconds * 3600, 1),
+                              "peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                              "failed": failed}
+            print(f"{name}: {settings[name]['items_per_hour']} items/h, peak {settings[name]['peak_mb']} MB",
+                  flush=True)
+    return settings
 
 
 def gpu_tests() -> dict:
@@ -63,7 +97,9 @@ def main() -> int:
         config = build_config(overrides=[f"size={args.size}", *sets])
         profiles[name] = profile(model, config, args.repeat)
         print(f"\n{name}:\n{table(profiles[name])}")
-    report = {"device_name": torch.cuda.get_device_name(), "tests": tests, "profiles": profiles,
+    settings = batch_settings(model, args.size)
+    report = {"device_name": torch.cuda.get_device_name(), "device": torch.cuda.get_device_name(),
+              "tests": tests, "profiles": profiles, "settings": settings,
               "wall_s": round(time.perf_counter() - start, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

@@ -9,7 +9,6 @@ command (start-up, imports and model loads included). Prints a table, writes JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench import generate
+from bench.report import publish
 from fixture import FIXTURE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +89,7 @@ def main() -> int:
     if args.loop:
         return plain_loop(args.loop, args.model)
     report = measure(args.n, args.model, args.seed)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(table(report))
+    publish(report, args.json, table(report))
     return 0
 
 

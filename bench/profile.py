@@ -3,7 +3,7 @@
 `--warmup` edits (default 1: it pays for kernel selection, `torch.compile`, allocator
 growth), then `--repeat` timed edits of a built-in item: a rotate drag on a benchmark scene, edited at the
 working size `--size`. Stage times are taken with the device synchronised around each stage
-(`StageTimer`), so they are real on CUDA too.
+(`dragnext.graph.run_graph`), so they are real on CUDA too.
 """
 
 from __future__ import annotations

@@ -91,6 +91,13 @@ class OutputConfig(_Section):
     paste_background: bool = False
 
 
+class RuntimeConfig(_Section):
+    """How items are run, not what they become: left out of every digest and stage key."""
+    batch_size: int | None = Field(
+        None, ge=1, le=256, description="items edited together, sharing every UNet call; None = "
+        "chosen for the device (`dragnext.batching.default_batch_size`)")
+
+
 class EditConfig(_Section):
     # Bounded: memory grows with its square (2048 px already takes ~16x the 512 px memory).
     size: int = Field(512, ge=8, le=2048, description="working size of the longer image side, px")
@@ -103,6 +110,7 @@ class EditConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("pbsi")
     @classmethod
@@ -124,6 +132,12 @@ class EditConfig(_Section):
 
     def to_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def output_record(self) -> dict[str, Any]:
+        """The keys that decide the output (all but `runtime`): what digests cover."""
+        record = self.to_record()
+        del record["runtime"]
+        return record
 
     def check_model(self, up_blocks: int) -> None:
         """The keys that depend on the model: `features.blocks` must name its decoder stages."""

@@ -18,6 +18,14 @@ from pathlib import Path
 _CONTENT_SUFFIXES = (".json", ".txt", ".yaml", ".model")
 
 
+def digest(*parts: object) -> str:
+    """A short stable digest of bytes and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def model_folder(spec: str | Path) -> Path | None:
     """The folder `load_model(spec)` reads: a local folder, or the hub id's cached snapshot
     (None when neither is there)."""

@@ -80,8 +80,12 @@ class DragModel:
     def predict_noise(self, z: torch.Tensor, timestep: int | torch.Tensor,
                       context: torch.Tensor) -> torch.Tensor:
         """ε_Θ(z, t) in fp32, whatever precision the UNet runs at; differentiable in z (and
-        in the LoRA weights while training). Every UNet pass goes through here and is counted."""
-        context = context.expand(z.shape[0], -1, -1).to(self.dtype)
+        in the LoRA weights while training). Every UNet pass goes through here and is counted.
+
+        `context` holds one embedding per item of a batch of B; z holds whole copies of that
+        item order (the [reference…, edited…] halves, or LoRA's view-major rows), so sample
+        n is item n mod B."""
+        context = context.repeat(z.shape[0] // context.shape[0], 1, 1).to(self.dtype)
         eps = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=context).sample
         self.passes.count(eps)
         return eps.float()

@@ -97,22 +97,29 @@ def x0_at(schedule: DDIMSchedule, z_t: torch.Tensor, eps: torch.Tensor, t: int,
                          align_corners=False)
 
 
-def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torch.Tensor,
+def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable: list[torch.Tensor],
          schedule: DDIMSchedule, config: PbsiConfig, forward: Forward,
          on_iteration: Callable[[int], None] | None = None,
          z_init: torch.Tensor | None = None) -> torch.Tensor:
-    """Optimise z_T … z_T' and return z_{T'−1}, the DDIM step from the optimised z_T'.
+    """Optimise z_T … z_T' of a batch of B items and return z_{T'−1}, the DDIM step from
+    the optimised z_T'.
 
-    `trajectory` is the inversion [z_0 … z_T]; `drags` and `editable` (M) are at the
-    working image resolution and are moved to the feature and latent resolutions here.
-    `z_init` replaces z_T as the start (`init=warp`); the reference stays the trajectory.
+    `trajectory` is the inversion [z_0 … z_T], each (B, C, h, w); `drags[b]` and
+    `editable[b]` (M) are item b's, at the working image resolution, and are moved to the
+    feature and latent resolutions here. The loss is the sum of the items' losses, each
+    reading only its own sample, and Adam is elementwise: every item follows the path it
+    would follow alone. `z_init` replaces z_T as the start (`init=warp`); the reference
+    stays the trajectory.
     """
     T = len(trajectory) - 1
     T_prime = T - config.steps + 1
-    outside = 1 - resize_soft_mask(editable, trajectory[0].shape[-2:]).to(trajectory[0].device)
+    latent_size = trajectory[0].shape[-2:]
+    M = torch.stack([resize_soft_mask(m, latent_size) for m in editable])[:, None]
+    outside = 1 - M.to(trajectory[0].device)
     z_t = (trajectory[T] if z_init is None else z_init).clone()
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate = config.vacate == "fill"
+    items = range(z_t.shape[0])
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -120,23 +127,27 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[RegionDrag], editable: torc
             eps_ref, F_ref = forward(z_ref, t)
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
             x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 or vacate else None
-        drags_f = [d.at(tuple(F_ref.shape[-2:])) for d in drags]
+        drags_f = [[d.at(tuple(F_ref.shape[-2:])) for d in item_drags] for item_drags in drags]
         if vacate:
-            handles_f = _handle_union(drags_f)
-            background = fill_in(x0_ref, ~handles_f)
+            handles_f = [_handle_union(d) for d in drags_f]
+            background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
         for k in range(1, config.iterations + 1):
             progress = (eta(t, k, T, T_prime, config.iterations, config.eta_steps)
                         if config.progressive else 1.0)
             eps, F_k = forward(z_t, t)
-            loss = region_loss(F_k, F_ref, drags_f, progress) if features else F_k.new_zeros(())
             x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate else None
-            if x0:
-                loss = loss + config.x0_weight * region_loss(x0_k, x0_ref, drags_f, progress)
-            if vacate:
-                loss = loss + config.vacate_weight * vacated_loss(
-                    x0_k, background, handles_f, drags_f, progress)
+            loss = F_k.new_zeros(())
+            for b in items:
+                one = slice(b, b + 1)
+                if features:
+                    loss = loss + region_loss(F_k[one], F_ref[one], drags_f[b], progress)
+                if x0:
+                    loss = loss + config.x0_weight * region_loss(x0_k[one], x0_ref[one], drags_f[b], progress)
+                if vacate:
+                    loss = loss + config.vacate_weight * vacated_loss(
+                        x0_k[one], background[one], handles_f[b], drags_f[b], progress)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dragnext.edit import region_drags
 from dragnext.instruction import EditItem
+from dragnext.stages import region_drags
 
 MIN_PANEL = 256
 HANDLE_TINTS = [(255, 80, 80), (80, 160, 255), (80, 220, 120), (250, 200, 60), (200, 100, 255)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,27 +27,18 @@ from flows.results import (
     counts,
     previous_rows,
     publish,
-    read_rows,
+    read_profile,
     read_summary,
     results_table,
     write_fallback,
     write_final,
     write_summary,
 )
-from flows.shard import HEARTBEAT_S, ItemsFailed, run_shard, shard_dir
-from manifests.items import VALIDATION_THREADS, conform, item_config, item_input_digest, validate_rows
-from manifests.schema import MANIFEST, ManifestError, read_table
-from manifests.storage import (
-    OutputUnwritable,
-    absolute,
-    exists,
-    is_transient,
-    join,
-    parent,
-    write_bytes,
-)
-from manifests.uris import UriPolicy
-from tasks.stages import ItemContext, result_row
+from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
+from manifests.items import conform
+from manifests.schema import read_table
+from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
+from tasks.plan import make_plan, summary_counts
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
 LEASE_STALE_AFTER_S = 60.0
@@ -69,46 +59,13 @@ def format_output(output_uri: str, date: str, run_name: str) -> str:
                               f"({type(error).__name__}: {error})") from None
 
 
-def _chunks(ids: list[str], size: int) -> list[list[str]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
-
-
-def outputs_exist(row: dict) -> bool:
-    return all(row.get(k) and exists(row[k]) for k in ("image_uri", "preview_uri", "record_uri"))
-
-
-def plan_items(rows: list[dict], valid: list[int], base, policy: UriPolicy, model_fp: str,
-               previous: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str], set[str]]:
-    """Each valid row's config and input digest, and which of them an earlier run already
-    finished: same inputs (`manifests.digest`) and its outputs still there."""
-    configs = {rows[i]["item_id"]: item_config(rows[i], base).to_record() for i in valid}
-
-    def look(index: int) -> tuple[str, str | None, bool]:
-        row = rows[index]
-        item_id = row["item_id"]
-        try:
-            found = item_input_digest(row, configs[item_id], model_fp, policy)
-        except (OSError, ValueError) as error:  # changed since it was checked: the worker will say
-            if is_transient(error):
-                raise
-            return item_id, None, False
-        earlier = previous.get(item_id)
-        kept = bool(earlier and earlier["status"] == "succeeded" and earlier.get("input_digest") == found
-                    and outputs_exist(earlier))
-        return item_id, found, kept
-
-    with ThreadPoolExecutor(max_workers=VALIDATION_THREADS) as pool:
-        looked = list(pool.map(look, valid))
-    return configs, {i: d for i, d, _ in looked}, {i for i, _, kept in looked if kept}
-
-
 @flow(name="bulk-edit")
 def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               overrides: dict[str, Any] | None = None, item_filter: list[str] | None = None,
               allow_prefixes: list[str] | None = None, workers: int | None = None,
               shard_size: int | None = None, shard_deployment: str | None = None,
               retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = 300.0,
-              lease_stale_after_s: float = LEASE_STALE_AFTER_S) -> dict:
+              lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
     overrides: config keys for the whole run (e.g. {"lora.steps": 40}); a row's `params`
@@ -123,28 +80,24 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
     lost_after_s: a shard's run that stops beating this long is declared lost.
     lease_stale_after_s: another run's lease on the output whose heartbeat is this old is
         taken over (that run died); a fresher one makes this run refuse.
+    profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the
+        device-hours estimate in summary.json.
     """
     output_uri = absolute(expand_output(output_uri))
-    with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=HEARTBEAT_S):
+    with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
         return _bulk_edit(absolute(manifest_uri), output_uri, model, overrides or {}, item_filter,
                           list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries,
-                          retry_delay_s, lost_after_s)
+                          retry_delay_s, lost_after_s, profile)
 
 
 def _bulk_edit(manifest_uri: str, output_uri: str, model: str, overrides: dict[str, Any],
                item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
                shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
-               lost_after_s: float) -> dict:
+               lost_after_s: float, profile: str | None) -> dict:
     log = get_run_logger()
     started = time.time()
     base = build_config(overrides=overrides, preset=model_preset(model))
-    conformed = conform(read_table(manifest_uri))
-    if conformed.problems:
-        raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(conformed.problems)}")
-    table = conformed.table
-    rows = table.to_pylist()
-    manifest_dir, run_id = parent(manifest_uri), str(flow_run.id)
-    model_fp = model_fingerprint(model)
+    run_id, model_fp = str(flow_run.id), model_fingerprint(model)
     summary = {
         "status": "running", "run_id": run_id, "manifest_uri": manifest_uri, "output_uri": output_uri,
         "model": model, "model_fingerprint": model_fp, "overrides": overrides,
@@ -153,52 +106,23 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: str, overrides: dict[s
         "results_uri": join(output_uri, "results.parquet"),
     }
     write_summary(output_uri, summary)
-    policy = UriPolicy(manifest_dir, tuple(allow_prefixes))
-    invalid = {p.row: p for p in validate_rows(rows, base, policy, row_problems=conformed.row_problems,
-                                                up_blocks=unet_up_blocks(model))}
-    previous = previous_rows(output_uri)
-    wanted = set(item_filter) if item_filter is not None else None
-    valid = [i for i in range(len(rows)) if i not in invalid]
-    configs, digests, done_before = plan_items(rows, valid, base, policy, model_fp, previous)
+    plan = make_plan(manifest_uri, output_uri, model, model_fp, base, previous_rows(output_uri), item_filter,
+                     allow_prefixes, unet_up_blocks(model))
+    counted = summary_counts(plan)
+    summary.update(plan=counted, estimate=plan.estimate(read_profile(profile)))
+    write_summary(output_uri, summary)
+    log.info("%(rows)d items: %(to_run)d to edit, %(invalid)d invalid, %(kept)d already done, "
+             "%(not_selected)d not selected", counted)
 
-    def context(row: dict, config: dict) -> ItemContext:
-        return ItemContext(row={k: row[k] for k in MANIFEST.names}, manifest_dir=manifest_dir,
-                           output_uri=output_uri, model=model, config=config, model_fingerprint=model_fp,
-                           input_digest=digests.get(row["item_id"]))
-
-    results: list[dict | None] = [None] * len(rows)
-    to_run: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        item_id = row["item_id"]
-        if index in invalid:
-            p = invalid[index]
-            placeholder = {**row, "item_id": item_id or f"<row {index}>"}
-            results[index] = result_row(context(placeholder, base.to_record()), "invalid", 0,
-                                        error=f"item '{p.item_id}': {p.field}: {p.reason}")
-            continue
-        earlier = previous.get(item_id)
-        if wanted is not None and item_id not in wanted:
-            results[index] = earlier or result_row(context(row, configs[item_id]), "skipped", 0)
-        elif item_id in done_before:
-            results[index] = earlier
-        else:
-            to_run[item_id] = index
-    resumed = sum(1 for i, r in enumerate(results) if r is not None and r["status"] == "succeeded")
-    log.info("%d items: %d to edit, %d invalid, %d already done, %d not selected", len(rows), len(to_run),
-             len(invalid), resumed, len(rows) - len(to_run) - len(invalid) - resumed)
-
-    ids = list(to_run)
-    size = shard_size or (fanout.default_shard_size(len(ids), shard_deployment) if shard_deployment
-                          else max(1, len(ids)))
+    size = shard_size or (fanout.default_shard_size(len(plan.to_run), shard_deployment) if shard_deployment
+                          else max(1, len(plan.to_run)))
     shards = []
-    for k, chunk in enumerate(_chunks(ids, size)):
+    for k, chunk in enumerate(plan.shards(size)):
         plan_uri = join(shard_dir(output_uri, k), "plan.json")
         write_bytes(plan_uri, json.dumps({
-            "shard": k, "manifest_uri": manifest_uri, "output_uri": output_uri, "model": model,
-            "model_fingerprint": model_fp, "config": base.to_record(), "allowed_prefixes": allow_prefixes,
-            "item_ids": chunk, "retries": retries, "retry_delay_s": retry_delay_s,
-            "input_digests": {i: digests[i] for i in chunk},
-            "previous_attempts": {i: previous[i]["attempts"] for i in chunk if i in previous},
+            "shard": k, "output_uri": output_uri, "model": model, "config": base.to_record(),
+            "retries": retries, "retry_delay_s": retry_delay_s, "items": plan.shard_items(chunk),
+            "manifest_uri": manifest_uri, "model_fingerprint": model_fp, "allowed_prefixes": allow_prefixes,
         }).encode())
         shards.append(fanout.Shard(k, plan_uri, chunk))
 
@@ -207,38 +131,28 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: str, overrides: dict[s
     if shard_deployment:
         fanout.launch(shards, shard_deployment, run_id)
         fanout.wait(shards, output_uri, lost_after_s)
-        stored = read_rows(output_uri)
-        for shard in shards:
-            finished.update(fanout.collect(shard, output_uri, stored))
+        finished = fanout.collect_all(shards, output_uri)
     else:
         for shard in shards:
             outcome = run_shard(shard.plan_uri, workers, stopped=stopped)
             finished.update({r["item_id"]: r for r in outcome.rows})
             stopped = stopped or outcome.stopped
-    for shard in shards:
-        for item_id in shard.item_ids:
-            if item_id not in finished:
-                earlier = previous.get(item_id)
-                finished[item_id] = result_row(
-                    context(rows[to_run[item_id]], configs[item_id]), "failed",
-                    earlier["attempts"] if earlier else 0,
-                    error=f"not finished: shard {shard.index}'s {shard.lost or 'run ended without its row'}")
-    for item_id, index in to_run.items():
-        results[index] = finished[item_id]
+    lost = {i: f"shard {shard.index}'s {shard.lost or 'run ended without its row'}"
+            for shard in shards for i in shard.item_ids}
+    results = plan.merge(finished, lost)
 
-    extra = {name: table[name].to_pylist() for name in table.column_names if name not in MANIFEST.names}
-    summary.update(status="finished", counts=counts(results), resumed=resumed, shards=len(shards),
+    summary.update(status="finished", counts=counts(results), resumed=plan.resumed, shards=len(shards),
                    wall_s=round(time.time() - started, 2))
+    table = results_table(results, plan.extra_columns)
     if stopped:
         summary.update(status="stopped", stopped=stopped)
-        raise OutputUnwritable(f"the run stopped: {stopped}; "
-                               f"{write_fallback(results_table(results, extra), summary)}")
-    write_final(output_uri, results_table(results, extra), summary)
-    publish(results)
+        raise OutputUnwritable(f"the run stopped: {stopped}; {write_fallback(table, summary)}")
+    write_final(output_uri, table, summary)
+    publish(results, summary)
     log.info("done: %s in %.1f s -> %s", summary["counts"], summary["wall_s"], summary["results_uri"])
     failed = summary["counts"].get("failed", 0)
     if failed:
-        raise ItemsFailed(f"{failed} of {len(rows)} items failed ({summary['counts']}); retry them with "
+        raise ItemsFailed(f"{failed} of {len(results)} items failed ({summary['counts']}); retry them with "
                           f"`dragnext retry {summary['results_uri']}` or the retry-failed deployment",
                           summary)
     return summary

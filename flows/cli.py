@@ -19,14 +19,14 @@ from bench import cli as bench_cli
 from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
-from dragnext.fingerprint import unet_up_blocks
+from dragnext.fingerprint import model_fingerprint, unet_up_blocks
 from dragnext.model import DEFAULT_MODEL, check_model_present, model_preset
 from fixture import FIXTURE_MODEL
 from flows import watchdog
 from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, format_output, retry_failed
 from flows.lease import OutputInUse, check_free
 from flows.local_api import local_api
-from flows.results import read_results, read_summary
+from flows.results import MAX_LISTED, previous_rows, read_profile, read_results, read_summary
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
 from manifests.examples import DEMO_MANIFEST
@@ -40,8 +40,10 @@ from manifests.storage import (
     is_remote,
     parent,
     read_bytes,
+    write_bytes,
 )
 from manifests.uris import PolicyError, UriPolicy, check_prefix
+from tasks.plan import make_plan, summary_counts
 
 
 class ProgressBar(logging.Handler):
@@ -165,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_flow(lambda: bulk_edit(
         args.manifest, args.output, model=args.model, overrides=overrides,
         item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
-        workers=args.workers, retries=args.retries), args)
+        workers=args.workers, retries=args.retries, profile=args.profile), args)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -192,6 +194,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(problem)
     print(f"{conformed.table.num_rows} rows, {len(found)} invalid")
     return 1 if found else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Validate and plan a run without editing: what would run, what is invalid and why, the
+    shards, the UNet passes and (with a profile) the device-hours. Starts no Prefect."""
+    overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
+    for prefix in args.allow_prefix:
+        check_prefix(prefix)
+    base = build_config(overrides=overrides, preset=model_preset(args.model))
+    output = absolute(args.output) if args.output else None
+    plan = make_plan(absolute(args.manifest), output or "", args.model, model_fingerprint(args.model), base,
+                     previous_rows(output) if output else {}, allow_prefixes=args.allow_prefix,
+                     up_blocks=unet_up_blocks(args.model))
+    counted = summary_counts(plan)
+    shards = plan.shards(args.shard_size or max(1, len(plan.to_run)))
+    report = {"manifest": plan.manifest_uri, "model": args.model, **counted, "shards": len(shards),
+              "estimate": plan.estimate(read_profile(args.profile)),
+              "invalid_items": [{"row": p.row, "item_id": p.item_id, "field": p.field, "reason": p.reason}
+                                for p in list(plan.invalid.values())[:MAX_LISTED]]}
+    for p in report["invalid_items"]:
+        print(f"invalid: row {p['row']} item '{p['item_id']}': {p['field']}: {p['reason']}")
+    if len(plan.invalid) > MAX_LISTED:
+        print(f"... and {len(plan.invalid) - MAX_LISTED} more invalid rows")
+    estimate = report["estimate"]
+    passes = estimate["unet_passes"]
+    print(f"{counted['rows']} rows: {counted['to_run']} to edit, {counted['invalid']} invalid, "
+          f"{counted['kept']} already done, {counted['not_selected']} not selected; {len(shards)} shard(s)")
+    print(f"UNet passes: {passes['forward']:,} forward, {passes['backward']:,} backward "
+          f"({sum(p['forward'] for p in estimate['unet_passes_per_item'].values())} forward per item)")
+    if "device_hours" in estimate:
+        print(f"estimated {estimate['device_hours']} device-hours on {estimate['profile_device']} "
+              f"(profile setting: {estimate['profile_setting']})")
+    elif args.profile:
+        print(f"no setting of {args.profile} matches this config's LoRA and batch size: no time estimate")
+    if args.json:
+        write_bytes(args.json, json.dumps(report, indent=2).encode())
+    return 1 if plan.invalid else 0
 
 
 def cmd_from_dragbench(args: argparse.Namespace) -> int:
@@ -252,6 +291,7 @@ def add_commands(commands) -> None:
     run.add_argument("--workers", type=int, help="items at once, one process each "
                      "(default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
     run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
+    run.add_argument("--profile", help="a measured profile: summary.json gets the device-hours estimate")
     add_allow_prefix(run)
     run.set_defaults(run=cmd_run)
 
@@ -262,6 +302,19 @@ def add_commands(commands) -> None:
     retry.add_argument("--workers", type=int)
     retry.add_argument("--retries", type=int, default=2)
     retry.set_defaults(run=cmd_retry)
+
+    plan = commands.add_parser("plan", help="validate and plan a run without editing: items, invalid rows, "
+                               "shards, UNet passes, estimated device-hours")
+    plan.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
+    plan.add_argument("--output", help="the run's output URI: items an earlier run finished count as done")
+    plan.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder")
+    library_cli.add_config_arguments(plan)
+    plan.add_argument("--profile", help="a measured profile for the time estimate (docs/gpu-profile.json, "
+                      "docs/throughput.json)")
+    plan.add_argument("--shard-size", type=int, help="items per shard (default: one shard)")
+    plan.add_argument("--json", help="also write the plan here")
+    add_allow_prefix(plan)
+    plan.set_defaults(run=cmd_plan)
 
     manifest = commands.add_parser("manifest", help="check or create manifests")
     actions = manifest.add_subparsers(dest="action", required=True)

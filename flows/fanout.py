@@ -15,9 +15,9 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Crashed
 
-from flows.results import table_rows
+from dragnext.fingerprint import digest
+from flows.results import read_rows, table_rows
 from flows.shard import RUN_ID_KEY, shard_dir
-from manifests.digest import digest
 from manifests.schema import read_table
 from manifests.storage import exists, join, read_bytes
 
@@ -90,14 +90,21 @@ def _heartbeat(output_uri: str, shard: int) -> bytes | None:
         return None
 
 
-def collect(shard: Shard, output_uri: str, stored_rows: dict[str, dict]) -> dict[str, dict]:
-    """The rows that the shard's own run wrote: its results file, or else those of the item
-    rows (`flows.results.read_rows`) that its run stamped."""
-    run_id = str(shard.run.id)
-    results_uri = join(shard_dir(output_uri, shard.index), "results.parquet")
-    if exists(results_uri):
-        table = read_table(results_uri)
-        if (table.schema.metadata or {}).get(RUN_ID_KEY, b"").decode() == run_id:
-            return {r["item_id"]: r for r in table_rows(table)}
-    return {i: stored_rows[i] for i in shard.item_ids
-            if i in stored_rows and stored_rows[i].get("run_id") == run_id}
+def collect_all(shards: list[Shard], output_uri: str) -> dict[str, dict]:
+    """The rows the shards' own runs wrote, in bulk: each shard's results file (one read),
+    and only for a shard without one (its run was killed) the item rows (`OUT/rows/`) that
+    its run stamped."""
+    found: dict[str, dict] = {}
+    stored: dict[str, dict] | None = None
+    for shard in shards:
+        run_id = str(shard.run.id)
+        results_uri = join(shard_dir(output_uri, shard.index), "results.parquet")
+        if exists(results_uri):
+            table = read_table(results_uri)
+            if (table.schema.metadata or {}).get(RUN_ID_KEY, b"").decode() == run_id:
+                found.update((r["item_id"], r) for r in table_rows(table))
+                continue
+        stored = read_rows(output_uri) if stored is None else stored
+        found.update((i, stored[i]) for i in shard.item_ids
+                     if i in stored and stored[i].get("run_id") == run_id)
+    return found

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -31,6 +32,7 @@ from manifests.storage import (
 )
 
 log = logging.getLogger(__name__)
+MAX_LISTED = 1000  # items named in an artifact: the UI stays usable at 100 000 items
 
 
 def row_uri(output_uri: str, item_id: str) -> str:
@@ -153,17 +155,43 @@ def write_fallback(table: pa.Table, summary: dict) -> str:
     return f"the results were written to {folder} instead"
 
 
-def publish(rows: list[dict]) -> None:
-    """The results table and a page of preview links, on the flow run's Artifacts tab."""
-    create_table_artifact(
-        key="bulk-edit-results",
-        table=[{"item_id": r["item_id"], "status": r["status"], "error": r["error"] or "",
-                "attempts": r["attempts"],
-                **{k: round(v, 4) for k, v in (r.get("metrics") or {}).items()},
-                "image": r["image_uri"] or "", "preview": r["preview_uri"] or ""} for r in rows],
-        description="DragNeXt bulk edit: one row per manifest item")
-    lines = ["| item | status | preview | record |", "|---|---|---|---|"]
-    lines += [f"| {r['item_id']} | {r['status']} | [preview]({r['preview_uri']}) | "
-              f"[record]({r['record_uri']}) |" for r in rows if r["preview_uri"]]
-    create_markdown_artifact(key="bulk-edit-previews", markdown="\n".join(lines),
-                             description="previews of the edited items")
+def read_profile(uri: str | None) -> dict | None:
+    """A measured profile (`dragnext.cost`), or None without one."""
+    return json.loads(read_bytes(uri)) if uri else None
+
+
+def metric_percentiles(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """p5, p50 and p95 of each metric over the succeeded rows."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in (row.get("metrics") or {}).items():
+            if value is not None and np.isfinite(value):
+                values.setdefault(name, []).append(value)
+    return {name: {f"p{q}": round(float(np.percentile(v, q)), 4) for q in (5, 50, 95)}
+            for name, v in sorted(values.items())}
+
+
+def publish(rows: list[dict], summary: dict) -> None:
+    """The run on the flow run's Artifacts tab, bounded whatever the run's size: counts,
+    metric percentiles, a link to results.parquet, the first `MAX_LISTED` failed or invalid
+    items with their errors, and previews of the first `MAX_LISTED` succeeded ones."""
+    bad = [r for r in rows if r["status"] in ("failed", "invalid")]
+    lines = [f"**{len(rows)} items**: " + ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())),
+             f"results: [{summary['results_uri']}]({summary['results_uri']}) · {summary['wall_s']} s", "",
+             "| metric | p5 | p50 | p95 |", "|---|---|---|---|"]
+    lines += [f"| {name} | {p['p5']} | {p['p50']} | {p['p95']} |"
+              for name, p in metric_percentiles(rows).items()]
+    create_markdown_artifact(key="bulk-edit-summary", markdown="\n".join(lines),
+                             description="DragNeXt bulk edit: counts, metrics, results")
+    if bad:
+        create_table_artifact(
+            key="bulk-edit-problems",
+            table=[{"item_id": r["item_id"], "status": r["status"], "error": (r["error"] or "")[:500],
+                    "attempts": r["attempts"]} for r in bad[:MAX_LISTED]],
+            description=f"the first {min(len(bad), MAX_LISTED)} of {len(bad)} failed or invalid items")
+    shown = [r for r in rows if r["preview_uri"]][:MAX_LISTED]
+    previews = ["| item | preview | record |", "|---|---|---|"]
+    previews += [f"| {r['item_id']} | [preview]({r['preview_uri']}) | [record]({r['record_uri']}) |"
+                 for r in shown]
+    create_markdown_artifact(key="bulk-edit-previews", markdown="\n".join(previews),
+                             description=f"previews of the first {len(shown)} edited items")

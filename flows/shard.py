@@ -19,11 +19,11 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from dragnext.batching import CPU_BATCH_SIZE, MAX_AUTO_BATCH
 from dragnext.config import EditConfig
 from flows.periodic import every
 from flows.results import results_table, write_row
-from manifests.items import conform, item_config
-from manifests.schema import MANIFEST, read_table, table_bytes
+from manifests.schema import table_bytes
 from manifests.storage import (
     OutputUnwritable,
     StoreUnavailable,
@@ -33,16 +33,18 @@ from manifests.storage import (
     unwritable_reason,
     write_bytes,
 )
-from tasks.item_task import edit_item_task
+from tasks.batch_task import edit_batch_task
 from tasks.pool import CLOSING, InlineRunner, ProcessRunner, RunStopped, default_workers, item_runner
-from tasks.stages import ItemContext, is_retryable, result_row
+from tasks.stages import ItemContext, failed_outcome
 
 # Progress as data: one record per finished item, with `done`, `total` and `row` attached.
 # The CLI's progress bar listens here; on a pool the lines reach the UI.
 progress_log = logging.getLogger("dragnext.progress")
 progress_log.setLevel(logging.INFO)  # whatever the root logger's level: listeners decide
 RUN_ID_KEY = b"dragnext.run_id"  # in a shard's results.parquet: the flow run that wrote it
-HEARTBEAT_S = float(os.environ.get("DRAGNEXT_HEARTBEAT_S", "10"))
+def heartbeat_s() -> float:
+    """How often a shard and a run's lease beat: `DRAGNEXT_HEARTBEAT_S` (10), read when used."""
+    return float(os.environ.get("DRAGNEXT_HEARTBEAT_S", "10"))
 # Interrupted, a run waits this long for the items in hand before it kills their workers.
 INTERRUPT_GRACE_S = 3.0
 
@@ -71,11 +73,6 @@ def heartbeat(uri: str, every_s: float):
     return every(every_s, beat, f"shard heartbeat {uri}", first_now=True)
 
 
-def _failed_row(ctx: ItemContext, error: BaseException, retries: int) -> dict:
-    attempts = retries + 1 if is_retryable(error) else 1
-    return result_row(ctx, "failed", attempts, error=f"{type(error).__name__}: {error}")
-
-
 @dataclass
 class ShardOutcome:
     rows: list[dict]
@@ -83,17 +80,15 @@ class ShardOutcome:
 
 
 def _contexts(plan: dict) -> list[ItemContext]:
-    wanted = set(plan["item_ids"])
-    base = EditConfig.model_validate(plan["config"])
-    return [ItemContext(row={k: row[k] for k in MANIFEST.names}, manifest_dir=parent(plan["manifest_uri"]),
+    """The shard's items as the parent planned them: rows, configs and digests travel in
+    the plan, so no shard reads the manifest again."""
+    return [ItemContext(row=entry["row"], manifest_dir=parent(plan["manifest_uri"]),
                         output_uri=plan["output_uri"], model=plan["model"],
-                        config=item_config(row, base).to_record(),
+                        config=entry["config"] or plan["config"],
                         allowed_prefixes=tuple(plan["allowed_prefixes"]),
-                        model_fingerprint=plan.get("model_fingerprint", ""),
-                        input_digest=plan.get("input_digests", {}).get(row["item_id"]),
-                        previous_attempts=plan["previous_attempts"].get(row["item_id"], 0))
-            for row in conform(read_table(plan["manifest_uri"])).table.to_pylist()
-            if row["item_id"] in wanted]
+                        model_fingerprint=plan["model_fingerprint"], input_digest=entry["input_digest"],
+                        previous_attempts=entry["previous_attempts"])
+            for entry in plan["items"]]
 
 
 class _Rows:
@@ -127,46 +122,71 @@ class _Rows:
                           extra={"done": done, "total": self.total, "row": row})
 
 
-def _outcome(ctx: ItemContext, future, retries: int,
-             timeout: float | None = None) -> tuple[dict, BaseException | None]:
-    """The item's row, and the error it failed with (if it did)."""
+def _outcomes(contexts: list[ItemContext], future) -> list[tuple[ItemContext, dict, BaseException | None]]:
+    """Each item's row, and the error it failed with (if it did)."""
     try:
-        return future.result(timeout=timeout), None
-    except Exception as error:  # one item's failure never fails its siblings
-        return _failed_row(ctx, error, retries), error
+        done = future.result()
+    except Exception as error:  # the batch task itself failed: each of its items says why
+        done = [failed_outcome(ctx, 1, error) for ctx in contexts]
+    return [(ctx, row, error) for ctx, (row, error) in zip(contexts, done, strict=True)]
+
+
+def _label(batch: list[ItemContext]) -> str:
+    return batch[0].item_id + (f" and {len(batch) - 1} more" if len(batch) > 1 else "")
+
+
+def dispatch_size(config: EditConfig) -> int:
+    """Items handed to a worker at once: `runtime.batch_size`, or as many as a worker may
+    choose to batch on this machine's device (`dragnext.batching`)."""
+    import torch
+
+    if config.runtime.batch_size is not None:
+        return config.runtime.batch_size
+    return MAX_AUTO_BATCH if torch.cuda.is_available() else CPU_BATCH_SIZE
+
+
+def batches_of(contexts: list[ItemContext], size: int) -> list[list[ItemContext]]:
+    """Runs of `size` items, those of one config next to each other (they can share UNet calls)."""
+    ordered = sorted(contexts, key=lambda c: json.dumps(c.edit_config.output_record(), sort_keys=True))
+    return [ordered[k:k + size] for k in range(0, len(ordered), size)]
 
 
 def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = None) -> ShardOutcome:
     """Edit the items of a shard plan (written by the parent flow); their rows, as finished.
 
-    Interrupted (Ctrl-C, SIGTERM), it starts no more items, gives the running ones
+    Each worker is handed a batch of items (`runtime.batch_size`) at a time. Interrupted
+    (Ctrl-C, SIGTERM), it starts no more batches, gives the running ones
     `INTERRUPT_GRACE_S` to finish (their rows are stored), ends the workers and re-raises.
     `stopped` (an earlier shard found the output full) starts none at all."""
     log = get_run_logger()
     plan = json.loads(read_bytes(plan_uri))
     contexts = _contexts(plan)
     run_id, retries = str(flow_run.id), plan["retries"]
-    task = edit_item_task.with_options(
-        retries=retries, retry_delay_seconds=exponential_backoff(plan["retry_delay_s"])(retries))
+    delays = exponential_backoff(plan["retry_delay_s"])(retries) if retries else []
+    batches = batches_of(contexts, dispatch_size(EditConfig.model_validate(plan["config"])))
     n_workers = default_workers() if workers is None else workers
-    log.info("shard %d: %d items on %s", plan["shard"], len(contexts),
+    log.info("shard %d: %d items in %d batches on %s", plan["shard"], len(contexts), len(batches),
              f"{n_workers} worker process(es)" if n_workers else "the run's own process")
     runner = item_runner(n_workers)
     if stopped:
         runner.stop(stopped)
     finished = _Rows(plan, run_id, runner, len(contexts))
     try:
-        with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), HEARTBEAT_S), \
+        with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), heartbeat_s()), \
                 ThreadPoolTaskRunner(max_workers=max(1, n_workers)) as pool:
-            futures = {pool.submit(task, parameters={"ctx": ctx, "runner": runner}): ctx for ctx in contexts}
+            futures = {pool.submit(edit_batch_task, parameters={
+                "contexts": batch, "runner": runner, "retries": retries, "delays_s": delays,
+                "label": _label(batch)}): batch for batch in batches}
             try:
                 for future in as_completed(futures):
-                    finished.add(futures[future], *_outcome(futures[future], future, retries))
+                    for outcome in _outcomes(futures[future], future):
+                        finished.add(*outcome)
             except BaseException:  # KeyboardInterrupt, SIGTERM: keep what finishes in the grace period
                 runner.close(grace_s=INTERRUPT_GRACE_S)
-                for future, ctx in futures.items():
+                for future, batch in futures.items():
                     if future.state.is_completed():
-                        finished.add(ctx, *_outcome(ctx, future, retries))
+                        for outcome in _outcomes(batch, future):
+                            finished.add(*outcome)
                 raise
     finally:
         runner.close()

@@ -29,7 +29,8 @@ class _Pipe(socketserver.BaseRequestHandler):
         with socket.create_connection(proxy.upstream, timeout=30) as upstream:
             proxy.active.add(self.request)
             try:
-                pump = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
+                pump = threading.Thread(target=_copy, args=(upstream, self.request, proxy.count_served),
+                                        daemon=True)
                 pump.start()
                 _copy(self.request, upstream)
                 pump.join()
@@ -37,10 +38,11 @@ class _Pipe(socketserver.BaseRequestHandler):
                 proxy.active.discard(self.request)
 
 
-def _copy(source: socket.socket, sink: socket.socket) -> None:
+def _copy(source: socket.socket, sink: socket.socket, count=lambda n: None) -> None:
     try:
         while data := source.recv(65536):
             sink.sendall(data)
+            count(len(data))
     except OSError:
         pass
     finally:
@@ -57,7 +59,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
 class StoreProxy:
     """`http://127.0.0.1:PORT` forwarding to `upstream` (host, port); `down()`/`up()` switch
-    the outage, `outage(seconds)` schedules one."""
+    the outage, `outage(seconds)` schedules one; `served` counts the bytes the store sent."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -68,6 +70,8 @@ class StoreProxy:
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.outages = 0
+        self.served = 0
+        self._count_lock = threading.Lock()
         threading.Thread(target=self._server.serve_forever, daemon=True, name="store-proxy").start()
 
     def down(self) -> None:
@@ -82,6 +86,10 @@ class StoreProxy:
 
     def up(self) -> None:
         self.is_down.clear()
+
+    def count_served(self, n: int) -> None:
+        with self._count_lock:
+            self.served += n
 
     def outage(self, seconds: float) -> threading.Timer:
         """Down now, up again after `seconds`."""

@@ -9,18 +9,8 @@ resume of 100 000 items does not download every image again.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
+from dragnext.fingerprint import digest
 from manifests.storage import is_remote, object_info, read_bytes, regular_file_size
-
-
-def digest(*parts: object) -> str:
-    """A short stable digest of bytes and JSON-able values."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def file_identity(uri: str) -> str:
@@ -35,7 +25,7 @@ def file_identity(uri: str) -> str:
     return digest(uri, read_bytes(uri))
 
 
-def input_digest(row_inputs: dict, files: list[str], config: dict, model_fingerprint: str) -> str:
+def input_digest(row_inputs: dict, identities: list[str], config: dict, model_fingerprint: str) -> str:
     """The digest of one item's inputs: its row's instruction fields, the identity of each
-    file it reads (resolved URIs), its config and the model."""
-    return digest(row_inputs, [file_identity(uri) for uri in files], config, model_fingerprint)
+    file it reads (`file_identity`), its config and the model."""
+    return digest(row_inputs, identities, config, model_fingerprint)

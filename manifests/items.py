@@ -28,11 +28,12 @@ from dragnext.instruction import (
     read_mask,
     validate_item,
 )
-from manifests.digest import input_digest
+from manifests.digest import file_identity, input_digest
 from manifests.schema import MANIFEST, RESERVED_COLUMNS, SCHEMA_VERSION, VERSION_KEY
 from manifests.storage import (
     HEADER_BYTES,
     NotARegularFile,
+    Once,
     OutputUnwritable,
     StoreUnavailable,
     is_transient,
@@ -131,12 +132,16 @@ def _file_fields(spec: InstructionSpec, row: dict) -> dict[str, str]:
     return fields
 
 
-def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: UriPolicy) -> str:
-    """The digest of everything a valid row's edit is made from (`manifests.digest`)."""
+def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: UriPolicy,
+                      once: Once | None = None) -> str:
+    """The digest of everything a valid row's edit is made from (`manifests.digest`); with
+    `once`, each file's identity is asked for once however many rows name it."""
     spec = parse_instruction(instruction_of(row), row["item_id"])
     files = [policy.resolve(uri) for uri in _file_fields(spec, row).values()]
     inputs = {"image_uri": row["image_uri"], **instruction_of(row)}
-    return input_digest(inputs, files, config, model_fingerprint)
+    output_config = {k: v for k, v in config.items() if k != "runtime"}  # how it runs is not an input
+    identities = [(once or Once())(file_identity, uri) for uri in files]
+    return input_digest(inputs, identities, output_config, model_fingerprint)
 
 
 def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
@@ -165,7 +170,7 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
     return spec
 
 
-def _look(uri: str, policy: UriPolicy, item: str, field: str) -> str:
+def _look(uri: str, policy: UriPolicy, item: str, field: str, once: Once) -> str:
     """The URI to read, after the policy and a look at what it names (stat, or a HEAD):
     refused unless it is a regular file or an object of bounded size (a FIFO would block
     the reader, a device would never end)."""
@@ -173,7 +178,7 @@ def _look(uri: str, policy: UriPolicy, item: str, field: str) -> str:
     if resolved is None:
         raise InvalidItemError(item, field, policy.refusal(uri))
     try:
-        size = regular_file_size(resolved)
+        size = once(regular_file_size, resolved)
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"'{uri}' does not exist") from None
     except NotARegularFile as error:
@@ -183,34 +188,36 @@ def _look(uri: str, policy: UriPolicy, item: str, field: str) -> str:
     return resolved
 
 
-def _fetch(uri: str, policy: UriPolicy, item: str, field: str, header_only: bool = False) -> io.BytesIO:
+def _fetch(uri: str, policy: UriPolicy, item: str, field: str, once: Once,
+           header_only: bool = False) -> io.BytesIO:
     """A file's bytes (the first `HEADER_BYTES` with `header_only`), once `_look` allows it."""
-    resolved = _look(uri, policy, item, field)
+    resolved = _look(uri, policy, item, field, once)
     try:
-        return io.BytesIO(read_bytes(resolved, end=HEADER_BYTES if header_only else None))
+        return io.BytesIO(once(read_bytes, resolved, HEADER_BYTES if header_only else None))
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"'{uri}' does not exist") from None
     except IsADirectoryError:
         raise InvalidItemError(item, field, f"'{uri}' is a directory, not a file") from None
 
 
-def check_image(row: dict, spec: InstructionSpec, policy: UriPolicy) -> None:
-    """The checks that need only the image's header: it exists, is an image of an accepted
-    size, and every point lies inside it."""
+def check_image(row: dict, spec: InstructionSpec, policy: UriPolicy, once: Once) -> None:
+    """The checks that need only the image's header (a ranged read, one per distinct image
+    through `once`): it exists, is an image of an accepted size, and every point lies inside it."""
     item = row["item_id"]
     try:
-        image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri", header_only=True),
+        image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri", once, header_only=True),
                                   item, "image_uri")
     except InvalidItemError as error:
         if "not a readable image" not in error.reason:
             raise
         # a header past the first bytes (a JPEG with a large EXIF block): read it all
-        image = open_image_header(_fetch(row["image_uri"], policy, item, "image_uri"), item, "image_uri")
+        whole = _fetch(row["image_uri"], policy, item, "image_uri", once)
+        image = open_image_header(whole, item, "image_uri")
     check_image_shape(image.size, item, "image_uri")
     _in_columns(item, lambda: check_spec(spec, item, image.size))
     for field, uri in _file_fields(spec, row).items():  # masks: a look, not a read
         if field != "image_uri":
-            _look(uri, policy, item, _column_field(field))
+            _look(uri, policy, item, _column_field(field), once)
 
 
 def load_item(row: dict, policy: UriPolicy) -> EditItem:
@@ -219,9 +226,10 @@ def load_item(row: dict, policy: UriPolicy) -> EditItem:
 
     def load() -> EditItem:
         spec = parse_instruction(instruction_of(row), item)
-        image = read_image(_fetch(row["image_uri"], policy, item, "image_uri"), item, "image_uri")
+        once = Once()  # a worker reads each file fresh
+        image = read_image(_fetch(row["image_uri"], policy, item, "image_uri", once), item, "image_uri")
         instruction = build_instruction(spec, item, lambda ref, field: read_mask(
-            _fetch(ref, policy, item, field), item, field))
+            _fetch(ref, policy, item, field, once), item, field))
         return validate_item(EditItem(image, instruction, item))
 
     return _in_columns(item, lambda: isolated(item, load))
@@ -316,11 +324,13 @@ Depth = Literal["rows", "headers", "files"]
 
 def validate_rows(rows: list[dict[str, Any]], base: EditConfig, policy: UriPolicy,
                   depth: Depth = "headers", row_problems: dict[int, tuple[str, str]] | None = None,
-                  up_blocks: int | None = None) -> list[Problem]:
+                  up_blocks: int | None = None, once: Once | None = None) -> list[Problem]:
     """Every bad row, not just the first: `rows` checks what needs no file, `headers` also
     reads each image's header (existence, pixel count, points inside), `files` reads and
-    checks every image and mask in full. `row_problems` are those `conform` found."""
+    checks every image and mask in full. `row_problems` are those `conform` found. Each
+    distinct file is looked at once (`once`, shared with the plan's digests)."""
     counts = Counter(row.get("item_id") for row in rows)
+    once = once or Once()
 
     def check(index: int) -> Problem | None:
         row = rows[index]
@@ -332,7 +342,7 @@ def validate_rows(rows: list[dict[str, Any]], base: EditConfig, policy: UriPolic
                 raise InvalidItemError(str(item), "item_id", f"appears {counts[item]} times")
             spec = isolated(item, lambda: check_row(row, base, policy, up_blocks))
             if depth == "headers":
-                isolated(item, lambda: check_image(row, spec, policy))
+                isolated(item, lambda: check_image(row, spec, policy, once))
             elif depth == "files":
                 load_item(row, policy)
         except InvalidItemError as error:

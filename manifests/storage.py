@@ -9,7 +9,7 @@ A full disk, a read-only folder or a refused write is permanent (`OutputUnwritab
 retry can help, so the run stops dispatching instead of failing every item in turn.
 
 A store that is briefly unreachable or overloaded is expected, not exceptional: writes are
-retried with exponential back-off (`STORE_RETRIES`, `STORE_BACKOFF_S`), and every layer
+retried with exponential back-off (`retry_policy`), and every layer
 asks `is_transient` whether an error is worth another try.
 """
 
@@ -21,23 +21,26 @@ import os
 import posixpath
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from fsspec.core import url_to_fs
 from fsspec.spec import AbstractFileSystem
-from prefect.tasks import exponential_backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # 1 + 2 + 4 + 8 + 16 s: rides out a store outage of about half a minute.
-STORE_RETRIES = int(os.environ.get("DRAGNEXT_STORE_RETRIES", "5"))
-STORE_BACKOFF_S = float(os.environ.get("DRAGNEXT_STORE_BACKOFF_S", "1.0"))
+def retry_policy() -> tuple[int, float]:
+    """Retries of a transient store error, and the first back-off (doubling), read when used:
+    `DRAGNEXT_STORE_RETRIES` (5) and `DRAGNEXT_STORE_BACKOFF_S` (1.0)."""
+    return (int(os.environ.get("DRAGNEXT_STORE_RETRIES", "5")),
+            float(os.environ.get("DRAGNEXT_STORE_BACKOFF_S", "1.0")))
 
 # OSErrors that say the request was understood and refused: another try cannot help.
 _PERMANENT_OSERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
@@ -110,7 +113,8 @@ def is_transient(error: BaseException) -> bool:
 def with_retries(action: Callable[[], T], what: str, retries: int | None = None) -> T:
     """`action()`, retried on transient store errors with exponential back-off; raises
     `StoreUnavailable` when the store is still down after the last try."""
-    delays = exponential_backoff(STORE_BACKOFF_S)(STORE_RETRIES if retries is None else retries)
+    default_retries, backoff_s = retry_policy()
+    delays = [backoff_s * 2**k for k in range(default_retries if retries is None else retries)]
     for attempt, delay in enumerate([*delays, None]):
         try:
             return action()
@@ -341,3 +345,31 @@ def list_names(uri: str) -> list[str]:
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
+
+
+class Once:
+    """Each call's result, or the error it raised, once per (function, arguments) for the
+    life of this object: a manifest of 100 000 rows over 1 000 images makes 1 000 looks at
+    the store, not 100 000. Transient errors are not kept (the next call asks again)."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple, tuple[bool, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        key = (fn, args)
+        with self._lock:
+            found = self._done.get(key)
+        if found is None:
+            try:
+                found = (True, fn(*args))
+            except (OSError, ValueError) as error:
+                if is_transient(error):
+                    raise
+                found = (False, error)
+            with self._lock:
+                self._done[key] = found
+        ok, value = found
+        if not ok:
+            raise value
+        return value

@@ -3,10 +3,10 @@ as asked for on the CPU), so an item that is killed for its memory (or crashes t
 interpreter) costs that item, not the run. `workers=0` edits in the run's own process
 (`InlineRunner`): for a debugger, at the price of that isolation.
 
-Each worker process keeps its own model (`WorkerState`) and serves one item at a time over
-a pipe: the item's context goes in, its results row (or its exception) comes back, as
-plain data. A worker that dies (OOM killer, segfault, SIGKILL) fails only the item it was
-running, with `WorkerLost`; a fresh process takes its place and the other items go on.
+Each worker process keeps its own model (`WorkerState`) and serves one batch of items at a
+time over a pipe: the items' contexts go in, their outcomes (rows, and errors) come back,
+as plain data. A worker that dies (OOM killer, segfault, SIGKILL) fails only the batch it
+was running, with `WorkerLost`; a fresh process takes its place and the other batches go on.
 A worker whose parent is gone (the run was killed) exits by itself.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -24,7 +25,7 @@ from multiprocessing.connection import Connection
 import diffusers
 import transformers
 
-from tasks.stages import ItemContext, edit_item
+from tasks.stages import ItemContext, Outcome, edit_items
 from tasks.worker import WorkerState
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ class _Dispatcher:
 
 
 class InlineRunner(_Dispatcher):
-    """Items edited one at a time in this process."""
+    """Batches edited one at a time in this process."""
 
     def __init__(self) -> None:
         self.worker = WorkerState()
 
-    def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+    def __call__(self, contexts: list[ItemContext], attempt: int) -> list[Outcome]:
         self.refuse_if_stopped()
-        return edit_item(ctx, self.worker, attempt)
+        return edit_items(contexts, self.worker, attempt)
 
     def close(self, grace_s: float = 0.0) -> None:
         self.stop(CLOSING)
@@ -75,9 +76,13 @@ def _exit_with_parent(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def _serve(conn: Connection, parent_pid: int, log_level: int) -> None:
-    """A worker process: edit the items sent to it until told to stop (None)."""
+def _serve(conn: Connection, parent_pid: int, log_level: int, threads: int | None) -> None:
+    """A worker process: edit the batches sent to it until told to stop (None)."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [worker %(process)d]: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group: the run decides when its workers stop (after
     # the item in hand, or killed after a grace period), so a finished item is not lost.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -87,9 +92,9 @@ def _serve(conn: Connection, parent_pid: int, log_level: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     worker = WorkerState()
     while (message := conn.recv()) is not None:
-        ctx, attempt = message
+        contexts, attempt = message
         try:
-            conn.send(("row", edit_item(ctx, worker, attempt)))
+            conn.send(("outcomes", _picklable(edit_items(contexts, worker, attempt))))
         except Exception as error:  # sent back as data: the item fails, the worker goes on
             try:
                 conn.send(("error", error))
@@ -97,24 +102,37 @@ def _serve(conn: Connection, parent_pid: int, log_level: int) -> None:
                 conn.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
 
 
+def _picklable(outcomes: list[Outcome]) -> list[Outcome]:
+    """Errors as they are where they pickle, else as a RuntimeError naming them."""
+    def safe(error: BaseException | None) -> BaseException | None:
+        try:
+            pickle.dumps(error)
+            return error
+        except Exception:
+            return RuntimeError(f"{type(error).__name__}: {error}")
+
+    return [(row, safe(error)) for row, error in outcomes]
+
+
 class _Slot:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, threads: int | None) -> None:
         self.conn, child = context.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
         self.process = context.Process(target=_serve, daemon=True, name="dragnext-worker",
-                                       args=(child, os.getpid(), logging.getLogger().getEffectiveLevel()))
+                                       args=(child, os.getpid(), level, threads))
         self.process.start()
         child.close()
 
     def _lost(self) -> WorkerLost:
         self.process.join(5)
         return WorkerLost(f"worker process {self.process.pid} died (exit code {self.process.exitcode}) "
-                          "while editing this item")
+                          "while editing this item's batch")
 
-    def run(self, ctx: ItemContext, attempt: int) -> dict:
+    def run(self, contexts: list[ItemContext], attempt: int) -> list[Outcome]:
         try:
-            self.conn.send((ctx, attempt))
+            self.conn.send((contexts, attempt))
             while not self.conn.poll(0.5):
                 if not self.process.is_alive():
                     raise self._lost()
@@ -140,21 +158,22 @@ class _Slot:
 
 
 class ProcessRunner(_Dispatcher):
-    """Items edited in `workers` processes at once; call it from as many threads."""
+    """Batches edited in `workers` processes at once; call it from as many threads."""
 
     def __init__(self, workers: int) -> None:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self._threads = cpu_threads(max(1, workers))
         self._free: queue.Queue[_Slot] = queue.Queue()
-        self._slots = [_Slot(self._context) for _ in range(max(1, workers))]
+        self._slots = [_Slot(self._context, self._threads) for _ in range(max(1, workers))]
         for slot in self._slots:
             self._free.put(slot)
 
     def _replace(self, slot: _Slot) -> _Slot:
-        fresh = _Slot(self._context)
+        fresh = _Slot(self._context, self._threads)
         self._slots[self._slots.index(slot)] = fresh
         return fresh
 
-    def __call__(self, ctx: ItemContext, attempt: int) -> dict:
+    def __call__(self, contexts: list[ItemContext], attempt: int) -> list[Outcome]:
         self.refuse_if_stopped()
         slot = self._free.get()
         try:
@@ -163,11 +182,12 @@ class ProcessRunner(_Dispatcher):
                 log.warning("worker %d died while idle; starting a fresh one", slot.process.pid)
                 slot = self._replace(slot)
             try:
-                return slot.run(ctx, attempt)
+                return slot.run(contexts, attempt)
             except WorkerLost:
                 if self.stopped:  # killed on purpose: the run is stopping
                     raise RunStopped(f"not finished: {self.stopped}") from None
-                log.error("item %s: worker %d died; starting a fresh one", ctx.item_id, slot.process.pid)
+                log.error("items %s: worker %d died; starting a fresh one",
+                          ", ".join(c.item_id for c in contexts), slot.process.pid)
                 slot = self._replace(slot)
                 raise
         finally:
@@ -178,13 +198,24 @@ class ProcessRunner(_Dispatcher):
         return [slot.process.pid for slot in self._slots]
 
     def close(self, grace_s: float = 10.0) -> None:
-        """End the workers: each finishes its item within `grace_s` (0: killed now)."""
+        """End the workers: each finishes its batch within `grace_s` (0: killed now)."""
         self.stop(CLOSING)
         for slot in self._slots:
             slot.ask_to_stop()
         deadline = time.monotonic() + grace_s
         for slot in self._slots:
             slot.end(deadline)
+
+
+def cpu_threads(workers: int) -> int | None:
+    """Torch threads per worker process: the cores shared out, so that workers on the CPU do
+    not oversubscribe it (measured best on 2 cores: 2 workers of 1 thread, `make
+    throughput`). None where the user set OMP_NUM_THREADS (theirs wins) or a GPU does the work."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def item_runner(workers: int) -> InlineRunner | ProcessRunner:

@@ -45,6 +45,13 @@ class WorkerState:
         self._lock: IO | None = None  # held open for the life of the process
         self._models: dict[str, DragModel] = {}
         self.loads = 0
+        self.item_mb: float | None = None  # CUDA: the largest peak per item of its batches so far
+
+    def measured(self, peak_memory: dict, batch_size: int) -> None:
+        """Learn the per-item memory from a batch's peak above the models, to size the next batches."""
+        if peak_memory.get("kind") == "cuda_max_allocated":
+            per_item = (peak_memory["mb"] - peak_memory["before_mb"]) / batch_size
+            self.item_mb = max(self.item_mb or 0.0, per_item)
 
     @property
     def device(self) -> torch.device:

@@ -35,13 +35,19 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
-def s3_bucket():
+def s3_store():
     """A real S3 endpoint (moto's server, behind the fault proxy, left up) on 127.0.0.1 with
-    one bucket; configured through the standard AWS variables, which worker processes inherit."""
+    one bucket; configured through the standard AWS variables, which worker processes
+    inherit. (bucket URI, the proxy (counts what the store serves), a direct filesystem)."""
     from infra.faults import store_behind_proxy
 
-    with store_behind_proxy("dragnext-test"):
-        yield "s3://dragnext-test"
+    with store_behind_proxy("dragnext-test") as (proxy, direct):
+        yield "s3://dragnext-test", proxy, direct
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_store):
+    return s3_store[0]
 
 
 def wait_for(condition, timeout: float, what: str, poll_s: float = 0.2):

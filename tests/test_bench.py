@@ -101,7 +101,7 @@ def test_methods_share_one_finetune_per_case_and_are_each_charged_for_it(tiny_mo
     from tests.conftest import FAST
 
     calls = []
-    stages = importlib.import_module("dragnext.edit")  # the package re-exports the function `edit`
+    stages = importlib.import_module("dragnext.stages")
     real = stages.train_lora
 
     def counted(*args, **kwargs):

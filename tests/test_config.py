@@ -19,6 +19,7 @@ def test_defaults_are_the_papers():
         "features": {"blocks": [2]},
         "attention": {"mutual": True, "start_layer": None},
         "output": {"paste_background": False},
+        "runtime": {"batch_size": None},
     }
     assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
     assert EditConfig().inversion.start_step - EditConfig().pbsi.steps + 1 == 33  # T'

@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +12,8 @@ from dragnext.attention import MutualSelfAttention
 from dragnext.cli import main
 from dragnext.config import build_config
 from dragnext.edit import STAGES, edit
-from dragnext.instruction import read_instruction
 from tests.conftest import FAST, save_mask
-
-
-def load_scene(folder, spec):
-    (folder / "drag.json").write_text(json.dumps(spec))
-    return Image.open(folder / "image.png").convert("RGB"), read_instruction(folder / "drag.json")
+from tests.scenes import dragnext_command, load_scene
 
 
 def test_edit_returns_an_image_of_the_input_size_with_a_full_record(tiny_model, scene, fast_config):
@@ -66,11 +59,6 @@ def test_pasting_the_background_keeps_the_input_outside_the_editable_mask(tiny_m
     assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
     assert result.to_record()["postprocess"] == ["paste_background"]
     assert result.lora_source == "disabled"
-
-
-def dragnext_command() -> list[str]:
-    script = Path(sys.executable).parent / "dragnext"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dragnext.cli"]
 
 
 def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene, tmp_path):
@@ -185,7 +173,7 @@ def test_pbsi_init_warp_starts_from_the_warped_inverted_latent(tiny_model, scene
 
     from dragnext.peers.warp import warp_latent
 
-    stages = importlib.import_module("dragnext.edit")  # the package re-exports the function `edit`
+    stages = importlib.import_module("dragnext.stages")
     seen = {}
     real = stages.pbsi
 
@@ -198,7 +186,7 @@ def test_pbsi_init_warp_starts_from_the_warped_inverted_latent(tiny_model, scene
     assert seen["z_init"] is None  # the paper's start: z_T itself
     config = build_config(fast_config.to_record(), ["pbsi.init=warp"])
     edit(*load_scene(*scene), tiny_model, config)
-    assert torch.equal(seen["z_init"], warp_latent(seen["z_T"], seen["drags"], config.seed))
+    assert torch.equal(seen["z_init"], warp_latent(seen["z_T"], seen["drags"][0], config.seed))
     assert not torch.equal(seen["z_init"], seen["z_T"])
 
 

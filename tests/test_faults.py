@@ -16,14 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-import manifests.storage
 from flows.cli import DEMO_MANIFEST, main
 from flows.results import read_results
 from flows.shard import progress_log
 from infra.faults import item_workers, store_behind_proxy
 from manifests.schema import read_table
 from tests.conftest import FAST, wait_for
-from tests.test_manifests import SYNTHETIC
+from tests.scenes import SYNTHETIC
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 SETS = [a for s in FAST for a in ("--set", s)]
@@ -39,9 +38,10 @@ def assert_one_row_per_item(results: list[dict], n: int) -> None:
     assert len(results) == n and len({r["item_id"] for r in results}) == n
 
 
-def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, tiny_model_dir, capsys):
+def test_a_killed_worker_fails_only_its_batch_and_a_retry_completes_it(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
-    slow = [*SETS, "--set", "pbsi.iterations=25"]  # items long enough to be killed mid-way
+    # batches long enough to be killed mid-way, four of them for the two workers
+    slow = [*SETS, "--set", "pbsi.iterations=25", "--set", "runtime.batch_size=2"]
     killed = {}
 
     def kill_a_busy_worker() -> None:
@@ -60,10 +60,10 @@ def test_a_killed_worker_fails_only_its_item_and_a_retry_completes_it(tmp_path, 
     results = read_results(str(out / "results.parquet"))
     assert_one_row_per_item(results, DEMO_ITEMS)
     failed = [r for r in results if r["status"] == "failed"]
-    assert len(failed) == 1, results  # only the item the worker was editing
-    assert f"WorkerLost: worker process {killed['pid']} died" in failed[0]["error"]
-    assert failed[0]["attempts"] == 1
-    assert sum(r["status"] == "succeeded" for r in results) == DEMO_ITEMS - 1  # the others went on
+    assert 1 <= len(failed) <= 2, results  # only the batch the worker was editing
+    assert all(f"WorkerLost: worker process {killed['pid']} died" in r["error"] for r in failed)
+    assert all(r["attempts"] == 1 for r in failed)
+    assert sum(r["status"] == "succeeded" for r in results) == DEMO_ITEMS - len(failed)  # the others went on
     assert f"dragnext retry {out / 'results.parquet'}" in capsys.readouterr().out
 
     assert main(["-q", "retry", str(out / "results.parquet"), "--workers", "2"]) == 0
@@ -129,8 +129,8 @@ def test_store_outages_mid_run_and_at_the_end_are_ridden_out(flaky_store, on_pro
 def test_a_store_still_down_at_the_end_leaves_the_results_in_a_local_folder(
         flaky_store, on_progress, tmp_path, tiny_model_dir, monkeypatch, capsys):
     proxy, direct, bucket = flaky_store
-    monkeypatch.setattr(manifests.storage, "STORE_RETRIES", 2)
-    monkeypatch.setattr(manifests.storage, "STORE_BACKOFF_S", 0.2)
+    monkeypatch.setenv("DRAGNEXT_STORE_RETRIES", "2")
+    monkeypatch.setenv("DRAGNEXT_STORE_BACKOFF_S", "0.2")
     monkeypatch.setenv("DRAGNEXT_FALLBACK_DIR", str(tmp_path / "fallback"))
     on_progress(lambda done, total: proxy.down() if done == total else None)
     code = main(["-q", "run", f"s3://{bucket}/job/manifest.parquet", "--output", f"s3://{bucket}/out",

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 from diffusers import UNet2DConditionModel
@@ -14,9 +13,7 @@ from bench.cases import make_case
 from dragnext.metrics import colour_mask, score_drag
 from dragnext.model import load_model, model_preset
 from fixture import FIXTURE_MODEL as FIXTURE
-from tests.test_edit import dragnext_command
-
-CASE_SEED = 0  # a translate the shipped preset gets right; the test checks that it still does
+from tests.scenes import CASE_SEED, dragnext_command, write_case
 
 
 def test_the_fixture_model_is_sd_shaped_fp16_within_budget_and_loads_through_load_model():
@@ -32,23 +29,10 @@ def test_the_fixture_model_is_sd_shaped_fp16_within_budget_and_loads_through_loa
     assert model_preset(FIXTURE)["size"] == 64
 
 
-def _write_case(case, folder: Path) -> tuple[Path, Path]:
-    def save(array: np.ndarray, name: str) -> str:
-        Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1)).save(folder / name)
-        return name
-
-    image = folder / save(case.scene.render(), "image.png")
-    instruction = {"prompt": case.scene.prompt(), "editable_mask": save(case.editable_mask(), "m.png"),
-                   "drags": [{"type": case.type, "handle_mask": save(case.handle_mask(), "h.png"),
-                              "handle": [float(v) for v in case.handle],
-                              "target": [float(v) for v in case.target]}]}
-    (folder / "drag.json").write_text(json.dumps(instruction))
-    return image, folder / "drag.json"
-
 
 def test_a_benchmark_translate_runs_offline_through_dragnext_edit_and_lands_on_target(tmp_path):
     case = make_case("translate", CASE_SEED)
-    image, instruction = _write_case(case, tmp_path)
+    image, instruction = write_case(case, tmp_path)
     out = tmp_path / "edited.png"
     done = subprocess.run(
         dragnext_command() + ["-q", "edit", "--model", str(FIXTURE), "--image", str(image),

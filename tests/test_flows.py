@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-import tasks.stages
 from dragnext.edit import STAGES
 from flows.bulk_edit import bulk_edit, retry_failed
 from flows.cli import main
@@ -18,7 +17,7 @@ from manifests.dragbench import import_dragbench
 from manifests.schema import ManifestError, read_table, write_table
 from manifests.storage import filesystem, read_bytes, write_bytes
 from tests.conftest import FAST, FAST_OVERRIDES
-from tests.test_manifests import SYNTHETIC, dragbench_subset
+from tests.scenes import SYNTHETIC, dragbench_subset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 
@@ -72,7 +71,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
 def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp_path, tiny_model_dir,
                                                                              capsys):
     out = tmp_path / "run"
-    sets = [a for s in FAST for a in ("--set", s)]
+    sets = [a for s in [*FAST, "runtime.batch_size=1"] for a in ("--set", s)]  # three batches for two workers
     code = main(["run", str(SYNTHETIC), "--output", str(out), "--model", str(tiny_model_dir),
                  "--workers", "2", *sets])
     captured = capsys.readouterr()
@@ -90,18 +89,24 @@ def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp
 
 def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_path, tiny_model_dir,
                                                                           monkeypatch):
+    import dragnext.stages
+
     calls = {"decode": 0}
-    run_stage = tasks.stages.run_stage
+    real_pbsi, real_image = dragnext.stages.pbsi, dragnext.stages.tensor_to_image
 
-    def faulty(name, model, item, config, done, notify=None):
-        if name == "decode" and item.item_id == "translate-disc" and calls["decode"] == 0:
-            calls["decode"] += 1
-            raise OSError("simulated network blip")
-        if name == "pbsi" and item.item_id == "rotate-bar":
+    def pbsi_with_a_bug(trajectory, drags, *args, **kwargs):
+        if any(d.type == "rotate" for item_drags in drags for d in item_drags):  # rotate-bar's batch
             raise RuntimeError("simulated bug in the optimiser")
-        return run_stage(name, model, item, config, done)
+        return real_pbsi(trajectory, drags, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.stages, "run_stage", faulty)
+    def decode_with_a_blip(*args):
+        calls["decode"] += 1
+        if calls["decode"] == 1:  # translate-disc, alone in decode: rotate-bar failed before
+            raise OSError("simulated network blip")
+        return real_image(*args)
+
+    monkeypatch.setattr(dragnext.stages, "pbsi", pbsi_with_a_bug)
+    monkeypatch.setattr(dragnext.stages, "tensor_to_image", decode_with_a_blip)
     out = tmp_path / "run"
     with pytest.raises(ItemsFailed) as failed:
         bulk_edit(str(SYNTHETIC), str(out), model=str(tiny_model_dir), overrides=FAST_OVERRIDES,
@@ -117,7 +122,7 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
 
     lora = out / "items" / "rotate-bar" / "stages" / "lora.safetensors"
     stored, stamp = lora.read_bytes(), lora.stat().st_mtime_ns
-    monkeypatch.setattr(tasks.stages, "run_stage", run_stage)  # the cause is removed
+    monkeypatch.setattr(dragnext.stages, "pbsi", real_pbsi)  # the cause is removed
     summary = retry_failed(summary["results_uri"], workers=0)
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
@@ -128,6 +133,27 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     record = json.loads((out / "items" / "rotate-bar" / "record.json").read_text())
     assert record["reused"] == ["inversion", "lora"]  # resumed after the last finished stage
     assert set(record["unet_passes"]["by_stage"]) == {"pbsi", "denoise"}  # reused stages cost nothing
+
+
+def test_the_run_command_hands_workers_batches_and_keeps_one_row_per_item(tmp_path, tiny_model_dir, capsys):
+    from manifests.examples import DEMO_MANIFEST
+
+    out = tmp_path / "out"
+    sets = [a for s in [*FAST, "runtime.batch_size=4"] for a in ("--set", s)]
+    assert main(["run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", *sets]) == 0
+    captured = capsys.readouterr()
+    assert "8/8" in captured.err and "8 succeeded" in captured.out  # the items bar counts items
+    results = read_table(str(out / "results.parquet")).to_pylist()
+    assert len(results) == 8 and len({r["item_id"] for r in results}) == 8
+    records = {r["item_id"]: json.loads(Path(r["record_uri"]).read_text()) for r in results}
+    batches = {tuple(rec["batch"]["items"]) for rec in records.values()}
+    assert sorted(len(b) for b in batches) == [4, 4] and set(sum(batches, ())) == set(records)
+    assert all(item in rec["batch"]["items"] and rec["batch"]["size"] == 4 for item, rec in records.items())
+    assert all(rec["config"]["runtime"]["batch_size"] == 4 for rec in records.values())
+    assert len({rec["worker"]["pid"] for rec in records.values()}) == 2  # a batch per worker
+    pbsi = next(iter(records.values()))["unet_passes"]["by_stage"]["pbsi"]
+    assert pbsi["forward_samples"] == 4 * pbsi["forward"]  # every UNet call took the whole batch
 
 
 def test_a_manifest_that_cannot_be_read_fails_the_run_before_any_item(tmp_path, tiny_model_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.cases import make_case
-from tests.test_fixture_model import CASE_SEED, _write_case
+from tests.scenes import CASE_SEED, write_case
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = os.environ.get("TORCH", "torch==2.13.0")  # the CPU build, as `make setup` pins it
@@ -37,7 +37,7 @@ def test_a_non_editable_install_runs_the_demo_help_and_a_fixture_edit_from_outsi
     assert module.startswith(str(venv)) and model.startswith(str(venv))  # the copy, not the checkout
 
     assert "--out" in run(dragnext, "demo", "--help")
-    image, instruction = _write_case(make_case("translate", CASE_SEED), outside)
+    image, instruction = write_case(make_case("translate", CASE_SEED), outside)
     run(dragnext, "-q", "edit", "--model", model, "--image", image, "--instruction", instruction,
         "--out", outside / "edited.png", "--device", "cpu")
     record = json.loads((outside / "edited.json").read_text())

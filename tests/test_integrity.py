@@ -114,10 +114,11 @@ def test_a_full_disk_stops_the_run_loses_no_finished_row_and_a_rerun_completes_i
                                                                                  capsys, monkeypatch):
     monkeypatch.setenv("DRAGNEXT_FALLBACK_DIR", str(tmp_path / "fallback"))
     job = job_folder(tmp_path)
+    pairs = ("--set", "runtime.batch_size=2")  # batches finish one after another as the disk fills
     with small_disk(tmp_path / "disk", "1500k") as disk:
         out = disk / "out"
         started = time.monotonic()
-        assert main(run(job / "manifest.parquet", out, tiny_model_dir)) == 3
+        assert main(run(job / "manifest.parquet", out, tiny_model_dir, *pairs)) == 3
         err = capsys.readouterr().err
         assert "disk full" in err and str(tmp_path / "fallback") in err and "Traceback" not in err
         assert time.monotonic() - started < 120
@@ -134,7 +135,7 @@ def test_a_full_disk_stops_the_run_loses_no_finished_row_and_a_rerun_completes_i
         assert any("not run: the output cannot take writes" in (r["error"] or "") for r in results)
 
         resize_disk(disk, "20m")
-        assert main(run(job / "manifest.parquet", out, tiny_model_dir)) == 0
+        assert main(run(job / "manifest.parquet", out, tiny_model_dir, *pairs)) == 0
         assert f"8 succeeded ({len(done)} kept from before)" in capsys.readouterr().out
 
         read_only_disk(disk)

@@ -2,10 +2,8 @@
 
 import io
 import json
-import os
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,22 +17,7 @@ from manifests.items import conform, load_item, validate_rows
 from manifests.schema import MANIFEST, SCHEMA_VERSION, VERSION_KEY, read_table, write_manifest
 from manifests.storage import resolve
 from manifests.uris import UriPolicy
-
-# CI lays shared/ beside the checkout; DRAGBENCH_FIXTURES points elsewhere if needed.
-DRAGBENCH = Path(os.environ.get("DRAGBENCH_FIXTURES", Path(__file__).resolve().parents[2] / "shared"
-                                / "fixtures" / "dragbench-sample"))
-SYNTHETIC = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "synthetic" / "manifest.parquet"
-
-
-def dragbench_subset(tmp_path: Path, names: list[str]) -> Path:
-    """A copy of some fixture samples (the fixtures themselves stay read-only)."""
-    if not DRAGBENCH.is_dir():  # a clone without ../shared runs the rest of the suite
-        pytest.skip(f"DragBench fixtures not found at {DRAGBENCH} (set DRAGBENCH_FIXTURES)")
-    root = tmp_path / "dragbench"
-    for name in names:
-        sample = next(DRAGBENCH.glob(f"{name}/*"))
-        shutil.copytree(sample, root / name / sample.name)
-    return root
+from tests.scenes import SYNTHETIC, dragbench_subset
 
 
 def test_the_schema_is_versioned_and_keeps_extra_columns():

@@ -43,11 +43,11 @@ def test_lora_training_depends_on_its_seed_alone(tiny_model):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     context = tiny_model.embed_prompt("a photo")
     config = LoraConfig(steps=2, rank=4, lr=1e-2)
-    first = train_lora(tiny_model, x, context, config, seed=3)
+    [first] = train_lora(tiny_model, x, context, config, seed=3)
     torch.randn(1000)
-    second = train_lora(tiny_model, x, context, config, seed=3)
+    [second] = train_lora(tiny_model, x, context, config, seed=3)
     assert all(torch.equal(first[k], second[k]) for k in first)
-    other = train_lora(tiny_model, x, context, config, seed=4)
+    [other] = train_lora(tiny_model, x, context, config, seed=4)
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
@@ -55,7 +55,7 @@ def test_lora_trains_then_leaves_every_base_weight_bit_identical(tiny_model):
     before = snapshot(tiny_model.unet)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     context = tiny_model.embed_prompt("a photo")
-    weights = train_lora(tiny_model, x, context, LoraConfig(steps=3, rank=4, lr=1e-2), seed=0)
+    [weights] = train_lora(tiny_model, x, context, LoraConfig(steps=3, rank=4, lr=1e-2), seed=0)
     after = snapshot(tiny_model.unet)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -65,7 +65,7 @@ def test_lora_trains_then_leaves_every_base_weight_bit_identical(tiny_model):
 
     z = torch.randn(1, 4, 16, 16)
     plain = tiny_model.predict_noise(z, 500, context)
-    with lora_applied(tiny_model, weights, rank=4):
+    with lora_applied(tiny_model, [weights]):
         adapted = tiny_model.predict_noise(z, 500, context)
     assert not torch.allclose(plain, adapted)
     assert torch.equal(tiny_model.predict_noise(z, 500, context), plain)

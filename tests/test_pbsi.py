@@ -11,24 +11,9 @@ import torch
 
 import dragnext.pbsi
 from dragnext.config import PbsiConfig
-from dragnext.ddim import DDIMSchedule
 from dragnext.geometry import RegionDrag
 from dragnext.pbsi import pbsi
-
-SIZE = (16, 16)
-
-
-def flat_schedule(n: int) -> DDIMSchedule:
-    """ᾱ = 1 everywhere: with ε = 0 the DDIM step is the identity, so z_{T'−1} = z_T'."""
-    return DDIMSchedule(timesteps=list(range(-1, n)), alphas=torch.ones(n + 1, dtype=torch.float64))
-
-
-def latent_as_features(z: torch.Tensor, t: int):
-    return torch.zeros_like(z), z
-
-
-def point(x, y):
-    return torch.tensor([x, y], dtype=torch.float64)
+from tests.scenes import SIZE, flat_schedule, latent_as_features, point
 
 
 def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as_features, **options):
@@ -53,7 +38,7 @@ def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as
     z = handle.float().expand(1, 4, *SIZE).clone()
     steps, T = 6, 8
     config = PbsiConfig(steps=steps, iterations=10, lr=0.1, lam=lam, progressive=progressive, **options)
-    out = pbsi([z] * (T + 1), [d], editable, flat_schedule(T), config, forward)
+    out = pbsi([z] * (T + 1), [[d]], [editable], flat_schedule(T), config, forward)
     return out[0], goal & editable & ~handle, strip, editable
 
 
@@ -139,7 +124,8 @@ def test_a_start_latent_replaces_z_T():
     start = torch.randn(1, 4, *SIZE)
     d = RegionDrag("translate", torch.ones(SIZE, dtype=torch.bool), point(4, 7), point(6, 7))
     config = PbsiConfig(steps=1, iterations=1, lr=1e-12)
-    args = ([z] * 3, [d], torch.ones(SIZE, dtype=torch.bool), flat_schedule(2), config, latent_as_features)
+    editable = [torch.ones(SIZE, dtype=torch.bool)]
+    args = ([z] * 3, [[d]], editable, flat_schedule(2), config, latent_as_features)
     assert torch.allclose(pbsi(*args, z_init=start), start)
     assert torch.allclose(pbsi(*args), z)
 

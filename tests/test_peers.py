@@ -9,8 +9,7 @@ from dragnext.geometry import RegionDrag
 from dragnext.peers.dragdiffusion import drag_diffusion
 from dragnext.peers.warp import warp_latent
 from tests.conftest import FAST
-from tests.test_edit import load_scene
-from tests.test_pbsi import SIZE, flat_schedule, latent_as_features, point
+from tests.scenes import SIZE, flat_schedule, latent_as_features, load_scene, point
 
 
 def block_translate():

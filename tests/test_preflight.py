@@ -25,12 +25,12 @@ def test_a_bad_set_on_run_is_one_line_and_exit_2_in_seconds_without_starting_pre
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(DEMO_MANIFEST), "--output",
-                           str(tmp_path / "out"), "--model", str(tiny_model_dir), "--set", "runtime.x=1"],
+                           str(tmp_path / "out"), "--model", str(tiny_model_dir), "--set", "nosuch.x=1"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert time.monotonic() - started < 30
     lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
-    assert lines == ["dragnext: error: invalid config: runtime: Extra inputs are not permitted"], done.stderr
+    assert lines == ["dragnext: error: invalid config: nosuch: Extra inputs are not permitted"], done.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -66,15 +66,16 @@ def test_torn_rows_and_results_count_as_missing(tmp_path):
 
 def test_a_torn_stage_is_computed_again_not_trusted(tmp_path):
     store = StageStore(str(tmp_path))
-    store.save("pbsi", "key-1", {"z": torch.ones(2, 2)})
-    assert torch.equal(store.load("pbsi", "key-1")["z"], torch.ones(2, 2))
-    path = tmp_path / "stages" / "pbsi.safetensors"
+    store.save("a", "pbsi", "key-1", {"z": torch.ones(2, 2)})
+    assert torch.equal(store.load("a", "pbsi", "key-1")["z"], torch.ones(2, 2))
+    assert store.load("a", "pbsi", "key-2") is None
+    path = tmp_path / "items" / "a" / "stages" / "pbsi.safetensors"
     path.write_bytes(path.read_bytes()[:-5])  # the tail lost
-    assert store.load("pbsi", "key-1") is None
+    assert store.load("a", "pbsi", "key-1") is None
     path.write_bytes(b"\xff" * 8)  # a header length that is nonsense
-    assert store.key_of("pbsi") is None
+    assert store.key_of("a", "pbsi") is None
     path.write_bytes(b"")
-    assert store.load("pbsi", "key-1") is None
+    assert store.load("a", "pbsi", "key-1") is None
 
 
 def test_the_uri_policy_judges_real_paths_and_decoded_urls(tmp_path):

@@ -10,7 +10,7 @@ from flows.results import read_results
 from infra.faults import MALFORMED, careless_manifest, malformed_files, malformed_rows
 from manifests.schema import read_table
 from tests.conftest import FAST
-from tests.test_manifests import SYNTHETIC
+from tests.scenes import SYNTHETIC
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 SETS = [a for s in FAST for a in ("--set", s)]

@@ -52,7 +52,7 @@ def region_fidelity(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> f
 
 def image_fidelity(original: Image.Image, edited: Image.Image, item: EditItem) -> dict[str, float | None]:
     """IF_ed, IF_th, IF_hh for a validated item (input-size images). None where undefined."""
-    from dragnext.edit import region_drags
+    from dragnext.stages import region_drags
 
     if edited.size != original.size:
         raise ValueError(f"edited image is {edited.size}, original is {original.size}")

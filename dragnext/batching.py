@@ -1,0 +1,54 @@
+"""Which items are edited together, and how many: items batch when they share the config
+(all but `runtime`) and the working size, up to `runtime.batch_size` at once.
+
+The default on the CPU is what `make throughput` measured best on 2 cores
+(docs/throughput.json). On CUDA it is what fits in the free memory at the per-item peak
+measured on this worker's earlier batches (`item_mb`), or before any at a conservative
+estimate; one that is too high costs throughput, one that is too low costs nothing worse
+than a split: a batch that runs out of memory is halved and run again (`dragnext.graph`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from dragnext.config import EditConfig
+from dragnext.instruction import EditItem
+from dragnext.model import DragModel
+from dragnext.stages import item_working_size
+
+CPU_BATCH_SIZE = 8
+MAX_AUTO_BATCH = 16
+# Peak CUDA memory one item adds at 512² (SD1.5, half precision, PBSI's backward through
+# the UNet): a conservative estimate, scaled by pixel count.
+ITEM_MB_AT_512 = 4096
+
+
+def default_batch_size(device: torch.device, config: EditConfig, item_mb: float | None = None) -> int:
+    """`runtime.batch_size`, or the device's default (see the module's docstring)."""
+    if config.runtime.batch_size is not None:
+        return config.runtime.batch_size
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    per_item = (item_mb or ITEM_MB_AT_512 * (config.size / 512) ** 2) * 2**20
+    return max(1, min(MAX_AUTO_BATCH, int(0.8 * free / per_item)))
+
+
+def group_key(config: EditConfig, size: tuple[int, int]) -> str:
+    return json.dumps([config.output_record(), size], sort_keys=True)
+
+
+def batches(items: list[EditItem], configs: list[EditConfig], model: DragModel,
+            item_mb: float | None = None) -> list[list[int]]:
+    """Indices of `items`, in batches of one config and one working size, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, (item, config) in enumerate(zip(items, configs, strict=True)):
+        groups.setdefault(group_key(config, item_working_size(item, model, config)), []).append(i)
+    out = []
+    for members in groups.values():
+        size = default_batch_size(model.device, configs[members[0]], item_mb)
+        out += [members[k:k + size] for k in range(0, len(members), size)]
+    return out

@@ -1,0 +1,213 @@
+"""The stages of an edit (SPEC §3), each over a batch of items that share a config and a
+working size: every UNet call takes all of them.
+
+    prepare → LoRA finetune → DDIM inversion → PBSI → mutual-attention denoising → decode
+
+A stage takes the `Batch` and the outputs of the stages before it (one dict per item) and
+returns one output per item; an item whose own output cannot be right gets its exception
+in its place, and its batch-mates go on. `dragnext.graph` says what each stage reads and
+depends on, and runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from dragnext.config import EditConfig
+from dragnext.ddim import DDIMSchedule, invert
+from dragnext.denoise import denoise_edited
+from dragnext.features import feature_hooks
+from dragnext.geometry import RegionDrag
+from dragnext.instruction import EditItem
+from dragnext.lora import lora_applied, train_lora
+from dragnext.model import DragModel
+from dragnext.output_check import EditFailed, check_image, check_latent
+from dragnext.pbsi import pbsi
+from dragnext.peers.dragdiffusion import drag_diffusion
+from dragnext.peers.warp import warp_latent
+from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, tensor_to_image, working_size
+
+Callback = Callable[[str, int, int], None]  # (stage, done, total)
+Outputs = list[dict[str, Any]]  # per item: stage name → its output
+
+
+@dataclass
+class Prepared:
+    """One item at the working resolution, on the model's device."""
+    x: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    drags: list[RegionDrag]
+    editable: torch.Tensor  # M, bool (H, W)
+    context: torch.Tensor  # prompt embedding (1, L, D)
+
+    @property
+    def size(self) -> Size:
+        return tuple(self.x.shape[-2:])
+
+
+@dataclass
+class Batch:
+    """Items edited together: one config, one working size."""
+    items: list[EditItem]
+    model: DragModel
+    config: EditConfig
+    notify: Callback
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def item_working_size(item: EditItem, model: DragModel, config: EditConfig) -> Size:
+    width, height = item.size
+    return working_size(width, height, config.size, model.size_multiple)
+
+
+def region_drags(item: EditItem, size: Size) -> list[RegionDrag]:
+    """The item's drags as `RegionDrag`s at `size` (a scale keeps its input-resolution factors)."""
+    input_size = (item.image.height, item.image.width)
+
+    def point(p):
+        return None if p is None else scale_point(torch.tensor(p, dtype=torch.float64),
+                                                  input_size, size)
+
+    return [RegionDrag(d.type, resize_mask(torch.from_numpy(d.handle_mask), size),
+                       point(d.handle), point(d.target), point(d.center), d.axis or "uniform", d.factors)
+            for d in item.instruction.drags]
+
+
+def _stack(done: Outputs, stage: str) -> torch.Tensor:
+    return torch.cat([d[stage] for d in done])
+
+
+def _contexts(done: Outputs) -> torch.Tensor:
+    return torch.cat([d["prepare"].context for d in done])
+
+
+def _lora(batch: Batch, done: Outputs) -> list | None:
+    return [d["lora"] for d in done] if batch.config.lora.enabled else None
+
+
+def _schedule(batch: Batch) -> DDIMSchedule:
+    return DDIMSchedule.from_scheduler(batch.model.scheduler, batch.config.inversion.num_steps)
+
+
+def prepare(batch: Batch, done: Outputs) -> list[Prepared]:
+    model = batch.model
+    prepared = []
+    for item in batch.items:
+        size = item_working_size(item, model, batch.config)
+        prepared.append(Prepared(
+            x=image_to_tensor(item.image, size).to(model.device),
+            drags=region_drags(item, size),
+            editable=resize_mask(torch.from_numpy(item.editable), size),
+            context=model.embed_prompt(item.instruction.prompt)))
+    batch.notify("prepare", 1, 1)
+    return prepared
+
+
+def finetune(batch: Batch, done: Outputs) -> list:
+    """Each item's LoRA weights (one batched training), or None when LoRA is off."""
+    config = batch.config
+    if not config.lora.enabled:
+        return [None] * len(batch)
+    x = torch.cat([d["prepare"].x for d in done])
+    return train_lora(batch.model, x, _contexts(done), config.lora, config.seed,
+                      on_step=lambda step: batch.notify("lora", step, config.lora.steps))
+
+
+def invert_images(batch: Batch, done: Outputs) -> list[list[torch.Tensor]]:
+    """Each item's reference trajectory [z_0 … z_T]."""
+    model, T = batch.model, batch.config.inversion.start_step
+    contexts = _contexts(done)
+    with lora_applied(model, _lora(batch, done)):
+        z_0 = model.encode(torch.cat([d["prepare"].x for d in done]))
+        trajectory = invert(_schedule(batch), z_0, T, lambda z, t: model.predict_noise(z, t, contexts),
+                            on_step=lambda step: batch.notify("inversion", step, T))
+    return [[z[b:b + 1] for z in trajectory] for b in range(len(batch))]
+
+
+def _trajectory(done: Outputs) -> list[torch.Tensor]:
+    """The items' trajectories, stacked step by step."""
+    return [torch.cat(steps) for steps in zip(*(d["inversion"] for d in done), strict=True)]
+
+
+def optimise(batch: Batch, done: Outputs) -> list[torch.Tensor]:
+    """The method's latent edit: PBSI over T … T' for DragNeXt (z_{T'−1}); the peers edit
+    z_T. Denoising continues from `config.edit_step`."""
+    config, model = batch.config, batch.model
+    if config.method == "warp":
+        return [warp_latent(d["inversion"][-1], d["prepare"].drags, config.seed) for d in done]
+    if config.method == "dragdiffusion":  # point tracking stops each item at its own iteration
+        loras = _lora(batch, done) or [None] * len(done)
+        return [_drag_diffusion(batch, d, lora) for d, lora in zip(done, loras, strict=True)]
+    schedule, prepared = _schedule(batch), [d["prepare"] for d in done]
+    trajectory, contexts = _trajectory(done), _contexts(done)
+    feature_size = (prepared[0].size[0] // 2, prepared[0].size[1] // 2)
+    total = config.pbsi.steps * config.pbsi.iterations
+    with lora_applied(model, _lora(batch, done)), \
+            feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
+        def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return model.predict_noise(z, schedule.timesteps[k], contexts), hooks.pop()
+
+        z_init = (torch.cat([warp_latent(d["inversion"][-1], d["prepare"].drags, config.seed) for d in done])
+                  if config.pbsi.init == "warp" else None)
+        z_edit = pbsi(trajectory, [p.drags for p in prepared], [p.editable for p in prepared], schedule,
+                      config.pbsi, forward, on_iteration=lambda step: batch.notify("pbsi", step, total),
+                      z_init=z_init)
+    return list(z_edit.split(1))
+
+
+def _drag_diffusion(batch: Batch, done: dict, lora) -> torch.Tensor:
+    config, model, prep = batch.config, batch.model, done["prepare"]
+    schedule = _schedule(batch)
+    feature_size = (prep.size[0] // 2, prep.size[1] // 2)
+    with lora_applied(model, None if lora is None else [lora]), \
+            feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
+        def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return model.predict_noise(z, schedule.timesteps[k], prep.context), hooks.pop()
+
+        return drag_diffusion(done["inversion"], prep.drags, prep.editable, schedule, config.dragdiffusion,
+                              forward, on_iteration=lambda step: batch.notify(
+                                  "pbsi", step, config.dragdiffusion.iterations))
+
+
+def denoise_latents(batch: Batch, done: Outputs) -> list[torch.Tensor]:
+    """Denoise each edited latent from `config.edit_step` to z_0 next to its reference."""
+    model, config, k = batch.model, batch.config, batch.config.edit_step
+    with lora_applied(model, _lora(batch, done)):
+        z_ref = torch.cat([d["inversion"][k] for d in done])
+        z_0 = denoise_edited(model, _schedule(batch), _stack(done, "pbsi"), z_ref, k, _contexts(done),
+                             config.attention, on_step=lambda step: batch.notify("denoise", k - step + 1, k))
+    return list(z_0.split(1))
+
+
+def paste_background(edited: Image.Image, original: Image.Image, editable: np.ndarray) -> Image.Image:
+    """Blend the original back outside M, feathered so no seam shows."""
+    radius = max(1.0, 0.01 * max(original.size))
+    alpha = Image.fromarray(editable.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
+    return Image.composite(edited, original.convert("RGB"), alpha)
+
+
+def decode_images(batch: Batch, done: Outputs) -> list[Image.Image | EditFailed]:
+    """Each edited image at its input size, or `EditFailed` for one that cannot be right
+    (non-finite, or flat where the input is not)."""
+    x = batch.model.decode(_stack(done, "denoise"))
+    images: list[Image.Image | EditFailed] = []
+    for item, x_b in zip(batch.items, x.split(1), strict=True):
+        try:
+            check_latent(x_b, "the decoded image")
+            edited = tensor_to_image(x_b, *item.size)
+            check_image(item.image, edited)
+        except EditFailed as failed:
+            images.append(failed)
+            continue
+        if batch.config.output.paste_background:
+            edited = paste_background(edited, item.image, item.editable)
+        images.append(edited)
+    batch.notify("decode", 1, 1)
+    return images
