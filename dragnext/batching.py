@@ -37,8 +37,21 @@ def default_batch_size(device: torch.device, config: EditConfig, item_mb: float 
     return max(1, min(MAX_AUTO_BATCH, int(0.8 * free / per_item)))
 
 
+def dispatch_size(config: EditConfig) -> int:
+    """Items to hand a worker at once: `runtime.batch_size`, or the most a worker on this
+    machine's device may batch (it sizes its own batches within that)."""
+    if config.runtime.batch_size is not None:
+        return config.runtime.batch_size
+    return MAX_AUTO_BATCH if torch.cuda.is_available() else CPU_BATCH_SIZE
+
+
+def config_key(config: EditConfig) -> str:
+    """Equal for configs whose items can share UNet calls (all but `runtime`)."""
+    return json.dumps(config.output_record(), sort_keys=True)
+
+
 def group_key(config: EditConfig, size: tuple[int, int]) -> str:
-    return json.dumps([config.output_record(), size], sort_keys=True)
+    return json.dumps([config_key(config), size])
 
 
 def batches(items: list[EditItem], configs: list[EditConfig], model: DragModel,

@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from dragnext.batching import CPU_BATCH_SIZE, MAX_AUTO_BATCH
+from dragnext.batching import config_key, dispatch_size
 from dragnext.config import EditConfig
 from flows.periodic import every
 from flows.results import results_table, write_row
@@ -135,19 +135,9 @@ def _label(batch: list[ItemContext]) -> str:
     return batch[0].item_id + (f" and {len(batch) - 1} more" if len(batch) > 1 else "")
 
 
-def dispatch_size(config: EditConfig) -> int:
-    """Items handed to a worker at once: `runtime.batch_size`, or as many as a worker may
-    choose to batch on this machine's device (`dragnext.batching`)."""
-    import torch
-
-    if config.runtime.batch_size is not None:
-        return config.runtime.batch_size
-    return MAX_AUTO_BATCH if torch.cuda.is_available() else CPU_BATCH_SIZE
-
-
 def batches_of(contexts: list[ItemContext], size: int) -> list[list[ItemContext]]:
     """Runs of `size` items, those of one config next to each other (they can share UNet calls)."""
-    ordered = sorted(contexts, key=lambda c: json.dumps(c.edit_config.output_record(), sort_keys=True))
+    ordered = sorted(contexts, key=lambda c: config_key(c.edit_config))
     return [ordered[k:k + size] for k in range(0, len(ordered), size)]
 
 
