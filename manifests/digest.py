@@ -9,16 +9,19 @@ resume of 100 000 items does not download every image again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dragnext.fingerprint import digest
 from manifests.storage import is_remote, object_info, read_bytes, regular_file_size
 
 
-def file_identity(uri: str) -> str:
-    """Changes whenever the file's content does. Opens nothing but a regular file."""
+def file_identity(uri: str, look: Callable[[str], dict] | None = None) -> str:
+    """Changes whenever the file's content does. Opens nothing but a regular file. An
+    object is looked at with `look` (by default `object_info`)."""
     if not is_remote(uri):
         regular_file_size(uri)  # a stat: a FIFO is never opened
         return digest(uri, read_bytes(uri))
-    info = object_info(uri)
+    info = (look or object_info)(uri)
     tag = info.get("ETag") or info.get("etag") or info.get("VersionId")
     if tag:
         return digest(uri, str(tag), info.get("size"), info.get("VersionId"))

@@ -140,7 +140,8 @@ def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: U
     files = [policy.resolve(uri) for uri in _file_fields(spec, row).values()]
     inputs = {"image_uri": row["image_uri"], **instruction_of(row)}
     output_config = {k: v for k, v in config.items() if k != "runtime"}  # how it runs is not an input
-    identities = [(once or Once())(file_identity, uri) for uri in files]
+    once = once or Once()
+    identities = [once(file_identity, uri, once.info) for uri in files]
     return input_digest(inputs, identities, output_config, model_fingerprint)
 
 
@@ -178,7 +179,7 @@ def _look(uri: str, policy: UriPolicy, item: str, field: str, once: Once) -> str
     if resolved is None:
         raise InvalidItemError(item, field, policy.refusal(uri))
     try:
-        size = once(regular_file_size, resolved)
+        size = once(regular_file_size, resolved, once.info)
     except FileNotFoundError:
         raise InvalidItemError(item, field, f"'{uri}' does not exist") from None
     except NotARegularFile as error:

@@ -187,9 +187,10 @@ def read_bytes(uri: str, end: int | None = None) -> bytes:
     return with_retries(lambda: fs.cat_file(path, end=end), f"reading {uri}")
 
 
-def regular_file_size(uri: str) -> int:
+def regular_file_size(uri: str, look: Callable[[str], dict] | None = None) -> int:
     """The size of a regular file or object; raises `FileNotFoundError` or `NotARegularFile`
-    (local paths are looked at with stat, which opens nothing)."""
+    (local paths are looked at with stat, which opens nothing; objects with `look`, by
+    default `object_info`)."""
     if not is_remote(uri):
         try:
             mode = os.stat(_local_path(uri))
@@ -200,7 +201,7 @@ def regular_file_size(uri: str) -> int:
         if not stat.S_ISREG(mode.st_mode):
             raise NotARegularFile("is not a regular file (a FIFO, socket or device)")
         return mode.st_size
-    return int(object_info(uri).get("size") or 0)
+    return int((look or object_info)(uri).get("size") or 0)
 
 
 def object_info(uri: str) -> dict:
@@ -373,3 +374,7 @@ class Once:
         if not ok:
             raise value
         return value
+
+    def info(self, uri: str) -> dict:
+        """`object_info` once per URI: validation's look and the digest share one HEAD."""
+        return self(object_info, uri)
