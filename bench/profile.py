@@ -22,7 +22,7 @@ from bench.run import item_of
 from dragnext import cli as library_cli
 from dragnext.config import EditConfig, build_config, read_config_file
 from dragnext.edit import STAGES, EditResult, edit
-from dragnext.model import DEFAULT_MODEL, DragModel, load_model, model_preset
+from dragnext.model import DragModel, load_model, model_preset
 
 PROFILE_CASE = ("rotate", 0)
 
@@ -46,7 +46,7 @@ def profile(model: DragModel, config: EditConfig, repeat: int, warmup: int = 1) 
     totals = [sum(r.timings.values()) for r in results]
     peak = max(results, key=lambda r: r.peak_memory["mb"]).peak_memory
     return {
-        "model": model.spec, "device": str(model.device), "device_name": device_name(model.device),
+        "model": str(model.source), "family": model.architecture.family, "device": str(model.device), "device_name": device_name(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "torch": torch.__version__,
         "diffusers": diffusers.__version__, "working_size": list(results[-1].working_size),
         "warmup": warmup, "repeat": repeat, "stages": stages, "unet_passes": results[-1].unet_passes,
@@ -74,7 +74,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     sets = args.set + ([f"size={args.size}"] if args.size else [])
     config = build_config(read_config_file(args.config) if args.config else None, sets,
                           preset=model_preset(args.model))
-    model = load_model(args.model, device=args.device)
+    model = load_model(library_cli.model_source(args), device=args.device)
+    config.check_model(model.architecture)
     report = profile(model, config, args.repeat, args.warmup)
     print(table(report))
     if args.json:
@@ -86,11 +87,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     command = commands.add_parser("profile", help="time one edit per stage: seconds, UNet passes, "
                                   "peak memory")
-    command.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: "
-                         f"{DEFAULT_MODEL})")
+    library_cli.add_model_arguments(command)
     command.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")
     command.add_argument("--size", type=int, help="working size, the longer side in px (default: the "
-                         "config's, 512 or the model's preset)")
+                         "model's preset, else its native size: 512 SD1.x, 768 SD2.x-v, 1024 SDXL)")
     command.add_argument("--repeat", type=int, default=3, help="timed edits after the warm-up (default 3)")
     command.add_argument("--warmup", type=int, default=1, help="untimed edits first (default 1)")
     command.add_argument("--json", help="write the report here")

@@ -1,6 +1,6 @@
 """Mutual self-attention (MasaCtrl): while a batch [reference, edited] is denoised, the
-edited branch's self-attention layers in the last two decoder stages read keys and values from the reference
-branch, so the content it renders is the reference's, at the edited layout."""
+edited branch's self-attention layers in the last two decoder stages read keys and values from the
+reference branch, so the content it renders is the reference's, at the edited layout."""
 
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ def self_attention_layers(unet: nn.Module) -> list[str]:
     names = [n for n in unet.attn_processors if n.endswith("attn1.processor")]
     rank = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     return sorted(names, key=lambda n: rank[n.split(".")[0]])  # stable: keeps order within
-
-
-def paper_start_layer(unet: nn.Module) -> int:
-    """The first self-attention layer of `up_blocks[-2]`: the paper's "from the 10th layer",
-    counting SD1.5's 16 self-attention layers in forward order (down 0–5, mid 6, up 7–15),
-    so the last two decoder stages attend to the reference."""
-    layers = self_attention_layers(unet)
-    block = f"up_blocks.{len(unet.up_blocks) - 2}."
-    return next(i for i, n in enumerate(layers) if n.startswith(block))
 
 
 class MutualSelfAttention:
@@ -50,11 +41,10 @@ class MutualSelfAttention:
 
 
 @contextmanager
-def mutual_self_attention(unet: nn.Module, start_layer: int | None = None):
-    """Install mutual self-attention on self-attention layers from `start_layer` (forward
-    order; default: `paper_start_layer`) onward; restore the original processors after."""
+def mutual_self_attention(unet: nn.Module, start: int):
+    """Install mutual self-attention on self-attention layers from `start` (forward order;
+    the paper's: `Architecture.mutual_start_layer`) onward; restore the original processors after."""
     layers = self_attention_layers(unet)
-    start = paper_start_layer(unet) if start_layer is None else start_layer
     if start >= len(layers):
         raise ValueError(f"attention.start_layer={start}: the UNet has {len(layers)} "
                          "self-attention layers")

@@ -26,14 +26,16 @@ MAX_AUTO_BATCH = 16
 ITEM_MB_AT_512 = 4096
 
 
-def default_batch_size(device: torch.device, config: EditConfig, item_mb: float | None = None) -> int:
-    """`runtime.batch_size`, or the device's default (see the module's docstring)."""
+def default_batch_size(device: torch.device, config: EditConfig, size: tuple[int, int],
+                       item_mb: float | None = None) -> int:
+    """`runtime.batch_size`, or the device's default for items of working `size` (see the
+    module's docstring)."""
     if config.runtime.batch_size is not None:
         return config.runtime.batch_size
     if device.type != "cuda":
         return CPU_BATCH_SIZE
     free, _ = torch.cuda.mem_get_info(device)
-    per_item = (item_mb or ITEM_MB_AT_512 * (config.size / 512) ** 2) * 2**20
+    per_item = (item_mb or ITEM_MB_AT_512 * size[0] * size[1] / 512**2) * 2**20
     return max(1, min(MAX_AUTO_BATCH, int(0.8 * free / per_item)))
 
 
@@ -58,10 +60,14 @@ def batches(items: list[EditItem], configs: list[EditConfig], model: DragModel,
             item_mb: float | None = None) -> list[list[int]]:
     """Indices of `items`, in batches of one config and one working size, in first-seen order."""
     groups: dict[str, list[int]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for i, (item, config) in enumerate(zip(items, configs, strict=True)):
-        groups.setdefault(group_key(config, item_working_size(item, model, config)), []).append(i)
+        size = item_working_size(item, model, config)
+        key = group_key(config, size)
+        groups.setdefault(key, []).append(i)
+        sizes[key] = size
     out = []
-    for members in groups.values():
-        size = default_batch_size(model.device, configs[members[0]], item_mb)
-        out += [members[k:k + size] for k in range(0, len(members), size)]
+    for key, members in groups.items():
+        count = default_batch_size(model.device, configs[members[0]], sizes[key], item_mb)
+        out += [members[k:k + count] for k in range(0, len(members), count)]
     return out

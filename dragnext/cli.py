@@ -1,4 +1,5 @@
-"""The `dragnext` command: `edit` one image, or write a `tiny-model` for tests and smoke checks."""
+"""The `dragnext` command: `edit` one image, or write a `tiny-model` of a family for tests,
+smoke checks and profiles."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tqdm import tqdm
 from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
-from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, load_model, model_preset
+from dragnext.architecture import UnsupportedModelError
+from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, ModelSource, load_model, model_preset
 from dragnext.output_check import EditFailed
+from dragnext.style_lora import StyleLoraError
 from dragnext.tiny_model import ARCHS, save_tiny_model
 
 log = logging.getLogger("dragnext")
@@ -28,7 +31,8 @@ class OutputPathError(ValueError):
     matches it, or it names a file where a folder is needed."""
 
 
-EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError, OutputPathError, EditFailed)
+EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError, OutputPathError, EditFailed,
+                   UnsupportedModelError, StyleLoraError)
 
 
 class StageProgress:
@@ -87,7 +91,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     image = read_image(args.image, item_id)
     instruction = read_instruction(args.instruction, item_id)
     validate_item(EditItem(image, instruction, item_id))  # before any model is loaded
-    model = load_model(args.model, device=args.device)
+    model = load_model(model_source(args), device=args.device)
+    config.check_model(model.architecture)
     progress = StageProgress(enabled=not args.quiet)
     try:
         result = edit(image, instruction, model, config, item_id=item_id, callback=progress)
@@ -105,16 +110,30 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    path = save_tiny_model(args.directory, seed=args.seed, arch=args.arch)
-    log.info("wrote a random-weight %s SD-architecture model to %s", args.arch, path)
+    path = save_tiny_model(args.directory, seed=args.seed, arch=args.arch, full_size=args.full_size)
+    log.info("wrote a random-weight %s%s model to %s", "full-size " if args.full_size else "tiny ",
+             args.arch, path)
     return 0
+
+
+def add_model_arguments(command, default: str | None = DEFAULT_MODEL) -> None:
+    """--model, and the parts that change its weights: --vae, --lora, --lora-scale."""
+    command.add_argument("--model", default=default, help="hub id or local diffusers folder of an SD1.x, "
+                         "SD2.x or SDXL model" + (f" (default: {default})" if default else ""))
+    command.add_argument("--vae", help="an AutoencoderKL folder that replaces the model's VAE")
+    command.add_argument("--lora", help="a style LoRA (.safetensors in diffusers or kohya format, or a "
+                         "folder holding one), fused into the model; each item's LoRA trains on top")
+    command.add_argument("--lora-scale", type=float, default=1.0, help="the style LoRA's weight (default 1)")
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    return ModelSource(model=str(args.model), vae=args.vae, lora=args.lora, lora_scale=args.lora_scale)
 
 
 def add_commands(commands) -> None:
     """The library's commands, for any `dragnext` parser."""
     edit = commands.add_parser("edit", help="edit one image with a drag instruction file")
-    edit.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder "
-                      f"(default: {DEFAULT_MODEL})")
+    add_model_arguments(edit)
     edit.add_argument("--image", required=True, help="input image")
     edit.add_argument("--instruction", required=True, help="instruction JSON (SPEC §2)")
     edit.add_argument("--out", required=True, help="edited image path; the record goes beside "
@@ -124,11 +143,12 @@ def add_commands(commands) -> None:
     edit.add_argument("--item-id", help="name used in errors and the record (default: out's stem)")
     edit.set_defaults(run=cmd_edit)
 
-    tiny = commands.add_parser("tiny-model", help="write a random-weight SD-architecture model: "
-                               "tiny (tests, smoke checks) or SD1.5-size (speed)")
+    tiny = commands.add_parser("tiny-model", help="write a random-weight model of a family: tiny (tests, "
+                               "smoke checks) or full-size (speed)")
     tiny.add_argument("directory")
-    tiny.add_argument("--arch", choices=ARCHS, default="tiny",
-                      help="tiny (default, < 1 MB) or sd15 (SD1.5's exact configs, 4.3 GB: for profile)")
+    tiny.add_argument("--arch", choices=ARCHS, default="sd15", help="the family's layout (default sd15)")
+    tiny.add_argument("--full-size", action="store_true", help="the family's exact configs (SD1.5 4.3 GB, "
+                      "SD2.1 5.2 GB, SDXL 13.9 GB in fp32): for profile and gpu-check")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=cmd_tiny_model)
 

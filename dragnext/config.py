@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dragnext.architecture import Architecture
+
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
@@ -75,16 +77,18 @@ class DragDiffusionConfig(_Section):
 
 
 class FeaturesConfig(_Section):
-    blocks: list[Annotated[int, Field(ge=0, le=16)]] | Literal["all"] = Field(
-        default_factory=lambda: [2], min_length=1, description="`unet.up_blocks` whose outputs "
-        "form F; \"all\" = every decoder stage (the paper's F)")
+    blocks: list[Annotated[int, Field(ge=0, le=16)]] | Literal["all"] | None = Field(
+        None, min_length=1, description="`unet.up_blocks` whose outputs form F; None = the "
+        "architecture's (up_blocks[-2], the last that upsamples: 2 on SD1.x/2.x, 1 on SDXL); "
+        "\"all\" = every decoder stage (the paper's F)")
 
 
 class AttentionConfig(_Section):
     mutual: bool = True
     start_layer: int | None = Field(
         None, ge=0, le=1024, description="first self-attention layer (forward order) that attends to the "
-        "reference; None = the paper's: the first of up_blocks[-2] (10 on SD1.5)")
+        "reference; None = the paper's, as a rule: the first of up_blocks[-2] (10 of 16 on SD1.5, "
+        "64 of 70 on SDXL)")
 
 
 class OutputConfig(_Section):
@@ -100,7 +104,8 @@ class RuntimeConfig(_Section):
 
 class EditConfig(_Section):
     # Bounded: memory grows with its square (2048 px already takes ~16x the 512 px memory).
-    size: int = Field(512, ge=8, le=2048, description="working size of the longer image side, px")
+    size: int | None = Field(None, ge=8, le=2048, description="working size of the longer image side, px; "
+                             "None = the model's native size (512 SD1.x, 768 SD2.x-v, 1024 SDXL)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     method: Literal["dragnext", "dragdiffusion", "warp"] = "dragnext"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -139,12 +144,27 @@ class EditConfig(_Section):
         del record["runtime"]
         return record
 
-    def check_model(self, up_blocks: int) -> None:
-        """The keys that depend on the model: `features.blocks` must name its decoder stages."""
-        blocks = self.features.blocks
-        if blocks != "all" and any(b >= up_blocks for b in blocks):
+    def check_model(self, architecture: Architecture) -> None:
+        """The keys that depend on the model must fit it: `features.blocks` must name its
+        decoder stages, `attention.start_layer` one of its self-attention layers."""
+        blocks, up_blocks = self.features.blocks, architecture.up_blocks
+        if isinstance(blocks, list) and any(b >= up_blocks for b in blocks):
             raise ConfigError(f"invalid config: features.blocks: {blocks} names a decoder stage this "
                               f"model lacks (its up_blocks are 0-{up_blocks - 1})")
+        start, layers = self.attention.start_layer, architecture.self_attention_layers
+        if start is not None and start >= layers:
+            raise ConfigError(f"invalid config: attention.start_layer: {start}, but this model has "
+                              f"{layers} self-attention layers (0-{layers - 1})")
+
+    def working_side(self, architecture: Architecture) -> int:
+        """The longer side edits run at: `size`, or the model's native size."""
+        return self.size or architecture.native_size
+
+    def feature_blocks(self, architecture: Architecture) -> list[int]:
+        """The decoder stages whose outputs form F on this model."""
+        if self.features.blocks == "all":
+            return list(range(architecture.up_blocks))
+        return self.features.blocks or [architecture.feature_block]
 
 
 def _parse_value(text: str) -> Any:

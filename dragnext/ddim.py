@@ -5,6 +5,11 @@ inversion stops and editing starts.
 Moving between z_k and z_{k±1} uses ε_Θ(·, τ_k) for the higher-noise step of the pair, the
 same in both directions, so inversion and denoising are each other's inverse up to the
 change of ε along the path.
+
+A predictor gets the latent, the timestep the UNet is run at, and ᾱ of the latent's own
+noise level: a v-predicting model's output becomes ε at that level (`dragnext.prediction`).
+In inversion the UNet runs at τ_{k+1} on z_k, whose level is ᾱ_k, as in diffusers'
+`DDIMInverseScheduler`; in denoising the two are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
-NoisePredictor = Callable[[torch.Tensor, int], torch.Tensor]  # (z, timestep) -> ε
+NoisePredictor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (z, timestep, ᾱ of z) -> ε
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def invert(schedule: DDIMSchedule, z_0: torch.Tensor, T: int, predict: NoisePred
     trajectory = [z_0]
     for k in range(T):
         z_k = trajectory[-1]
-        eps = predict(z_k, schedule.timesteps[k + 1])
+        eps = predict(z_k, schedule.timesteps[k + 1], a[k])
         trajectory.append(ddim_move(z_k, eps, a[k].float(), a[k + 1].float()))
         if on_step:
             on_step(k + 1)
@@ -72,8 +77,9 @@ def invert(schedule: DDIMSchedule, z_0: torch.Tensor, T: int, predict: NoisePred
 def denoise(schedule: DDIMSchedule, z_k: torch.Tensor, k: int, predict: NoisePredictor,
             on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """Plain DDIM denoising z_k → z_0."""
+    a = schedule.alphas.to(z_k.device)
     for step in range(k, 0, -1):
-        z_k = denoise_step(schedule, z_k, predict(z_k, schedule.timesteps[step]), step)
+        z_k = denoise_step(schedule, z_k, predict(z_k, schedule.timesteps[step], a[step]), step)
         if on_step:
             on_step(step)
     return z_k

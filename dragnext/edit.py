@@ -32,7 +32,7 @@ class EditResult:
     image: Image.Image
     item: EditItem
     config: EditConfig
-    model: str
+    model: dict  # the `ModelSource` and its architecture
     device: str
     dtype: str
     working_size: Size
@@ -75,7 +75,8 @@ def _edit_group(items: list[EditItem], model: DragModel, config: EditConfig, cac
     keys = [stage_keys(item, config, fingerprint) for item in items] if cache is not None else None
     given = [{"lora": w} if w is not None and config.lora.enabled else {} for w in lora_weights]
     runs, seconds = run_graph(Batch(items, model, config, notify), keys, cache, given)
-    shared = dict(model=model.spec, device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
+    model_record = {**model.source.to_record(), "architecture": model.architecture.to_record()}
+    shared = dict(model=model_record, device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
                   timings=seconds, unet_passes=model.passes.to_record(),
                   peak_memory=peak_memory(model.device, before_mb),
                   config=config)
@@ -96,8 +97,8 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
     `config` is one for all or one per item. Returns per item its `EditResult` or the
     exception it failed with: `InvalidItemError` for input that cannot be edited,
     `EditFailed` for an output that cannot be right, or what its stage raised. `cache`
-    keeps the stored stages' outputs, keyed by `model_fingerprint` (default: the model's
-    name) and the item; `lora_weights` (per item) skip the finetune. `item_mb`, the peak
+    keeps the stored stages' outputs, keyed by `model_fingerprint` (default: the model
+    source's) and the item; `lora_weights` (per item) skip the finetune. `item_mb`, the peak
     memory per item measured before, sizes the batches on CUDA (`dragnext.batching`).
     """
     configs = config if isinstance(config, list) else [config or EditConfig()] * len(items)
@@ -117,7 +118,7 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
     for members in batches([items[i] for i in valid], [configs[i] for i in valid], model, item_mb):
         group = [valid[m] for m in members]
         results = _edit_group([items[i] for i in group], model, configs[group[0]], cache,
-                              model_fingerprint or model.spec, [weights[i] for i in group], notify)
+                              model_fingerprint or model.source.fingerprint(), [weights[i] for i in group], notify)
         for i, result in zip(group, results, strict=True):
             out[i] = result
     return out

@@ -13,9 +13,8 @@ from dragnext.resize import Size
 
 
 class FeatureHooks:
-    def __init__(self, unet: nn.Module, blocks: list[int] | str, size: Size):
+    def __init__(self, unet: nn.Module, blocks: list[int], size: Size):
         n = len(unet.up_blocks)
-        blocks = list(range(n)) if blocks == "all" else blocks
         bad = [j for j in blocks if not 0 <= j < n]
         if bad:
             raise ValueError(f"features.blocks: {bad} out of range; the UNet has {n} up_blocks")
@@ -41,7 +40,7 @@ class FeatureHooks:
 
 
 @contextmanager
-def feature_hooks(unet: nn.Module, blocks: list[int] | str, size: Size):
+def feature_hooks(unet: nn.Module, blocks: list[int], size: Size):
     hooks = FeatureHooks(unet, blocks, size)
     try:
         yield hooks

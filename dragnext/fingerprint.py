@@ -42,31 +42,30 @@ def model_folder(spec: str | Path) -> Path | None:
         return None
 
 
+def files_fingerprint(path: str | Path) -> str:
+    """`path@digest` of a local file or folder: every file's relative path, size and
+    modification time, plus the content of its small config files; the path alone when
+    nothing is there."""
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        return str(path)
+    h = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        h.update(json.dumps([str(file.relative_to(path)) if file != path else file.name,
+                             stat.st_size, stat.st_mtime_ns]).encode())
+        if file.suffix in _CONTENT_SUFFIXES and stat.st_size < 1 << 20:
+            h.update(file.read_bytes())
+    return f"{os.path.abspath(path)}@{h.hexdigest()[:16]}"
+
+
 def model_fingerprint(spec: str | Path) -> str:
     """`name@digest` for a local folder, `id@revision` for a cached hub snapshot, or the
     name alone when the model cannot be found here (the edit will then fail to load it)."""
     folder = model_folder(spec)
     if folder is None:
         return str(spec)
-    local = Path(spec).expanduser()
-    if not local.is_dir():  # a hub snapshot: its folder name is the commit
+    if not Path(spec).expanduser().is_dir():  # a hub snapshot: its folder name is the commit
         return f"{spec}@{folder.resolve().name}"
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
-        h.update(json.dumps([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns]).encode())
-        if path.suffix in _CONTENT_SUFFIXES and stat.st_size < 1 << 20:
-            h.update(path.read_bytes())
-    return f"{os.path.abspath(folder)}@{h.hexdigest()[:16]}"
-
-
-def unet_up_blocks(spec: str | Path) -> int | None:
-    """How many decoder stages (`unet.up_blocks`) the model has, from its config alone."""
-    folder = model_folder(spec)
-    config = folder / "unet" / "config.json" if folder is not None else None
-    if config is None or not config.is_file():
-        return None
-    try:
-        return len(json.loads(config.read_text())["up_block_types"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    return files_fingerprint(folder)

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dragnext.conditioning import Conditioning
 from dragnext.config import LoraConfig
 from dragnext.model import DragModel
+from dragnext.prediction import training_target
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 Weights = dict[str, torch.Tensor]  # one item's adapter, peft's state-dict names
@@ -134,17 +136,16 @@ def _view_major(per_item: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(per_item, dim=1).flatten(0, 1)
 
 
-def train_lora(model: DragModel, x: torch.Tensor, context: torch.Tensor, config: LoraConfig,
+def train_lora(model: DragModel, x: torch.Tensor, context: Conditioning, config: LoraConfig,
                seed: int, on_step: Callable[[int], None] | None = None) -> list[Weights]:
-    """Fit one LoRA per image of x ∈ [-1, 1] (B, 3, H, W), with its prompt embedding
-    `context` (B, L, D). Each item draws its views, noise and timesteps from its own
+    """Fit one LoRA per image of x ∈ [-1, 1] (B, 3, H, W), with its prompt's conditioning
+    `context`, to the model's own target (ε or v, `dragnext.prediction`). Each item draws its views, noise and timesteps from its own
     generator seeded with `seed`, so its adapter does not depend on its batch-mates.
 
     Returns the adapters' weights (CPU fp32); the UNet is left as it was."""
     count, views = x.shape[0], config.batch_size
     generators = [torch.Generator().manual_seed(seed) for _ in range(count)]
     num_train = model.scheduler.config.num_train_timesteps
-    alphas = model.scheduler.alphas_cumprod.to(model.device)
     adapters = Adapters.initial(model.unet, config.rank, seed, count)
     optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.lr)
     with adapters.applied(model.unet):
@@ -154,9 +155,10 @@ def train_lora(model: DragModel, x: torch.Tensor, context: torch.Tensor, config:
             noise = _view_major([torch.randn(shape, generator=g) for g in generators]).to(model.device)
             t = _view_major([torch.randint(0, num_train, (views,), generator=g) for g in generators])
             t = t.to(model.device)
-            a = alphas[t].float().view(-1, 1, 1, 1)
+            a = model.alpha(t).float().view(-1, 1, 1, 1)
             z_t = a.sqrt() * z_0 + (1 - a).sqrt() * noise
-            error = (model.predict_noise(z_t, t, context) - noise).square()
+            target = training_target(z_0, noise, a, model.architecture.prediction_type)
+            error = (model.unet_output(z_t, t, context) - target).square()
             loss = error.view(views, count, -1).mean(dim=(0, 2)).sum()  # Σ_b of item b's MSE
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

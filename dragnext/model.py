@@ -1,5 +1,6 @@
-"""An SD1.5-architecture model: loading (hub id or local folder) and the few calls the
-algorithm makes on it (text embedding, VAE encode/decode, a UNet forward)."""
+"""A diffusion model of a supported family (`dragnext.architecture`): loading (hub id or
+local folder, optionally with another VAE and a style LoRA) and the few calls the algorithm
+makes on it (prompt conditioning, VAE encode/decode, a UNet forward)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from dragnext.architecture import Architecture, UnsupportedModelError, describe, read_architecture
+from dragnext.conditioning import Conditioning, embed_prompt
 from dragnext.fingerprint import model_folder
+from dragnext.model_source import DEFAULT_MODEL, ModelSource
+from dragnext.prediction import to_epsilon
 from dragnext.profiling import PassCounter
+from dragnext.resize import Size
+from dragnext.style_lora import fuse_style_lora
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+__all__ = ["DEFAULT_MODEL", "DragModel", "ModelNotFoundError", "ModelSource", "UnsupportedModelError",
+           "load_model", "model_preset", "source_architecture"]
 
 
 class ModelNotFoundError(RuntimeError):
@@ -38,11 +46,12 @@ def default_unet_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass
 class DragModel:
-    spec: str
+    source: ModelSource
+    architecture: Architecture
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[CLIPTokenizer]
     scheduler: DDIMScheduler
     device: torch.device
     passes: PassCounter = field(default_factory=PassCounter)
@@ -52,43 +61,53 @@ class DragModel:
         return self.unet.dtype
 
     @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
     def size_multiple(self) -> int:
         """Image sides must divide by this so every UNet level has whole pixels."""
-        return self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return self.architecture.size_multiple
 
-    @torch.no_grad()
-    def embed_prompt(self, prompt: str) -> torch.Tensor:
-        tokens = self.tokenizer(prompt, padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0].float()
+    def embed_prompt(self, prompt: str, size: Size | None = None) -> Conditioning:
+        """The prompt's conditioning for an image of `size` (h, w; default: the native size)."""
+        native = self.architecture.native_size
+        return embed_prompt(prompt, self.text_encoders, self.tokenizers, size or (native, native), self.device)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] to the scaled latent z_0 (the posterior mean: deterministic)."""
         posterior = self.vae.encode(x.to(self.device, self.vae.dtype)).latent_dist
-        return posterior.mean.float() * self.vae.config.scaling_factor
+        return posterior.mean.float() * self.architecture.vae_scaling
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        x = self.vae.decode((z / self.architecture.vae_scaling).to(self.vae.dtype)).sample
         return x.float().clamp(-1, 1)
 
-    def predict_noise(self, z: torch.Tensor, timestep: int | torch.Tensor,
-                      context: torch.Tensor) -> torch.Tensor:
-        """ε_Θ(z, t) in fp32, whatever precision the UNet runs at; differentiable in z (and
-        in the LoRA weights while training). Every UNet pass goes through here and is counted.
+    def alpha(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """ᾱ at a training timestep (or one per sample)."""
+        t = torch.as_tensor(timestep).cpu()
+        return self.scheduler.alphas_cumprod[t].to(self.device)
 
-        `context` holds one embedding per item of a batch of B; z holds whole copies of that
-        item order (the [reference…, edited…] halves, or LoRA's view-major rows), so sample
-        n is item n mod B."""
-        context = context.repeat(z.shape[0] // context.shape[0], 1, 1).to(self.dtype)
-        eps = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=context).sample
-        self.passes.count(eps)
-        return eps.float()
+    def unet_output(self, z: torch.Tensor, timestep: int | torch.Tensor,
+                    cond: Conditioning) -> torch.Tensor:
+        """The UNet's own prediction (ε or v) in fp32, whatever precision it runs at;
+        differentiable in z (and in LoRA weights while training). Every UNet pass goes
+        through here and is counted.
+
+        `cond` holds one row per item of a batch of B; z holds whole copies of that item
+        order (the [reference…, edited…] halves, or LoRA's view-major rows), so sample n is
+        item n mod B."""
+        out = self.unet(z.to(self.dtype), timestep, **cond.unet_kwargs(z.shape[0], self.dtype)).sample
+        self.passes.count(out)
+        return out.float()
+
+    def predict_noise(self, z: torch.Tensor, timestep: int | torch.Tensor, cond: Conditioning,
+                      alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """ε_Θ(z, t): the UNet's prediction converted to noise (`dragnext.prediction`) at z's
+        noise level ᾱ = `alpha` (default: the timestep's)."""
+        output = self.unet_output(z, timestep, cond)
+        if self.architecture.prediction_type == "epsilon":
+            return output
+        alpha = self.alpha(timestep) if alpha is None else alpha
+        return to_epsilon(output, z, alpha, self.architecture.prediction_type)
 
 
 PRESET_FILE = "dragnext.json"
@@ -115,42 +134,82 @@ def _not_found(spec: str, cause: Exception) -> ModelNotFoundError:
         "For tests and smoke checks, 'dragnext tiny-model DIR' writes a small random model.")
 
 
-def check_model_present(spec: str | Path) -> None:
-    """Raises `ModelNotFoundError` when `load_model(spec)` could not find the model: a path
-    that is no folder, or (offline) a hub id the local cache does not hold. Loads nothing."""
-    spec = str(spec)
+def check_model_present(source: ModelSource | str) -> None:
+    """Raises `ModelNotFoundError` when `load_model(source)` could not find the model: a path
+    that is no folder, (offline) a hub id the local cache does not hold, or a VAE or style
+    LoRA path with nothing there. Loads nothing."""
+    source = ModelSource.of(source)
+    for extra, name in ((source.vae, "--vae"), (source.lora, "--lora")):
+        if extra and not Path(extra).expanduser().exists() and model_folder(extra) is None:
+            raise ModelNotFoundError(f"{name} {extra}: no such file or folder")
+    spec = source.model
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     if model_folder(spec) is None and (offline or spec.startswith((".", "/", "~"))):
         raise _not_found(spec, FileNotFoundError("not a local folder, and not in the Hugging Face cache"))
 
 
-def load_model(spec: str | Path = DEFAULT_MODEL, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> DragModel:
-    """Load a diffusers SD-architecture model from a hub id or a local folder.
+def source_architecture(source: ModelSource | str) -> Architecture | None:
+    """The architecture from the config files alone (nothing loaded), or None when the model
+    is not on this machine (a hub id not in the cache: `load_model` reports that)."""
+    source = ModelSource.of(source)
+    folder = model_folder(source.model)
+    return None if folder is None else read_architecture(folder, source.vae)
 
-    The UNet runs at `dtype` (half precision on CUDA by default); VAE and text encoder
-    stay fp32, which costs little and keeps colours and embeddings exact.
+
+def _text_encoders(source: str, count: int) -> tuple[list, list]:
+    """SD1.x/SD2.x: one CLIP text encoder; SDXL: CLIP-L and the projected OpenCLIP-G."""
+    encoders = [CLIPTextModel.from_pretrained(source, subfolder="text_encoder")]
+    if count == 2:
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2"))
+    names = ["tokenizer", "tokenizer_2"][:count]
+    return encoders, [CLIPTokenizer.from_pretrained(source, subfolder=name) for name in names]
+
+
+def _vae(source: str, vae: str | None) -> AutoencoderKL:
+    if vae is None:
+        return AutoencoderKL.from_pretrained(source, subfolder="vae")
+    local = Path(vae).expanduser()
+    nested = local.is_dir() and (local / "vae").is_dir()
+    return AutoencoderKL.from_pretrained(str(local) if local.is_dir() else vae,
+                                         subfolder="vae" if nested else None)
+
+
+def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> DragModel:
+    """Load a model of a supported family from a hub id or a local folder, with the source's
+    VAE in place of its own and its style LoRA fused in (`dragnext.style_lora`).
+
+    Only what an edit uses is read: UNet, VAE, text encoder(s), tokenizer(s) and the
+    scheduler's config. The UNet runs at `dtype` (half precision on CUDA by default); VAE
+    and text encoders stay fp32, which costs little and keeps colours and embeddings exact.
     """
-    spec = str(spec)
+    source = ModelSource.of(str(spec) if isinstance(spec, Path) else spec)
+    spec = source.model
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_unet_dtype(device)
     local = Path(spec).expanduser()
     if spec.startswith((".", "/", "~")) and not local.is_dir():
         raise _not_found(spec, FileNotFoundError(f"no folder at {local}"))
-    source = str(local) if local.is_dir() else spec
+    check_model_present(source)
+    source_path = str(local) if local.is_dir() else spec
+    known = source_architecture(source)  # an unsupported folder fails here, before any weights
     try:
-        parts = dict(
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype),
-            vae=AutoencoderKL.from_pretrained(source, subfolder="vae"),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-            scheduler=DDIMScheduler.from_pretrained(source, subfolder="scheduler"),
-        )
+        unet = UNet2DConditionModel.from_pretrained(source_path, subfolder="unet", torch_dtype=dtype)
+        encoders = 2 if known is None and unet.config.get("addition_embed_type") else (
+            known.text_encoders if known else 1)
+        text_encoders, tokenizers = _text_encoders(source_path, encoders)
+        vae = _vae(source_path, source.vae)
+        scheduler = DDIMScheduler.from_pretrained(source_path, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise _not_found(spec, error) from None
-    for name in ("unet", "vae", "text_encoder"):
-        module = parts[name].to(device)
+    architecture = describe(unet.config, vae.config, scheduler.config, len(text_encoders))
+    if source.lora:
+        fuse_style_lora(source.lora, source.lora_scale, unet, text_encoders)
+    for module in (unet, vae, *text_encoders):
+        module.to(device)
         module.requires_grad_(False)
         module.eval()
-    log.info("loaded model %s on %s (UNet %s)", spec, device, dtype)
-    return DragModel(spec=spec, device=device, **parts)
+    log.info("loaded model %s on %s (%s, %s, UNet %s)", source, device, architecture.family,
+             architecture.prediction_type, str(dtype).removeprefix("torch."))
+    return DragModel(source=source, architecture=architecture, unet=unet, vae=vae, text_encoders=text_encoders,
+                     tokenizers=tokenizers, scheduler=scheduler, device=device)

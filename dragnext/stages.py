@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from dragnext.conditioning import Conditioning
 from dragnext.config import EditConfig
 from dragnext.ddim import DDIMSchedule, invert
 from dragnext.denoise import denoise_edited
@@ -43,7 +44,7 @@ class Prepared:
     x: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     drags: list[RegionDrag]
     editable: torch.Tensor  # M, bool (H, W)
-    context: torch.Tensor  # prompt embedding (1, L, D)
+    context: Conditioning  # the prompt's, for an image of this size
 
     @property
     def size(self) -> Size:
@@ -64,7 +65,7 @@ class Batch:
 
 def item_working_size(item: EditItem, model: DragModel, config: EditConfig) -> Size:
     width, height = item.size
-    return working_size(width, height, config.size, model.size_multiple)
+    return working_size(width, height, config.working_side(model.architecture), model.size_multiple)
 
 
 def region_drags(item: EditItem, size: Size) -> list[RegionDrag]:
@@ -84,8 +85,8 @@ def _stack(done: Outputs, stage: str) -> torch.Tensor:
     return torch.cat([d[stage] for d in done])
 
 
-def _contexts(done: Outputs) -> torch.Tensor:
-    return torch.cat([d["prepare"].context for d in done])
+def _contexts(done: Outputs) -> Conditioning:
+    return Conditioning.cat([d["prepare"].context for d in done])
 
 
 def _lora(batch: Batch, done: Outputs) -> list | None:
@@ -105,7 +106,7 @@ def prepare(batch: Batch, done: Outputs) -> list[Prepared]:
             x=image_to_tensor(item.image, size).to(model.device),
             drags=region_drags(item, size),
             editable=resize_mask(torch.from_numpy(item.editable), size),
-            context=model.embed_prompt(item.instruction.prompt)))
+            context=model.embed_prompt(item.instruction.prompt, size)))
     batch.notify("prepare", 1, 1)
     return prepared
 
@@ -126,7 +127,7 @@ def invert_images(batch: Batch, done: Outputs) -> list[list[torch.Tensor]]:
     contexts = _contexts(done)
     with lora_applied(model, _lora(batch, done)):
         z_0 = model.encode(torch.cat([d["prepare"].x for d in done]))
-        trajectory = invert(_schedule(batch), z_0, T, lambda z, t: model.predict_noise(z, t, contexts),
+        trajectory = invert(_schedule(batch), z_0, T, lambda z, t, a: model.predict_noise(z, t, contexts, a),
                             on_step=lambda step: batch.notify("inversion", step, T))
     return [[z[b:b + 1] for z in trajectory] for b in range(len(batch))]
 
@@ -150,7 +151,7 @@ def optimise(batch: Batch, done: Outputs) -> list[torch.Tensor]:
     feature_size = (prepared[0].size[0] // 2, prepared[0].size[1] // 2)
     total = config.pbsi.steps * config.pbsi.iterations
     with lora_applied(model, _lora(batch, done)), \
-            feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
+            feature_hooks(model.unet, config.feature_blocks(model.architecture), feature_size) as hooks:
         def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             return model.predict_noise(z, schedule.timesteps[k], contexts), hooks.pop()
 
@@ -167,7 +168,7 @@ def _drag_diffusion(batch: Batch, done: dict, lora) -> torch.Tensor:
     schedule = _schedule(batch)
     feature_size = (prep.size[0] // 2, prep.size[1] // 2)
     with lora_applied(model, None if lora is None else [lora]), \
-            feature_hooks(model.unet, config.features.blocks, feature_size) as hooks:
+            feature_hooks(model.unet, config.feature_blocks(model.architecture), feature_size) as hooks:
         def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             return model.predict_noise(z, schedule.timesteps[k], prep.context), hooks.pop()
 

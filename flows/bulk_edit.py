@@ -19,8 +19,7 @@ from prefect.runtime import flow_run
 
 from dragnext.cli import OutputPathError
 from dragnext.config import build_config
-from dragnext.fingerprint import model_fingerprint, unet_up_blocks
-from dragnext.model import DEFAULT_MODEL, model_preset
+from dragnext.model import DEFAULT_MODEL, ModelSource, model_preset, source_architecture
 from flows import fanout
 from flows.lease import leased
 from flows.results import (
@@ -65,7 +64,8 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               allow_prefixes: list[str] | None = None, workers: int | None = None,
               shard_size: int | None = None, shard_deployment: str | None = None,
               retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = 300.0,
-              lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None) -> dict:
+              lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None,
+              vae: str | None = None, lora: str | None = None, lora_scale: float = 1.0) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
     overrides: config keys for the whole run (e.g. {"lora.steps": 40}); a row's `params`
@@ -82,32 +82,36 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
         taken over (that run died); a fresher one makes this run refuse.
     profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the
         device-hours estimate in summary.json.
+    vae: an AutoencoderKL folder that replaces the model's VAE.
+    lora: a style LoRA (.safetensors, diffusers or kohya format) fused into the model at
+        `lora_scale`; each item's own LoRA trains on top of it.
     """
     output_uri = absolute(expand_output(output_uri))
     with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
-        return _bulk_edit(absolute(manifest_uri), output_uri, model, overrides or {}, item_filter,
+        source = ModelSource(model=model, vae=vae, lora=lora, lora_scale=lora_scale)
+        return _bulk_edit(absolute(manifest_uri), output_uri, source, overrides or {}, item_filter,
                           list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries,
                           retry_delay_s, lost_after_s, profile)
 
 
-def _bulk_edit(manifest_uri: str, output_uri: str, model: str, overrides: dict[str, Any],
+def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
                item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
                shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
                lost_after_s: float, profile: str | None) -> dict:
     log = get_run_logger()
     started = time.time()
-    base = build_config(overrides=overrides, preset=model_preset(model))
-    run_id, model_fp = str(flow_run.id), model_fingerprint(model)
+    base = build_config(overrides=overrides, preset=model_preset(model.model))
+    run_id, model_fp = str(flow_run.id), model.fingerprint()
     summary = {
         "status": "running", "run_id": run_id, "manifest_uri": manifest_uri, "output_uri": output_uri,
-        "model": model, "model_fingerprint": model_fp, "overrides": overrides,
+        **model.to_record(), "model_fingerprint": model_fp, "overrides": overrides,
         "allow_prefixes": allow_prefixes, "config": base.to_record(), "workers": workers,
         "shard_deployment": shard_deployment, "started": started,
         "results_uri": join(output_uri, "results.parquet"),
     }
     write_summary(output_uri, summary)
     plan = make_plan(manifest_uri, output_uri, model, model_fp, base, previous_rows(output_uri), item_filter,
-                     allow_prefixes, unet_up_blocks(model))
+                     allow_prefixes, source_architecture(model))
     counted = summary_counts(plan)
     summary.update(plan=counted, estimate=plan.estimate(read_profile(profile)))
     write_summary(output_uri, summary)
@@ -120,7 +124,7 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: str, overrides: dict[s
     for k, chunk in enumerate(plan.shards(size)):
         plan_uri = join(shard_dir(output_uri, k), "plan.json")
         write_bytes(plan_uri, json.dumps({
-            "shard": k, "output_uri": output_uri, "model": model, "config": base.to_record(),
+            "shard": k, "output_uri": output_uri, "model": model.to_record(), "config": base.to_record(),
             "retries": retries, "retry_delay_s": retry_delay_s, "items": plan.shard_items(chunk),
             "manifest_uri": manifest_uri, "model_fingerprint": model_fp, "allowed_prefixes": allow_prefixes,
         }).encode())
@@ -171,7 +175,8 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int |
     keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
     ids = [i for i in manifest if i is None or earlier.get(i, {}).get("status") not in keep]
     get_run_logger().info("retrying %d items", len(ids))
-    return bulk_edit(summary["manifest_uri"], output_uri, model=summary["model"],
+    return bulk_edit(summary["manifest_uri"], output_uri, model=summary["model"], vae=summary.get("vae"),
+                     lora=summary.get("lora"), lora_scale=summary.get("lora_scale", 1.0),
                      overrides=summary["overrides"], item_filter=[i for i in ids if i is not None],
                      allow_prefixes=summary["allow_prefixes"], workers=workers, retries=retries,
                      retry_delay_s=retry_delay_s, shard_deployment=summary["shard_deployment"])

@@ -19,8 +19,7 @@ from bench import cli as bench_cli
 from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
-from dragnext.fingerprint import model_fingerprint, unet_up_blocks
-from dragnext.model import DEFAULT_MODEL, check_model_present, model_preset
+from dragnext.model import ModelSource, check_model_present, model_preset, source_architecture
 from fixture import FIXTURE_MODEL
 from flows import watchdog
 from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, format_output, retry_failed
@@ -138,17 +137,18 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     return 0 if set(counts) <= {"succeeded", "skipped"} else 1
 
 
-def preflight(manifest: str, output: str, model: str, overrides: dict, allow_prefixes: list[str]) -> None:
+def preflight(manifest: str, output: str, model: ModelSource, overrides: dict,
+              allow_prefixes: list[str]) -> None:
     """Everything about a run's command line that can be checked before Prefect starts, so a
     mistake costs one line and seconds: the prefixes, the config (against the model's
-    folder), the model's presence, the manifest's readability, and the output (a folder,
-    writable, not leased by a live run). Raises the error that names the problem."""
+    folder), the model's presence and family, the manifest's readability, and the output (a
+    folder, writable, not leased by a live run). Raises the error that names the problem."""
     for prefix in allow_prefixes:
         check_prefix(prefix)
-    config = build_config(overrides=overrides, preset=model_preset(model))
+    config = build_config(overrides=overrides, preset=model_preset(model.model))
     check_model_present(model)
-    if (up_blocks := unet_up_blocks(model)) is not None:
-        config.check_model(up_blocks)
+    if (architecture := source_architecture(model)) is not None:
+        config.check_model(architecture)
     problems = conform(read_table(manifest)).problems
     if problems:
         raise ManifestError(f"manifest {manifest} cannot be read: {'; '.join(problems)}")
@@ -163,16 +163,20 @@ def preflight(manifest: str, output: str, model: str, overrides: dict, allow_pre
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
-    preflight(args.manifest, args.output, args.model, overrides, args.allow_prefix)
+    source = library_cli.model_source(args)
+    preflight(args.manifest, args.output, source, overrides, args.allow_prefix)
     return _run_flow(lambda: bulk_edit(
-        args.manifest, args.output, model=args.model, overrides=overrides,
+        args.manifest, args.output, model=source.model, vae=source.vae, lora=source.lora,
+        lora_scale=source.lora_scale, overrides=overrides,
         item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
         workers=args.workers, retries=args.retries, profile=args.profile), args)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     summary = read_summary(parent(absolute(args.results)))
-    preflight(summary["manifest_uri"], summary["output_uri"], summary["model"], summary["overrides"],
+    source = ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
+                         lora_scale=summary.get("lora_scale", 1.0))
+    preflight(summary["manifest_uri"], summary["output_uri"], source, summary["overrides"],
               summary["allow_prefixes"])
     return _run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
@@ -189,7 +193,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     policy = UriPolicy(parent(args.manifest), tuple(args.allow_prefix))
     found = validate_rows(conformed.table.to_pylist(), config, policy, "rows" if args.no_files else "files",
                           row_problems=conformed.row_problems,
-                          up_blocks=unet_up_blocks(args.model) if args.model else None)
+                          architecture=source_architecture(library_cli.model_source(args)) if args.model
+                          else None)
     for problem in found:
         print(problem)
     print(f"{conformed.table.num_rows} rows, {len(found)} invalid")
@@ -204,12 +209,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         check_prefix(prefix)
     base = build_config(overrides=overrides, preset=model_preset(args.model))
     output = absolute(args.output) if args.output else None
-    plan = make_plan(absolute(args.manifest), output or "", args.model, model_fingerprint(args.model), base,
+    source = library_cli.model_source(args)
+    plan = make_plan(absolute(args.manifest), output or "", source, source.fingerprint(), base,
                      previous_rows(output) if output else {}, allow_prefixes=args.allow_prefix,
-                     up_blocks=unet_up_blocks(args.model))
+                     architecture=source_architecture(source))
     counted = summary_counts(plan)
     shards = plan.shards(args.shard_size or max(1, len(plan.to_run)))
-    report = {"manifest": plan.manifest_uri, "model": args.model, **counted, "shards": len(shards),
+    report = {"manifest": plan.manifest_uri, **source.to_record(), **counted, "shards": len(shards),
               "estimate": plan.estimate(read_profile(args.profile)),
               "invalid_items": [{"row": p.row, "item_id": p.item_id, "field": p.field, "reason": p.reason}
                                 for p in list(plan.invalid.values())[:MAX_LISTED]]}
@@ -258,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"dragnext: error: the fixture model is missing from {FIXTURE_MODEL} (it is committed; "
               "fixture/README.md rebuilds it); or run with --model DIR", file=sys.stderr)
         return 2
-    preflight(str(DEMO_MANIFEST), args.out, args.model, parse_overrides(args.set), [])
+    preflight(str(DEMO_MANIFEST), args.out, ModelSource(model=args.model), parse_overrides(args.set), [])
     code = _run_flow(lambda: bulk_edit(
         str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
         workers=args.workers), args)
@@ -285,7 +291,7 @@ def add_commands(commands) -> None:
     run = commands.add_parser("run", help="edit every item of a manifest (Prefect flow)")
     run.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
     run.add_argument("--output", required=True, help="output URI for images, records, results")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder")
+    library_cli.add_model_arguments(run)
     library_cli.add_config_arguments(run)
     run.add_argument("--items", help="comma-separated item ids to run (others are skipped)")
     run.add_argument("--workers", type=int, help="items at once, one process each "
@@ -307,7 +313,7 @@ def add_commands(commands) -> None:
                                "shards, UNet passes, estimated device-hours")
     plan.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
     plan.add_argument("--output", help="the run's output URI: items an earlier run finished count as done")
-    plan.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers folder")
+    library_cli.add_model_arguments(plan)
     library_cli.add_config_arguments(plan)
     plan.add_argument("--profile", help="a measured profile for the time estimate (docs/gpu-profile.json, "
                       "docs/throughput.json)")
@@ -323,7 +329,7 @@ def add_commands(commands) -> None:
     validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
     add_allow_prefix(validate)
     library_cli.add_set_argument(validate, help="the run's config overrides, to check rows' params against")
-    validate.add_argument("--model", help="the run's model folder, to check rows' params against its shape")
+    library_cli.add_model_arguments(validate, default=None)
     validate.set_defaults(run=cmd_validate)
     importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
     importer.add_argument("directory")

@@ -21,6 +21,7 @@ from prefect.tasks import exponential_backoff
 
 from dragnext.batching import config_key, dispatch_size
 from dragnext.config import EditConfig
+from dragnext.model_source import ModelSource
 from flows.periodic import every
 from flows.results import results_table, write_row
 from manifests.schema import table_bytes
@@ -83,7 +84,7 @@ def _contexts(plan: dict) -> list[ItemContext]:
     """The shard's items as the parent planned them: rows, configs and digests travel in
     the plan, so no shard reads the manifest again."""
     return [ItemContext(row=entry["row"], manifest_dir=parent(plan["manifest_uri"]),
-                        output_uri=plan["output_uri"], model=plan["model"],
+                        output_uri=plan["output_uri"], model=ModelSource.of(plan["model"]),
                         config=entry["config"] or plan["config"],
                         allowed_prefixes=tuple(plan["allowed_prefixes"]),
                         model_fingerprint=plan["model_fingerprint"], input_digest=entry["input_digest"],

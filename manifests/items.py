@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dragnext.architecture import Architecture
 from dragnext.config import ConfigError, EditConfig, build_config
 from dragnext.instruction import (
     EditItem,
@@ -146,9 +147,9 @@ def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: U
 
 
 def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
-              up_blocks: int | None = None) -> InstructionSpec:
+              architecture: Architecture | None = None) -> InstructionSpec:
     """Every check that needs no file: id, structure, drag geometry, params (against the
-    model's `up_blocks` when known) and (with a policy) where each file may come from.
+    model's architecture when known) and (with a policy) where each file may come from.
     Raises `InvalidItemError`."""
     item = row.get("item_id")
     if not item or not ITEM_ID.match(item):
@@ -159,9 +160,9 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
     spec = _in_columns(item, lambda: parse_instruction(instruction_of(row), item))
     _in_columns(item, lambda: check_spec(spec, item))
     config = item_config(row, base)
-    if up_blocks is not None:
+    if architecture is not None:
         try:
-            config.check_model(up_blocks)
+            config.check_model(architecture)
         except ConfigError as error:
             raise InvalidItemError(item, "params" if row.get("params") else "config", str(error)) from None
     if policy is not None:
@@ -325,7 +326,7 @@ Depth = Literal["rows", "headers", "files"]
 
 def validate_rows(rows: list[dict[str, Any]], base: EditConfig, policy: UriPolicy,
                   depth: Depth = "headers", row_problems: dict[int, tuple[str, str]] | None = None,
-                  up_blocks: int | None = None, once: Once | None = None) -> list[Problem]:
+                  architecture: Architecture | None = None, once: Once | None = None) -> list[Problem]:
     """Every bad row, not just the first: `rows` checks what needs no file, `headers` also
     reads each image's header (existence, pixel count, points inside), `files` reads and
     checks every image and mask in full. `row_problems` are those `conform` found. Each
@@ -341,7 +342,7 @@ def validate_rows(rows: list[dict[str, Any]], base: EditConfig, policy: UriPolic
                 raise InvalidItemError(str(item), *row_problems[index])
             if counts[item] > 1:
                 raise InvalidItemError(str(item), "item_id", f"appears {counts[item]} times")
-            spec = isolated(item, lambda: check_row(row, base, policy, up_blocks))
+            spec = isolated(item, lambda: check_row(row, base, policy, architecture))
             if depth == "headers":
                 isolated(item, lambda: check_image(row, spec, policy, once))
             elif depth == "files":

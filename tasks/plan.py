@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dragnext.architecture import Architecture
 from dragnext.config import EditConfig
 from dragnext.cost import estimate
+from dragnext.model_source import ModelSource
 from manifests.items import (
     VALIDATION_THREADS,
     Problem,
@@ -35,7 +37,7 @@ from tasks.stages import ItemContext, result_row
 class Plan:
     manifest_uri: str
     output_uri: str
-    model: str
+    model: ModelSource
     model_fingerprint: str
     base: EditConfig
     allow_prefixes: list[str]
@@ -113,9 +115,9 @@ def _look(plan: Plan, index: int, policy: UriPolicy, once: Once) -> tuple[str, s
     return item_id, found, kept
 
 
-def make_plan(manifest_uri: str, output_uri: str, model: str, model_fingerprint: str, base: EditConfig,
+def make_plan(manifest_uri: str, output_uri: str, model: ModelSource, model_fingerprint: str, base: EditConfig,
               previous: dict[str, dict], item_filter: list[str] | None = None,
-              allow_prefixes: list[str] | None = None, up_blocks: int | None = None) -> Plan:
+              allow_prefixes: list[str] | None = None, architecture: Architecture | None = None) -> Plan:
     """Validate the manifest and decide every row (see the module's docstring). Raises
     `ManifestError` when the manifest as a whole cannot be read."""
     conformed = conform(read_table(manifest_uri))
@@ -127,7 +129,7 @@ def make_plan(manifest_uri: str, output_uri: str, model: str, model_fingerprint:
     policy = UriPolicy(parent(manifest_uri), tuple(prefixes))
     once = Once()  # each distinct file looked at once, by validation and digests together
     invalid = {p.row: p for p in validate_rows(rows, base, policy, row_problems=conformed.row_problems,
-                                                up_blocks=up_blocks, once=once)}
+                                                architecture=architecture, once=once)}
     plan = Plan(manifest_uri, output_uri, model, model_fingerprint, base, prefixes, rows,
                 {n: table[n].to_pylist() for n in table.column_names if n not in MANIFEST.names},
                 invalid, [None] * len(rows), {}, previous=previous)

@@ -23,6 +23,7 @@ from dragnext.edit import EditResult, edit_batch
 from dragnext.fingerprint import digest
 from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
+from dragnext.model_source import ModelSource
 from dragnext.preview import preview
 from manifests.items import load_item
 from manifests.storage import is_transient, join, write_bytes
@@ -45,7 +46,7 @@ class ItemContext:
     row: dict[str, Any]
     manifest_dir: str
     output_uri: str
-    model: str
+    model: ModelSource
     config: dict[str, Any]
     allowed_prefixes: tuple[str, ...] = field(default=())
     model_fingerprint: str = ""  # `dragnext.fingerprint`: which weights, not which name
@@ -108,7 +109,7 @@ def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, at
     uris = {"image_uri": join(ctx.item_dir, "edited.png"), "preview_uri": join(ctx.item_dir, "preview.png"),
             "record_uri": join(ctx.item_dir, "record.json")}
     record = {
-        **result.to_record(), "model": ctx.model, "model_fingerprint": ctx.model_fingerprint,
+        **result.to_record(), "model_fingerprint": ctx.model_fingerprint,
         "input_digest": ctx.input_digest, "config_hash": ctx.config_hash, "metrics": metrics,
         "attempts": attempt, "warnings": list(item.instruction.warnings),
         "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads,

@@ -16,7 +16,7 @@ from typing import IO
 
 import torch
 
-from dragnext.model import DragModel, load_model
+from dragnext.model import DragModel, ModelSource, load_model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class WorkerState:
     def __init__(self) -> None:
         self._device: torch.device | None = None
         self._lock: IO | None = None  # held open for the life of the process
-        self._models: dict[str, DragModel] = {}
+        self._models: dict[ModelSource, DragModel] = {}
         self.loads = 0
         self.item_mb: float | None = None  # CUDA: the largest peak per item of its batches so far
 
@@ -64,11 +64,11 @@ class WorkerState:
             log.info("worker %d uses %s", os.getpid(), self._device)
         return self._device
 
-    def model(self, spec: str) -> DragModel:
-        if spec not in self._models:
-            self._models[spec] = load_model(spec, device=self.device)
+    def model(self, source: ModelSource) -> DragModel:
+        if source not in self._models:
+            self._models[source] = load_model(source, device=self.device)
             self.loads += 1
-        return self._models[spec]
+        return self._models[source]
 
     def free_memory(self) -> None:
         if torch.cuda.is_available():

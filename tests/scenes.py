@@ -72,7 +72,8 @@ def write_case(case, folder: Path) -> tuple[Path, Path]:
     instruction = {"prompt": case.scene.prompt(), "editable_mask": save(case.editable_mask(), "m.png"),
                    "drags": [{"type": case.type, "handle_mask": save(case.handle_mask(), "h.png"),
                               "handle": [float(v) for v in case.handle],
-                              "target": [float(v) for v in case.target]}]}
+                              "target": [float(v) for v in case.target],
+                              **({"center": [float(v) for v in case.center]} if case.center else {})}]}
     (folder / "drag.json").write_text(json.dumps(instruction))
     return image, folder / "drag.json"
 

@@ -156,10 +156,12 @@ def test_the_default_batch_fits_the_free_cuda_memory_at_the_measured_item_peak(m
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
     cuda, config = torch.device("cuda"), build_config()
-    assert default_batch_size(cuda, config) == 16  # the estimate: 4 GB per 512² item, at most 16
-    assert default_batch_size(cuda, config, item_mb=8192) == 8  # 0.8 · 80 GB / 8 GB
-    assert default_batch_size(cuda, build_config(overrides=["runtime.batch_size=3"]), item_mb=8192) == 3
-    assert default_batch_size(torch.device("cpu"), config) == CPU_BATCH_SIZE
+    side = (512, 512)
+    assert default_batch_size(cuda, config, side) == 16  # the estimate: 4 GB per 512² item, at most 16
+    assert default_batch_size(cuda, config, (1024, 1024)) == 4  # 16 GB per 1024² item (SDXL): 0.8 · 80 / 16
+    assert default_batch_size(cuda, config, side, item_mb=8192) == 8  # 0.8 · 80 GB / 8 GB
+    assert default_batch_size(cuda, build_config(overrides=["runtime.batch_size=3"]), side, item_mb=8192) == 3
+    assert default_batch_size(torch.device("cpu"), config, side) == CPU_BATCH_SIZE
     worker = WorkerState()
     worker.measured({"kind": "cuda_max_allocated", "mb": 2500.0 + 4 * 6000.0, "before_mb": 2500.0}, 4)
     worker.measured({"kind": "process_peak_rss", "mb": 99999.0}, 1)  # the CPU teaches nothing

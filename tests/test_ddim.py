@@ -18,13 +18,13 @@ def test_the_schedule_counts_from_the_clean_end():
 
 def test_inversion_is_exact_for_constant_noise_and_first_order_otherwise():
     z_0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    constant = lambda z, t: torch.full_like(z, 0.3)
+    constant = lambda z, t, a: torch.full_like(z, 0.3)
     s = DDIMSchedule.from_scheduler(sd15_scheduler(), 50)
     trajectory = invert(s, z_0, 38, constant)
     assert len(trajectory) == 39 and torch.equal(trajectory[0], z_0)
     assert torch.allclose(denoise(s, trajectory[-1], 38, constant), z_0, atol=1e-5)
 
-    smooth = lambda z, t: torch.tanh(2 * z) + 0.1 * torch.sin(torch.tensor(t / 100))
+    smooth = lambda z, t, a: torch.tanh(2 * z) + 0.1 * torch.sin(torch.tensor(t / 100))
     errors = []
     for n in (10, 40, 160):
         s = DDIMSchedule.from_scheduler(sd15_scheduler(), n)
@@ -39,7 +39,7 @@ def test_inversion_then_denoising_reconstructs_the_latent_on_the_tiny_model(tiny
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z_0 = tiny_model.encode(x)
     context = tiny_model.embed_prompt("a photo")
-    predict = lambda z, t: tiny_model.predict_noise(z, t, context)
+    predict = lambda z, t, a: tiny_model.predict_noise(z, t, context, a)
     s = DDIMSchedule.from_scheduler(tiny_model.scheduler, 50)
     trajectory = invert(s, z_0, 38, predict)
     z_rec = denoise(s, trajectory[-1], 38, predict)

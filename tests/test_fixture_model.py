@@ -25,7 +25,7 @@ def test_the_fixture_model_is_sd_shaped_fp16_within_budget_and_loads_through_loa
             assert all(weights.get_slice(k).get_dtype() == "F16" for k in weights.keys())
     model = load_model(str(FIXTURE), device="cpu")
     assert isinstance(model.unet, UNet2DConditionModel)
-    assert model.unet.config.cross_attention_dim == model.embed_prompt("a red disc").shape[-1]
+    assert model.unet.config.cross_attention_dim == model.embed_prompt("a red disc").hidden.shape[-1]
     assert model_preset(FIXTURE)["size"] == 64
 
 

@@ -31,8 +31,8 @@ def test_the_exported_model_loads_through_load_model(tmp_path):
     out = export(tmp_path / "vae" / "checkpoint.pt", tmp_path / "unet" / "checkpoint.pt",
                  tmp_path / "model")
     model = load_model(out, device="cpu")
-    assert model.vae_factor == 4 and model.size_multiple == 32
-    assert model.embed_prompt("a red disc").shape == (1, 77, 64)
+    assert model.architecture.vae_factor == 4 and model.size_multiple == 32
+    assert model.embed_prompt("a red disc").hidden.shape == (1, 77, 64)
     assert model_preset(out) == PRESET
     weights = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     assert weights < 25 * 2**20  # the size budget for the committed model

@@ -1,0 +1,58 @@
+"""A style LoRA (a community finetune's look) fused into the model's weights before any edit.
+
+Read with diffusers' own LoRA loader, which understands the diffusers/peft and the kohya
+(`lora_unet_…`, `lora_te_…`) formats, for the UNet and the text encoder(s); then fused
+(W ← W + s · B A) and its adapter layers removed. The per-image LoRA (`dragnext.lora`)
+then trains on top of the fused weights with its own hooks, so the style is applied
+exactly once and stays when the per-image adapter is removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+from torch import nn
+
+ADAPTER = "style"
+
+
+class StyleLoraError(ValueError):
+    """A style LoRA that cannot be applied to this model."""
+
+
+class _SD(StableDiffusionLoraLoaderMixin):
+    """The components diffusers' loader reads and writes, without a pipeline."""
+
+    def __init__(self, unet: nn.Module, text_encoders: list[nn.Module]):
+        self.unet, self.text_encoder = unet, text_encoders[0]
+
+    @property
+    def components(self) -> dict:
+        return {name: getattr(self, name) for name in self._lora_loadable_modules}
+
+
+class _SDXL(StableDiffusionXLLoraLoaderMixin, _SD):
+    def __init__(self, unet: nn.Module, text_encoders: list[nn.Module]):
+        super().__init__(unet, text_encoders)
+        self.text_encoder_2 = text_encoders[1]
+
+
+def fuse_style_lora(path: str | Path, scale: float, unet: nn.Module, text_encoders: list[nn.Module]) -> None:
+    """Fuse the LoRA at `path` (a .safetensors file, or a folder holding one) into `unet`
+    and `text_encoders` at weight `scale`."""
+    target = (_SDXL if len(text_encoders) == 2 else _SD)(unet, text_encoders)
+    path = Path(path).expanduser()
+    try:
+        if path.is_file():
+            target.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+        else:
+            target.load_lora_weights(str(path), adapter_name=ADAPTER)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise StyleLoraError(f"--lora {path}: cannot be applied to this model "
+                             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    loaded = [n for n, m in target.components.items() if ADAPTER in getattr(m, "peft_config", {})]
+    if not loaded:
+        raise StyleLoraError(f"--lora {path}: none of its weights name a layer of this model")
+    target.fuse_lora(components=loaded, lora_scale=scale, adapter_names=[ADAPTER])
+    target.unload_lora_weights()
