@@ -183,9 +183,10 @@ def main(argv: list[str] | None = None, root: argparse.ArgumentParser | None = N
     args = (root or parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # transformers draws a bar per file it loads or saves: noise above the stage bars
+    transformers.utils.logging.disable_progress_bar()
     if args.quiet:
         diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
     try:
         return args.run(args)
     except exit_3 as error:

@@ -22,7 +22,10 @@ class StyleLoraError(ValueError):
 
 
 class _SD(StableDiffusionLoraLoaderMixin):
-    """The components diffusers' loader reads and writes, without a pipeline."""
+    """The components diffusers' loader reads and writes, without a pipeline (none is
+    offloaded: `hf_device_map` None)."""
+
+    hf_device_map = None
 
     def __init__(self, unet: nn.Module, text_encoders: list[nn.Module]):
         self.unet, self.text_encoder = unet, text_encoders[0]

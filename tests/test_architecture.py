@@ -86,7 +86,9 @@ def test_a_transformer_model_folder_is_refused_by_the_edit_command(tmp_path):
     from PIL import Image
     Image.new("RGB", (64, 64), "white").save(image)
     mask = tmp_path / "m.png"
-    Image.new("L", (64, 64), 0).save(mask)
+    handle = Image.new("L", (64, 64), 0)
+    handle.paste(255, (5, 5, 16, 16))
+    handle.save(mask)
     instruction.write_text(json.dumps({"drags": [{"type": "translate", "handle_mask": str(mask),
                                                   "handle": [10, 10], "target": [20, 20]}]}))
     done = subprocess.run([sys.executable, "-m", "flows.cli", "-q", "edit", "--model", str(folder), "--image",

@@ -8,7 +8,7 @@ from dragnext.config import ConfigError, EditConfig, build_config, read_config_f
 def test_defaults_are_the_papers():
     c = EditConfig().to_record()
     assert c == {
-        "size": 512, "seed": 0, "method": "dragnext",
+        "size": None, "seed": 0, "method": "dragnext",
         "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4},
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True,
@@ -16,7 +16,7 @@ def test_defaults_are_the_papers():
                  "vacate": "keep", "vacate_weight": 1.0},
         "dragdiffusion": {"iterations": 80, "lr": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3,
                           "reached_px": 2.0},
-        "features": {"blocks": [2]},
+        "features": {"blocks": None},
         "attention": {"mutual": True, "start_layer": None},
         "output": {"paste_background": False},
         "runtime": {"batch_size": None},
@@ -24,6 +24,23 @@ def test_defaults_are_the_papers():
     assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
     assert EditConfig().inversion.start_step - EditConfig().pbsi.steps + 1 == 33  # T'
     assert EditConfig().edit_step == 32 and EditConfig(method="warp").edit_step == 38
+
+
+def test_the_model_dependent_defaults_resolve_to_the_papers_on_sd15_and_by_rule_on_sdxl():
+    from dragnext.architecture import describe
+    from tests.test_architecture import configs
+
+    sd15 = describe(*configs("sd15"), text_encoders=1)
+    sdxl = describe(*configs("sdxl"), text_encoders=2)
+    c = EditConfig()
+    assert (c.working_side(sd15), c.feature_blocks(sd15), sd15.mutual_start_layer) == (512, [2], 10)
+    assert (c.working_side(sdxl), c.feature_blocks(sdxl), sdxl.mutual_start_layer) == (1024, [1], 64)
+    assert build_config(overrides=["features.blocks=all", "size=768"]).feature_blocks(sdxl) == [0, 1, 2]
+    assert build_config(overrides=["size=768"]).working_side(sdxl) == 768
+    with pytest.raises(ConfigError, match="up_blocks are 0-2"):
+        build_config(overrides=["features.blocks=[3]"]).check_model(sdxl)
+    with pytest.raises(ConfigError, match="70 self-attention layers"):
+        build_config(overrides=["attention.start_layer=70"]).check_model(sdxl)
 
 
 def test_overrides_are_typed_and_nested():
