@@ -10,7 +10,8 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-integration test-all demo chaos overhead throughput manifest-scale gpu-check gpu-wheels clean
+.PHONY: setup test test-integration test-all demo chaos overhead throughput manifest-scale family-profiles gpu-check \
+	gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -61,6 +62,12 @@ throughput: setup
 # seconds, peak memory, bytes read from the store (README).
 manifest-scale: setup
 	$(BIN)/python -m bench.manifest_scale --json docs/manifest-scale.json
+
+# One PBSI iteration of each family's full-size random model at its native size (SD1.5 512,
+# SD2.1 512, SD2.1-v 768, SDXL 1024) through `dragnext tiny-model --full-size` and
+# `dragnext profile`; models kept in build/families (27 GB); writes docs/family-profiles.json.
+family-profiles: setup
+	$(BIN)/python -m bench.family_profiles --json docs/family-profiles.json
 
 # On a CUDA machine: the SD1.5-size model, `pytest -m gpu`, `dragnext profile` at 512 px with
 # LoRA on and off; writes docs/gpu-profile.json (bench/gpu_check.py). Needs no network: with

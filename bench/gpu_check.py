@@ -1,11 +1,14 @@
-"""`make gpu-check`: everything a CUDA machine can tell us, in one run (under 8 minutes on an H100).
+"""`make gpu-check`: everything a CUDA machine can tell us, in one run (about 10 minutes on an H100).
 
-1. builds the SD1.5-architecture random-weight model (`tiny-model --arch sd15`) unless present;
+1. builds the SD1.5-architecture random-weight model (`tiny-model --arch sd15 --full-size`)
+   unless present;
 2. runs `pytest -m gpu` (the half-precision CUDA edit against the fp32 CPU edit, a profile);
 3. profiles one 512 px edit of that model with LoRA on (the paper's full edit) and off
    (drag only), stage by stage;
 4. edits batches of 1, 4 and 8 items (`edit_batch`, LoRA on and off): items/hour and peak
    memory per setting, in the profile format `dragnext plan --profile` reads (`settings`);
+5. profiles one 1024 px edit of SDXL's full-size random model (built on the GPU, in memory)
+   with LoRA off and on (`sdxl_profiles`);
 and writes it all with the test outcome to `--json` (docs/gpu-profile.json).
 
 It needs no network: the working tree plus the project's dependencies are enough. On a box
@@ -28,8 +31,8 @@ import torch
 
 from bench.profile import profile, table
 from dragnext.config import build_config
-from dragnext.model import load_model
-from dragnext.tiny_model import save_tiny_model
+from dragnext.model import default_unet_dtype, load_model
+from dragnext.tiny_model import in_memory_model, save_tiny_model
 
 VARIANTS = {"lora_on": [], "lora_off": ["lora.enabled=false"]}
 BATCHES = (1, 4, 8)
@@ -65,6 +68,17 @@ def batch_settings(model, size: int) -> dict:
     return settings
 
 
+def sdxl_profiles() -> dict:
+    """SDXL at its native 1024 px: LoRA off (a warm-up, then timed) and on (timed once)."""
+    device = torch.device("cuda")
+    model = in_memory_model("sdxl", device, default_unet_dtype(device))
+    out = {}
+    for name, sets, warmup in (("lora_off", ["lora.enabled=false"], 1), ("lora_on", [], 0)):
+        out[name] = profile(model, build_config(overrides=sets), repeat=1, warmup=warmup)
+        print(f"\nsdxl {name}:\n{table(out[name])}", flush=True)
+    return out
+
+
 def gpu_tests() -> dict:
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-s", "-p", "no:cacheprovider",
                            "tests/test_gpu.py", "tests/test_edit.py", "tests/test_model_stages.py"],
@@ -77,7 +91,9 @@ def gpu_tests() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="build/sd15", help="built here with --arch sd15 if absent")
+    parser.add_argument("--model", default="build/sd15",
+                        help="built here with --arch sd15 --full-size if absent")
+    parser.add_argument("--no-sdxl", action="store_true", help="skip the SDXL profiles at 1024 px")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default="docs/gpu-profile.json")
@@ -88,7 +104,7 @@ def main() -> int:
         return 2
     start = time.perf_counter()
     if not (Path(args.model) / "model_index.json").exists():
-        save_tiny_model(args.model, arch="sd15")
+        save_tiny_model(args.model, arch="sd15", full_size=True)
         print(f"built the SD1.5-architecture model in {args.model} ({time.perf_counter() - start:.0f} s)")
     tests = gpu_tests()
     model = load_model(args.model, device="cuda")
@@ -98,8 +114,11 @@ def main() -> int:
         profiles[name] = profile(model, config, args.repeat)
         print(f"\n{name}:\n{table(profiles[name])}")
     settings = batch_settings(model, args.size)
+    del model
+    torch.cuda.empty_cache()
     report = {"device_name": torch.cuda.get_device_name(), "device": torch.cuda.get_device_name(),
               "tests": tests, "profiles": profiles, "settings": settings,
+              "sdxl_profiles": {} if args.no_sdxl else sdxl_profiles(),
               "wall_s": round(time.perf_counter() - start, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

@@ -46,7 +46,8 @@ def profile(model: DragModel, config: EditConfig, repeat: int, warmup: int = 1) 
     totals = [sum(r.timings.values()) for r in results]
     peak = max(results, key=lambda r: r.peak_memory["mb"]).peak_memory
     return {
-        "model": str(model.source), "family": model.architecture.family, "device": str(model.device), "device_name": device_name(model.device),
+        "model": str(model.source), "family": model.architecture.family, "device": str(model.device),
+        "device_name": device_name(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "torch": torch.__version__,
         "diffusers": diffusers.__version__, "working_size": list(results[-1].working_size),
         "warmup": warmup, "repeat": repeat, "stages": stages, "unet_passes": results[-1].unet_passes,

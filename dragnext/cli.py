@@ -14,10 +14,10 @@ import transformers
 from PIL import Image
 from tqdm import tqdm
 
+from dragnext.architecture import UnsupportedModelError
 from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
-from dragnext.architecture import UnsupportedModelError
 from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, ModelSource, load_model, model_preset
 from dragnext.output_check import EditFailed
 from dragnext.style_lora import StyleLoraError

@@ -118,7 +118,8 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
     for members in batches([items[i] for i in valid], [configs[i] for i in valid], model, item_mb):
         group = [valid[m] for m in members]
         results = _edit_group([items[i] for i in group], model, configs[group[0]], cache,
-                              model_fingerprint or model.source.fingerprint(), [weights[i] for i in group], notify)
+                              model_fingerprint or model.source.fingerprint(), [weights[i] for i in group],
+                              notify)
         for i, result in zip(group, results, strict=True):
             out[i] = result
     return out

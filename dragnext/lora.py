@@ -139,7 +139,8 @@ def _view_major(per_item: list[torch.Tensor]) -> torch.Tensor:
 def train_lora(model: DragModel, x: torch.Tensor, context: Conditioning, config: LoraConfig,
                seed: int, on_step: Callable[[int], None] | None = None) -> list[Weights]:
     """Fit one LoRA per image of x ∈ [-1, 1] (B, 3, H, W), with its prompt's conditioning
-    `context`, to the model's own target (ε or v, `dragnext.prediction`). Each item draws its views, noise and timesteps from its own
+    `context`, to the model's own target (ε or v, `dragnext.prediction`). Each item draws
+    its views, noise and timesteps from its own
     generator seeded with `seed`, so its adapter does not depend on its batch-mates.
 
     Returns the adapters' weights (CPU fp32); the UNet is left as it was."""

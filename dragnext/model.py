@@ -68,7 +68,8 @@ class DragModel:
     def embed_prompt(self, prompt: str, size: Size | None = None) -> Conditioning:
         """The prompt's conditioning for an image of `size` (h, w; default: the native size)."""
         native = self.architecture.native_size
-        return embed_prompt(prompt, self.text_encoders, self.tokenizers, size or (native, native), self.device)
+        size = size or (native, native)
+        return embed_prompt(prompt, self.text_encoders, self.tokenizers, size, self.device)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,13 +196,27 @@ def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.dev
     known = source_architecture(source)  # an unsupported folder fails here, before any weights
     try:
         unet = UNet2DConditionModel.from_pretrained(source_path, subfolder="unet", torch_dtype=dtype)
-        encoders = 2 if known is None and unet.config.get("addition_embed_type") else (
-            known.text_encoders if known else 1)
+        encoders = known.text_encoders if known else 2 if unet.config.get("addition_embed_type") else 1
         text_encoders, tokenizers = _text_encoders(source_path, encoders)
         vae = _vae(source_path, source.vae)
         scheduler = DDIMScheduler.from_pretrained(source_path, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise _not_found(spec, error) from None
+    return assemble(source, dict(unet=unet, vae=vae, scheduler=scheduler, text_encoders=text_encoders,
+                                 tokenizers=tokenizers), device, dtype)
+
+
+def assemble(source: ModelSource, parts: dict, device: torch.device | str, dtype: torch.dtype) -> DragModel:
+    """A `DragModel` from components in memory (`load_model`'s, or `tiny_model.components`
+    built on the device): describes them, fuses the source's style LoRA, moves them to
+    `device` (the UNet at `dtype`) and freezes them."""
+    device = torch.device(device)
+    unet, vae, text_encoders = parts["unet"], parts["vae"], parts["text_encoders"]
+    if unet.dtype != dtype:
+        unet.to(dtype=dtype)
+    scheduler = parts["scheduler"]
+    if not isinstance(scheduler, DDIMScheduler):  # e.g. SDXL's Euler config: the method steps DDIM
+        scheduler = DDIMScheduler.from_config(scheduler.config)
     architecture = describe(unet.config, vae.config, scheduler.config, len(text_encoders))
     if source.lora:
         fuse_style_lora(source.lora, source.lora_scale, unet, text_encoders)
@@ -211,5 +226,6 @@ def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.dev
         module.eval()
     log.info("loaded model %s on %s (%s, %s, UNet %s)", source, device, architecture.family,
              architecture.prediction_type, str(dtype).removeprefix("torch."))
-    return DragModel(source=source, architecture=architecture, unet=unet, vae=vae, text_encoders=text_encoders,
-                     tokenizers=tokenizers, scheduler=scheduler, device=device)
+    return DragModel(source=source, architecture=architecture, unet=unet, vae=vae,
+                     text_encoders=text_encoders,
+                     tokenizers=parts["tokenizers"], scheduler=scheduler, device=device)

@@ -52,8 +52,9 @@ def fuse_style_lora(path: str | Path, scale: float, unet: nn.Module, text_encode
         else:
             target.load_lora_weights(str(path), adapter_name=ADAPTER)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
         raise StyleLoraError(f"--lora {path}: cannot be applied to this model "
-                             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+                             f"({type(error).__name__}: {first_line})") from None
     loaded = [n for n, m in target.components.items() if ADAPTER in getattr(m, "peft_config", {})]
     if not loaded:
         raise StyleLoraError(f"--lora {path}: none of its weights name a layer of this model")

@@ -40,11 +40,13 @@ _BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
 # The families' real configs (stable-diffusion-v1-5, stable-diffusion-2-1[-base],
 # stable-diffusion-xl-base-1.0): unet, vae, text encoder(s), scheduler.
 _CLIP_L = dict(vocab_size=CLIP_VOCAB, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+               projection_dim=768)
 _OPEN_CLIP_H = dict(vocab_size=CLIP_VOCAB, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
                     num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512)
 _OPEN_CLIP_G = dict(vocab_size=CLIP_VOCAB, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
+                    projection_dim=1280)
 _KL_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                latent_channels=4, norm_num_groups=32)
@@ -81,15 +83,18 @@ def _tiny(arch: str) -> dict:
     text = dict(hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=77, projection_dim=TEXT_DIM)
     vae = dict(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-               up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=32)
+               up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+               sample_size=32)
     full = FULL_SIZE[arch]
     if arch == "sdxl":
         unet = dict(sample_size=32, block_out_channels=(32, 64, 64), layers_per_block=1, **_XL_BLOCKS,
-                    cross_attention_dim=2 * TEXT_DIM, attention_head_dim=(2, 4, 4), use_linear_projection=True,
+                    cross_attention_dim=2 * TEXT_DIM, attention_head_dim=(2, 4, 4),
+                    use_linear_projection=True,
                     transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time",
                     addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM)
     else:
-        unet = dict(sample_size={"sd15": 16, "sd21": 16, "sd21-v": 24}[arch], block_out_channels=(32, 32, 64, 64),
+        unet = dict(sample_size={"sd15": 16, "sd21": 16, "sd21-v": 24}[arch],
+                    block_out_channels=(32, 32, 64, 64),
                     layers_per_block=1, **_SD_BLOCKS, cross_attention_dim=TEXT_DIM,
                     attention_head_dim=4 if arch == "sd15" else (2, 4, 4, 4),
                     use_linear_projection=arch != "sd15")
@@ -121,7 +126,8 @@ def _scheduler(config: dict) -> DDIMScheduler | EulerDiscreteScheduler:
 
 
 def _text_encoder(config: dict, tokenizer: CLIPTokenizer, projected: bool):
-    config = CLIPTextConfig(**config, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    config = CLIPTextConfig(**config, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     return (CLIPTextModelWithProjection if projected else CLIPTextModel)(config)
 
@@ -167,7 +173,8 @@ def save_components(parts: dict, directory: str | Path) -> Path:
     """Each component in its subfolder and the `model_index.json` naming them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": "StableDiffusionXLPipeline" if "text_encoder_2" in parts else "StableDiffusionPipeline",
+    pipeline = "StableDiffusionXLPipeline" if "text_encoder_2" in parts else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline,
              "_diffusers_version": diffusers.__version__}
     for name, part in parts.items():
         if hasattr(part, "save_pretrained"):
@@ -180,5 +187,23 @@ def save_components(parts: dict, directory: str | Path) -> Path:
     return directory
 
 
-def save_tiny_model(directory: str | Path, seed: int = 0, arch: str = "sd15", full_size: bool = False) -> Path:
+def in_memory_model(arch: str, device: torch.device | str, dtype: torch.dtype, full_size: bool = True,
+                    seed: int = 0):
+    """A family's random model built on `device` and used from memory: no 14 GB folder to
+    write and read back for a profile of SDXL's size."""
+    from dragnext.model import assemble
+    from dragnext.model_source import ModelSource
+
+    with torch.device(device):
+        parts = components(arch, full_size, seed)
+    count = 2 if "text_encoder_2" in parts else 1
+    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")][:count]
+    grouped = dict(unet=parts["unet"], vae=parts["vae"], scheduler=parts["scheduler"],
+                   text_encoders=[parts[e] for e, _ in names], tokenizers=[parts[t] for _, t in names])
+    size = "full-size" if full_size else "tiny"
+    return assemble(ModelSource(model=f"random {size} {arch}"), grouped, device, dtype)
+
+
+def save_tiny_model(directory: str | Path, seed: int = 0, arch: str = "sd15",
+                    full_size: bool = False) -> Path:
     return save_components(components(arch, full_size, seed), directory)

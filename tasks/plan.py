@@ -115,7 +115,8 @@ def _look(plan: Plan, index: int, policy: UriPolicy, once: Once) -> tuple[str, s
     return item_id, found, kept
 
 
-def make_plan(manifest_uri: str, output_uri: str, model: ModelSource, model_fingerprint: str, base: EditConfig,
+def make_plan(manifest_uri: str, output_uri: str, model: ModelSource, model_fingerprint: str,
+              base: EditConfig,
               previous: dict[str, dict], item_filter: list[str] | None = None,
               allow_prefixes: list[str] | None = None, architecture: Architecture | None = None) -> Plan:
     """Validate the manifest and decide every row (see the module's docstring). Raises

@@ -45,7 +45,7 @@ def test_the_description_of_each_family_from_its_real_configs(family):
     first_of_stage = f"up_blocks.{arch.up_blocks - 2}."
     assert mutual[0].startswith(first_of_stage) and not layers[arch.mutual_start_layer - 1].startswith(
         first_of_stage)  # the first layer of up_blocks[-2] …
-    assert all(n.startswith(("up_blocks.%d." % (arch.up_blocks - 2), "up_blocks.%d." % (arch.up_blocks - 1)))
+    assert all(n.startswith((f"up_blocks.{arch.up_blocks - 2}.", f"up_blocks.{arch.up_blocks - 1}."))
                for n in mutual)  # … through the end: the last two decoder stages
     block = unet.up_blocks[arch.feature_block]
     assert block.resnets[-1].out_channels == arch.feature_channels

@@ -84,8 +84,8 @@ def test_the_v_model_trains_its_lora_on_v(family_dirs, monkeypatch):
     monkeypatch.setattr(lora, "training_target", lambda *a: targets.append(a[-1]) or real(*a))
     model = load_model(family_dirs["sd21-v"], device="cpu")
     x = torch.rand(1, 3, 48, 48) * 2 - 1
-    lora.train_lora(model, x, model.embed_prompt("a cup"), build_config().lora.model_copy(update={"steps": 1}),
-                    seed=0)
+    config = build_config().lora.model_copy(update={"steps": 1})
+    lora.train_lora(model, x, model.embed_prompt("a cup"), config, seed=0)
     assert targets == ["v_prediction"]
 
 
@@ -115,7 +115,8 @@ def style_lora(model_dir: Path, out: Path, kohya: bool = False, seed: int = 1) -
 
 @pytest.mark.parametrize("arch,kohya", [("sd15", False), ("sd15", True), ("sdxl", False)],
                          ids=["sd15-diffusers", "sd15-kohya", "sdxl-diffusers"])
-def test_a_style_lora_is_fused_exactly_once_and_survives_the_per_image_lora(arch, kohya, family_dirs, tmp_path):
+def test_a_style_lora_is_fused_exactly_once_and_survives_the_per_image_lora(arch, kohya, family_dirs,
+                                                                           tmp_path):
     from dragnext.lora import lora_applied, train_lora
 
     base = load_model(family_dirs[arch], device="cpu")
@@ -129,7 +130,8 @@ def test_a_style_lora_is_fused_exactly_once_and_survives_the_per_image_lora(arch
     before = {k: v.clone() for k, v in styled.unet.state_dict().items()}
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     cond = styled.embed_prompt("a cup")
-    [per_image] = train_lora(styled, x, cond, build_config().lora.model_copy(update={"steps": 2, "rank": 4}), 0)
+    config = build_config().lora.model_copy(update={"steps": 2, "rank": 4})
+    [per_image] = train_lora(styled, x, cond, config, 0)
     with lora_applied(styled, [per_image]):
         pass
     assert all(torch.equal(before[k], v) for k, v in styled.unet.state_dict().items())  # style kept, once
@@ -156,9 +158,23 @@ def test_vae_and_lora_change_the_output_the_record_and_the_fingerprint(family_di
 
 def test_a_missing_vae_or_lora_is_one_line(family_dirs, cases, tmp_path, capsys):
     for flag in ("--vae", "--lora"):
-        args = ["-q", "edit", "--model", str(family_dirs["sd15"]), "--image", str(cases["translate"] / "image.png"),
+        args = ["-q", "edit", "--model", str(family_dirs["sd15"]),
+                "--image", str(cases["translate"] / "image.png"),
                 "--instruction", str(cases["translate"] / "drag.json"), "--out", str(tmp_path / "o.png"),
                 flag, str(tmp_path / "nothing")]
         assert main(args) == 2
         err = capsys.readouterr().err
         assert f"{flag} {tmp_path / 'nothing'}: no such file or folder" in err and "Traceback" not in err
+
+
+def test_a_model_built_in_memory_predicts_like_the_same_model_saved_and_loaded(family_dirs):
+    """`make gpu-check` profiles SDXL from memory: it must be the model a folder would give."""
+    from dragnext.tiny_model import in_memory_model
+
+    loaded = load_model(family_dirs["sdxl"], device="cpu")
+    built = in_memory_model("sdxl", "cpu", torch.float32, full_size=False)
+    assert built.architecture == loaded.architecture
+    z = torch.randn(1, 4, 16, 16)
+    cond = loaded.embed_prompt("a disc", (32, 32))
+    assert torch.allclose(built.predict_noise(z, 300, built.embed_prompt("a disc", (32, 32))),
+                          loaded.predict_noise(z, 300, cond), atol=1e-5)

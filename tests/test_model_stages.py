@@ -76,7 +76,8 @@ def test_mutual_attention_reads_the_reference_and_is_restored(tiny_model):
     original = dict(unet.attn_processors)
     z_ref, z_edit = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
     plain = tiny_model.predict_noise(torch.cat([z_ref, z_edit]), 300, context)
-    with mutual_self_attention(unet, tiny_model.architecture.mutual_start_layer) as layers:  # up_blocks[-2:], two transformer layers each
+    start = tiny_model.architecture.mutual_start_layer
+    with mutual_self_attention(unet, start) as layers:  # up_blocks[-2:], two transformer layers each
         assert [n.split(".")[:2] for n in layers] == [["up_blocks", "2"]] * 2 + [["up_blocks", "3"]] * 2
         same = tiny_model.predict_noise(torch.cat([z_ref, z_ref]), 300, context)
         mutual = tiny_model.predict_noise(torch.cat([z_ref, z_edit]), 300, context)

@@ -133,8 +133,8 @@ def test_the_deployments_apply_as_the_infra_readme_says(client):
     assert bulk.work_pool_name == "control" and bulk.enforce_parameter_schema
     assert deployments["bulk-edit-shard"].work_pool_name == "gpu"
     assert bulk.parameters["shard_deployment"] == "bulk-edit-shard/bulk-edit-shard"
-    assert {"manifest_uri", "output_uri", "overrides", "item_filter", "allow_prefixes", "shard_size"} <= set(
-        bulk.parameter_openapi_schema["properties"])
+    assert {"manifest_uri", "output_uri", "overrides", "item_filter", "allow_prefixes", "shard_size", "vae",
+            "lora", "lora_scale"} <= set(bulk.parameter_openapi_schema["properties"])
     assert bulk.schedules[0].schedule.cron == "0 2 * * *"
     assert bulk.schedules[0].parameters["output_uri"].endswith("{date}")
     assert bulk.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"].startswith("dragnext")
@@ -143,10 +143,13 @@ def test_the_deployments_apply_as_the_infra_readme_says(client):
 
 def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack, client, tiny_model_dir,
                                                                          tmp_path):
+    from tests.test_families import style_lora
+
     out = tmp_path / "out"
+    lora, _ = style_lora(tiny_model_dir, tmp_path / "style.safetensors")
     run = run_deployment_and_wait(client, "bulk-edit/bulk-edit", {
         "manifest_uri": eight_items(tmp_path / "job"), "output_uri": str(out), "model": str(tiny_model_dir),
-        "overrides": FAST_OVERRIDES, "shard_size": 2})
+        "lora": str(lora), "lora_scale": 0.8, "overrides": FAST_OVERRIDES, "shard_size": 2})
     assert run.state.is_completed(), run.state.message
     shards = children(client, run.id)
     assert len(shards) == 4 and all(s.state.is_completed() for s in shards)
@@ -157,6 +160,8 @@ def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack,
     workers = {stack.processes[name].pid for name in ("gpu-a", "gpu-b")}
     # both GPU workers took shards (each shard's run is a child of its worker, its items grandchildren)
     assert {r["worker"]["grandparent_pid"] for r in records} == workers
+    # the style LoRA reached every shard's worker through the plan
+    assert all(r["model"]["lora"] == str(lora) and r["model"]["lora_scale"] == 0.8 for r in records)
 
 
 def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
