@@ -76,13 +76,13 @@ def _peak_mb() -> float:
 def child_plan(manifest_uri: str, model: str) -> dict:
     """Validate and plan, as `dragnext plan` does."""
     from dragnext.config import build_config
-    from dragnext.fingerprint import model_fingerprint, unet_up_blocks
-    from dragnext.model import model_preset
+    from dragnext.model import ModelSource, model_preset, source_architecture
     from tasks.plan import make_plan
 
     started = time.perf_counter()
-    plan = make_plan(manifest_uri, f"s3://{BUCKET}/out", model, model_fingerprint(model),
-                     build_config(preset=model_preset(model)), {}, up_blocks=unet_up_blocks(model))
+    source = ModelSource(model=model)
+    plan = make_plan(manifest_uri, f"s3://{BUCKET}/out", source, source.fingerprint(),
+                     build_config(preset=model_preset(model)), {}, architecture=source_architecture(source))
     plan.shards(1000)
     return {"seconds": round(time.perf_counter() - started, 2), "peak_mb": _peak_mb(),
             "to_run": len(plan.to_run), "invalid": len(plan.invalid)}
@@ -92,13 +92,13 @@ def child_merge(manifest_uri: str, model: str) -> dict:
     """Merge a finished run's rows (one per item, as its shards return them), write
     results.parquet, then read it back as a resume does."""
     from dragnext.config import build_config
-    from dragnext.model import model_preset
+    from dragnext.model import ModelSource, model_preset
     from flows.results import counts, previous_rows, results_table, write_final
     from tasks.plan import make_plan
 
     base = build_config(preset=model_preset(model))
     output = f"s3://{BUCKET}/merged"
-    plan = make_plan(manifest_uri, output, model, "fixture", base, {})
+    plan = make_plan(manifest_uri, output, ModelSource(model=model), "fixture", base, {})
     started = time.perf_counter()
     unfinished = plan.merge({}, {})
     finished = {i: {**unfinished[index], "status": "succeeded", "error": None,

@@ -115,9 +115,8 @@ def _look(plan: Plan, index: int, policy: UriPolicy, once: Once) -> tuple[str, s
     return item_id, found, kept
 
 
-def make_plan(manifest_uri: str, output_uri: str, model: ModelSource, model_fingerprint: str,
-              base: EditConfig,
-              previous: dict[str, dict], item_filter: list[str] | None = None,
+def make_plan(manifest_uri: str, output_uri: str, model: ModelSource | str, model_fingerprint: str,
+              base: EditConfig, previous: dict[str, dict], item_filter: list[str] | None = None,
               allow_prefixes: list[str] | None = None, architecture: Architecture | None = None) -> Plan:
     """Validate the manifest and decide every row (see the module's docstring). Raises
     `ManifestError` when the manifest as a whole cannot be read."""
@@ -131,7 +130,7 @@ def make_plan(manifest_uri: str, output_uri: str, model: ModelSource, model_fing
     once = Once()  # each distinct file looked at once, by validation and digests together
     invalid = {p.row: p for p in validate_rows(rows, base, policy, row_problems=conformed.row_problems,
                                                 architecture=architecture, once=once)}
-    plan = Plan(manifest_uri, output_uri, model, model_fingerprint, base, prefixes, rows,
+    plan = Plan(manifest_uri, output_uri, ModelSource.of(model), model_fingerprint, base, prefixes, rows,
                 {n: table[n].to_pylist() for n in table.column_names if n not in MANIFEST.names},
                 invalid, [None] * len(rows), {}, previous=previous)
     valid = [i for i in range(len(rows)) if i not in invalid]

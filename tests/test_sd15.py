@@ -1,4 +1,4 @@
-"""`dragnext tiny-model --arch sd15`: SD1.5's exact architecture with random weights."""
+"""`dragnext tiny-model --arch sd15 --full-size`: SD1.5's exact architecture with random weights."""
 
 import pytest
 import torch
@@ -25,7 +25,7 @@ def test_the_sd15_folder_builds_loads_and_runs_one_forward(tmp_path):
     from dragnext.model import load_model
     from flows.cli import main
 
-    assert main(["-q", "tiny-model", str(tmp_path / "sd15"), "--arch", "sd15"]) == 0
+    assert main(["-q", "tiny-model", str(tmp_path / "sd15"), "--arch", "sd15", "--full-size"]) == 0
     model = load_model(tmp_path / "sd15", device="cpu")
     assert sum(p.numel() for p in model.unet.parameters()) == SD15_PARAMETERS["unet"]
     with torch.no_grad():
