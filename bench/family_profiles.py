@@ -54,12 +54,11 @@ def profile_family(arch: str, work: Path, device: str) -> dict:
 def row(arch: str, report: dict) -> str:
     if "error" in report:
         return f"{arch:8s} {report['error']}"
-    stages, passes = report["stages"], report["unet_passes"]["by_stage"]
-    forward = stages["inversion"]["median_s"] / passes["inversion"]["forward"]
+    stages = {name: stage["median_s"] for name, stage in report["stages"].items()}
     height, width = report["working_size"]
-    return (f"{arch:8s} {report['family']:5s} {width:>5d}x{height:<5d} {forward:10.1f} "
-            f"{stages['pbsi']['median_s']:10.1f} {report['total']['median_s']:9.1f} "
-            f"{report['peak_memory']['mb'] / 1024:8.1f}")
+    return (f"{arch:8s} {report['family']:5s} {width:>5d}x{height:<5d} {stages['inversion']:9.1f} "
+            f"{stages['pbsi']:9.1f} {stages['denoise']:9.1f} {stages['decode']:9.1f} "
+            f"{report['total']['median_s']:8.1f} {report['peak_memory']['mb'] / 1024:8.1f}")
 
 
 def main() -> int:
@@ -72,11 +71,12 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     reports = {arch: profile_family(arch, work, args.device) for arch in args.arch or ARCHS}
-    lines = ["family   kind  size        fwd s/pass  pbsi s/it  total s  peak GB", "-" * 68]
+    lines = ["family   kind  size         invert s   pbsi s  denoise s  decode s  total s  peak GB", "-" * 86]
     lines += [row(arch, r) for arch, r in reports.items()]
     print("\n".join(lines))
-    print("pbsi s/it: one PBSI iteration, a forward and backward pass with the loss, plus the two forward "
-          "passes of its step (reference, and the DDIM step after)")
+    print("invert: VAE encode + 2 UNet forward passes; pbsi: 3 forward + 1 backward (the reference, one "
+          "iteration with its loss, the DDIM step); denoise: 1 forward of 2 samples (mutual attention); "
+          "decode: VAE decode")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     report = {"units": UNITS, "device": args.device, "families": reports}
     Path(args.json).write_text(json.dumps(report, indent=2))

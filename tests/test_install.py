@@ -41,4 +41,4 @@ def test_a_non_editable_install_runs_the_demo_help_and_a_fixture_edit_from_outsi
     run(dragnext, "-q", "edit", "--model", model, "--image", image, "--instruction", instruction,
         "--out", outside / "edited.png", "--device", "cpu")
     record = json.loads((outside / "edited.json").read_text())
-    assert record["config"]["size"] == 64 and record["model"] == model  # the installed preset
+    assert record["config"]["size"] == 64 and record["model"]["model"] == model  # the installed preset
