@@ -189,8 +189,6 @@ def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.dev
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_unet_dtype(device)
     local = Path(spec).expanduser()
-    if spec.startswith((".", "/", "~")) and not local.is_dir():
-        raise _not_found(spec, FileNotFoundError(f"no folder at {local}"))
     check_model_present(source)
     source_path = str(local) if local.is_dir() else spec
     known = source_architecture(source)  # an unsupported folder fails here, before any weights
@@ -226,6 +224,4 @@ def assemble(source: ModelSource, parts: dict, device: torch.device | str, dtype
         module.eval()
     log.info("loaded model %s on %s (%s, %s, UNet %s)", source, device, architecture.family,
              architecture.prediction_type, str(dtype).removeprefix("torch."))
-    return DragModel(source=source, architecture=architecture, unet=unet, vae=vae,
-                     text_encoders=text_encoders,
-                     tokenizers=parts["tokenizers"], scheduler=scheduler, device=device)
+    return DragModel(source, architecture, unet, vae, text_encoders, parts["tokenizers"], scheduler, device)
