@@ -121,6 +121,11 @@ def describe(unet: Mapping[str, Any], vae: Mapping[str, Any], scheduler: Mapping
     """The architecture of a model from its component configs (dicts or diffusers
     `FrozenDict`s): what `dragnext.model` and the stages read instead of assuming SD1.5."""
     _check_unet(unet, text_encoders)
+    if vae.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise _unsupported(f"its VAE is a {vae['_class_name']}, not an AutoencoderKL")
+    if vae.get("latent_channels", 4) != unet.get("in_channels", 4):
+        raise _unsupported(f"a VAE with {vae.get('latent_channels')} latent channels for a UNet that takes "
+                           f"{unet.get('in_channels', 4)}")
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise _unsupported(f"prediction_type={prediction!r} (supported: {', '.join(PREDICTION_TYPES)})")

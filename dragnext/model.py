@@ -21,7 +21,7 @@ from dragnext.model_source import DEFAULT_MODEL, ModelSource
 from dragnext.prediction import to_epsilon
 from dragnext.profiling import PassCounter
 from dragnext.resize import Size
-from dragnext.style_lora import fuse_style_lora
+from dragnext.style_lora import check_style_lora, fuse_style_lora
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def check_model_present(source: ModelSource | str) -> None:
     for extra, name in ((source.vae, "--vae"), (source.lora, "--lora")):
         if extra and not Path(extra).expanduser().exists() and model_folder(extra) is None:
             raise ModelNotFoundError(f"{name} {extra}: no such file or folder")
+    if source.lora:
+        check_style_lora(source.lora)
     spec = source.model
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     if model_folder(spec) is None and (offline or spec.startswith((".", "/", "~"))):
@@ -171,8 +173,12 @@ def _vae(source: str, vae: str | None) -> AutoencoderKL:
         return AutoencoderKL.from_pretrained(source, subfolder="vae")
     local = Path(vae).expanduser()
     nested = local.is_dir() and (local / "vae").is_dir()
-    return AutoencoderKL.from_pretrained(str(local) if local.is_dir() else vae,
-                                         subfolder="vae" if nested else None)
+    try:
+        return AutoencoderKL.from_pretrained(str(local) if local.is_dir() else vae,
+                                             subfolder="vae" if nested else None)
+    except (OSError, ValueError) as error:
+        raise UnsupportedModelError(f"--vae {vae}: cannot be loaded as an AutoencoderKL "
+                                    f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
 
 
 def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.device | str | None = None,
@@ -198,6 +204,8 @@ def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.dev
         text_encoders, tokenizers = _text_encoders(source_path, encoders)
         vae = _vae(source_path, source.vae)
         scheduler = DDIMScheduler.from_pretrained(source_path, subfolder="scheduler")
+    except UnsupportedModelError:
+        raise
     except (OSError, ValueError) as error:
         raise _not_found(spec, error) from None
     return assemble(source, dict(unet=unet, vae=vae, scheduler=scheduler, text_encoders=text_encoders,

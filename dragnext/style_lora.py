@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+from safetensors import safe_open
 from torch import nn
 
 ADAPTER = "style"
@@ -41,16 +42,42 @@ class _SDXL(StableDiffusionXLLoraLoaderMixin, _SD):
         self.text_encoder_2 = text_encoders[1]
 
 
+def lora_file(path: str | Path) -> Path:
+    """The .safetensors file of `path`: itself, or the one a folder holds (diffusers'
+    `pytorch_lora_weights.safetensors` first)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    named = path / "pytorch_lora_weights.safetensors"
+    found = [named] if named.is_file() else sorted(path.glob("*.safetensors"))
+    if len(found) != 1:
+        raise StyleLoraError(f"--lora {path}: a folder must hold one .safetensors file "
+                             f"(found {len(found)})")
+    return found[0]
+
+
+def check_style_lora(path: str | Path) -> None:
+    """Refuses, from the file's header alone, a `--lora` that is not a safetensors file of
+    LoRA weights, before a run spends anything on it."""
+    file = lora_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as weights:
+            keys = list(weights.keys())
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise StyleLoraError(f"--lora {path}: not a safetensors file ({type(error).__name__})") from None
+    if not any("lora" in key for key in keys):
+        raise StyleLoraError(f"--lora {path}: holds no LoRA weights (no tensor name has 'lora'; "
+                             f"first: {', '.join(keys[:2]) or 'none'})")
+
+
 def fuse_style_lora(path: str | Path, scale: float, unet: nn.Module, text_encoders: list[nn.Module]) -> None:
     """Fuse the LoRA at `path` (a .safetensors file, or a folder holding one) into `unet`
     and `text_encoders` at weight `scale`."""
     target = (_SDXL if len(text_encoders) == 2 else _SD)(unet, text_encoders)
-    path = Path(path).expanduser()
+    check_style_lora(path)
+    file = lora_file(path)
     try:
-        if path.is_file():
-            target.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
-        else:
-            target.load_lora_weights(str(path), adapter_name=ADAPTER)
+        target.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise StyleLoraError(f"--lora {path}: cannot be applied to this model "

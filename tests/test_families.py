@@ -178,3 +178,22 @@ def test_a_model_built_in_memory_predicts_like_the_same_model_saved_and_loaded(f
     cond = loaded.embed_prompt("a disc", (32, 32))
     assert torch.allclose(built.predict_noise(z, 300, built.embed_prompt("a disc", (32, 32))),
                           loaded.predict_noise(z, 300, cond), atol=1e-5)
+
+
+def test_a_vae_or_lora_that_is_not_one_is_refused_in_one_line(family_dirs, cases, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
+    wrong = {("--lora", tmp_path / "garbage.safetensors"): "not a safetensors file",
+             ("--lora", tmp_path / "weights.safetensors"): "holds no LoRA weights",
+             ("--lora", family_dirs["sd15"] / "unet"): "holds no LoRA weights",
+             ("--lora", tmp_path): "must hold one .safetensors file (found 2)",
+             ("--vae", family_dirs["sd15"] / "unet"): "its VAE is a UNet2DConditionModel"}
+    for (flag, path), expected in wrong.items():
+        args = ["-q", "edit", "--model", str(family_dirs["sd15"]), "--image", str(cases["scale"] / "image.png"),
+                "--instruction", str(cases["scale"] / "drag.json"), "--out", str(tmp_path / "o.png"),
+                flag, str(path)]
+        assert main(args) == 2, (flag, path)
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -44,6 +44,13 @@ def test_a_bad_set_on_run_is_one_line_and_exit_2_in_seconds_without_starting_pre
     ("blocks", lambda t, m: ["--output", str(t / "o"), "--set", "features.blocks=[7]"], "up_blocks are 0-3"),
     ("config file", lambda t, m: ["--output", str(t / "o"), "--config", str(t / "none.json")],
      "does not exist"),
+    ("no lora", lambda t, m: ["--output", str(t / "o"), "--lora", str(t / "style.safetensors")],
+     "no such file or folder"),
+    ("not a lora", lambda t, m: ["--output", str(t / "o"), "--lora", str(t / "a-file")],
+     "not a safetensors file"),
+    ("not a vae", lambda t, m: ["--output", str(t / "o"), "--vae", str(m / "unet")], "not an AutoencoderKL"),
+    ("start layer", lambda t, m: ["--output", str(t / "o"), "--set", "attention.start_layer=10"],
+     "10 self-attention layers"),
 ])
 def test_a_command_line_that_cannot_work_is_refused_up_front(tmp_path, tiny_model_dir, capsys, problem, args,
                                                              message):
