@@ -191,9 +191,9 @@ def test_a_vae_or_lora_that_is_not_one_is_refused_in_one_line(family_dirs, cases
              ("--lora", tmp_path): "must hold one .safetensors file (found 2)",
              ("--vae", family_dirs["sd15"] / "unet"): "its VAE is a UNet2DConditionModel"}
     for (flag, path), expected in wrong.items():
-        args = ["-q", "edit", "--model", str(family_dirs["sd15"]), "--image", str(cases["scale"] / "image.png"),
-                "--instruction", str(cases["scale"] / "drag.json"), "--out", str(tmp_path / "o.png"), flag,
-                str(path)]
+        case = cases["scale"]
+        args = ["-q", "edit", "--model", str(family_dirs["sd15"]), "--image", str(case / "image.png"),
+                "--instruction", str(case / "drag.json"), "--out", str(tmp_path / "o.png"), flag, str(path)]
         assert main(args) == 2, (flag, path)
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and len(err.splitlines()) == 1, err
