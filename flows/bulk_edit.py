@@ -37,6 +37,7 @@ from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
 from manifests.items import conform
 from manifests.schema import read_table
 from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
+from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
@@ -65,7 +66,8 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               shard_size: int | None = None, shard_deployment: str | None = None,
               retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = 300.0,
               lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None,
-              vae: str | None = None, lora: str | None = None, lora_scale: float = 1.0) -> dict:
+              vae: str | None = None, lora: str | None = None, lora_scale: float = 1.0,
+              guard_items: int = 20, guard_failed_fraction: float | None = 0.5) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
     overrides: config keys for the whole run (e.g. {"lora.steps": 40}); a row's `params`
@@ -85,19 +87,22 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
     vae: an AutoencoderKL folder that replaces the model's VAE.
     lora: a style LoRA (.safetensors, diffusers or kohya format) fused into the model at
         `lora_scale`; each item's own LoRA trains on top of it.
+    guard_items, guard_failed_fraction: a shard starts no more items once more than this
+        fraction of its first `guard_items` items failed (None: never); see tasks/guard.py.
     """
     output_uri = absolute(expand_output(output_uri))
     with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
         source = ModelSource(model=model, vae=vae, lora=lora, lora_scale=lora_scale)
+        guard = RunGuard(items=guard_items, failed_fraction=guard_failed_fraction)
         return _bulk_edit(absolute(manifest_uri), output_uri, source, overrides or {}, item_filter,
                           list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries,
-                          retry_delay_s, lost_after_s, profile)
+                          retry_delay_s, lost_after_s, profile, guard)
 
 
 def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
                item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
                shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
-               lost_after_s: float, profile: str | None) -> dict:
+               lost_after_s: float, profile: str | None, guard: RunGuard) -> dict:
     log = get_run_logger()
     started = time.time()
     base = build_config(overrides=overrides, preset=model_preset(model.model))
@@ -127,26 +132,28 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
             "shard": k, "output_uri": output_uri, "model": model.to_record(), "config": base.to_record(),
             "retries": retries, "retry_delay_s": retry_delay_s, "items": plan.shard_items(chunk),
             "manifest_uri": manifest_uri, "model_fingerprint": model_fp, "allowed_prefixes": allow_prefixes,
+            "guard": guard.model_dump(),
         }).encode())
         shards.append(fanout.Shard(k, plan_uri, chunk))
 
     finished: dict[str, dict] = {}
-    stopped: str | None = None
+    stopped: str | None = None  # the output cannot take writes
+    guarded: str | None = None  # the guard stopped the run: its first items mostly failed
     if shard_deployment:
         fanout.launch(shards, shard_deployment, run_id)
         fanout.wait(shards, output_uri, lost_after_s)
         finished = fanout.collect_all(shards, output_uri)
     else:
         for shard in shards:
-            outcome = run_shard(shard.plan_uri, workers, stopped=stopped)
+            outcome = run_shard(shard.plan_uri, workers, stopped=stopped, guarded=guarded)
             finished.update({r["item_id"]: r for r in outcome.rows})
-            stopped = stopped or outcome.stopped
+            stopped, guarded = stopped or outcome.stopped, guarded or outcome.guarded
     lost = {i: f"shard {shard.index}'s {shard.lost or 'run ended without its row'}"
             for shard in shards for i in shard.item_ids}
     results = plan.merge(finished, lost)
 
     summary.update(status="finished", counts=counts(results), resumed=plan.resumed, shards=len(shards),
-                   wall_s=round(time.time() - started, 2))
+                   wall_s=round(time.time() - started, 2), guard=guard.model_dump(), guard_stopped=guarded)
     table = results_table(results, plan.extra_columns)
     if stopped:
         summary.update(status="stopped", stopped=stopped)
@@ -156,8 +163,9 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
     log.info("done: %s in %.1f s -> %s", summary["counts"], summary["wall_s"], summary["results_uri"])
     failed = summary["counts"].get("failed", 0)
     if failed:
-        raise ItemsFailed(f"{failed} of {len(results)} items failed ({summary['counts']}); retry them with "
-                          f"`dragnext retry {summary['results_uri']}` or the retry-failed deployment",
+        why = f"the run's guard stopped it: {guarded}; " if guarded else ""
+        raise ItemsFailed(f"{why}{failed} of {len(results)} items failed ({summary['counts']}); retry them "
+                          f"with `dragnext retry {summary['results_uri']}` or the retry-failed deployment",
                           summary)
     return summary
 

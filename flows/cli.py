@@ -42,6 +42,7 @@ from manifests.storage import (
     write_bytes,
 )
 from manifests.uris import PolicyError, UriPolicy, check_prefix
+from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
 
 
@@ -129,6 +130,8 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         progress_log.propagate = True
         bar.bar.close()
     counts = summary["counts"]
+    if summary.get("guard_stopped"):
+        print(f"dragnext: the run stopped early: {summary['guard_stopped']}", file=sys.stderr)
     line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     resumed = f" ({summary['resumed']} kept from before)" if summary.get("resumed") else ""
     print(f"{line}{resumed} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
@@ -169,7 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.manifest, args.output, model=source.model, vae=source.vae, lora=source.lora,
         lora_scale=source.lora_scale, overrides=overrides,
         item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
-        workers=args.workers, retries=args.retries, profile=args.profile), args)
+        workers=args.workers, retries=args.retries, profile=args.profile, guard_items=args.guard_items,
+        guard_failed_fraction=None if args.guard_failed_fraction < 0 else args.guard_failed_fraction), args)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -298,6 +302,12 @@ def add_commands(commands) -> None:
                      "(default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
     run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
     run.add_argument("--profile", help="a measured profile: summary.json gets the device-hours estimate")
+    guard = RunGuard()
+    run.add_argument("--guard-items", type=int, default=guard.items,
+                     help=f"the run guard judges this many first items of each shard (default {guard.items})")
+    run.add_argument("--guard-failed-fraction", type=float, default=guard.failed_fraction,
+                     help="start no more items once more than this fraction of them failed (default "
+                     f"{guard.failed_fraction}; -1: never)")
     add_allow_prefix(run)
     run.set_defaults(run=cmd_run)
 

@@ -35,6 +35,7 @@ from manifests.storage import (
     write_bytes,
 )
 from tasks.batch_task import edit_batch_task
+from tasks.guard import GuardWatch, RunGuard
 from tasks.pool import CLOSING, InlineRunner, ProcessRunner, RunStopped, default_workers, item_runner
 from tasks.stages import ItemContext, failed_outcome
 
@@ -78,6 +79,7 @@ def heartbeat(uri: str, every_s: float):
 class ShardOutcome:
     rows: list[dict]
     stopped: str | None  # why the shard stopped dispatching (a full or read-only output)
+    guarded: str | None = None  # why the run's guard stopped it (its first items mostly failed)
 
 
 def _contexts(plan: dict) -> list[ItemContext]:
@@ -100,6 +102,8 @@ class _Rows:
         self.plan, self.run_id, self.runner, self.total = plan, run_id, runner, total
         self.rows: dict[str, dict] = {}
         self.log = get_run_logger()
+        self.guard = GuardWatch(RunGuard.model_validate(plan.get("guard") or {}))
+        self.guarded: str | None = None
 
     def add(self, ctx: ItemContext, row: dict, error: BaseException | None = None) -> None:
         if ctx.item_id in self.rows:
@@ -116,8 +120,14 @@ class _Rows:
         if reason and not self.runner.stopped:
             self.log.error("the output cannot take writes (%s): no more items are started", reason)
             self.runner.stop(f"the output cannot take writes ({reason})")
-        if row["status"] == "failed" and not row["error"].startswith(RunStopped.__name__):
+        stopped_by_run = row["status"] == "failed" and row["error"].startswith(RunStopped.__name__)
+        if row["status"] == "failed" and not stopped_by_run:
             self.log.error("item %s failed: %s", ctx.item_id, row["error"])
+        tripped = self.guard.observe(row, stopped_by_run)
+        if tripped and not self.runner.stopped:
+            self.log.error("shard %d: %s", self.plan["shard"], tripped)
+            self.runner.stop(tripped)
+            self.guarded = tripped
         done = len(self.rows)
         progress_log.info("%s: %s (%d/%d)", row["item_id"], row["status"], done, self.total,
                           extra={"done": done, "total": self.total, "row": row})
@@ -142,13 +152,15 @@ def batches_of(contexts: list[ItemContext], size: int) -> list[list[ItemContext]
     return [ordered[k:k + size] for k in range(0, len(ordered), size)]
 
 
-def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = None) -> ShardOutcome:
+def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = None,
+              guarded: str | None = None) -> ShardOutcome:
     """Edit the items of a shard plan (written by the parent flow); their rows, as finished.
 
     Each worker is handed a batch of items (`runtime.batch_size`) at a time. Interrupted
     (Ctrl-C, SIGTERM), it starts no more batches, gives the running ones
     `INTERRUPT_GRACE_S` to finish (their rows are stored), ends the workers and re-raises.
-    `stopped` (an earlier shard found the output full) starts none at all."""
+    `stopped` (an earlier shard found the output full) or `guarded` (an earlier shard's run
+    guard tripped, `tasks.guard`) starts none at all."""
     log = get_run_logger()
     plan = json.loads(read_bytes(plan_uri))
     contexts = _contexts(plan)
@@ -159,8 +171,8 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
     log.info("shard %d: %d items in %d batches on %s", plan["shard"], len(contexts), len(batches),
              f"{n_workers} worker process(es)" if n_workers else "the run's own process")
     runner = item_runner(n_workers)
-    if stopped:
-        runner.stop(stopped)
+    if stopped or guarded:
+        runner.stop(stopped or guarded)
     finished = _Rows(plan, run_id, runner, len(contexts))
     try:
         with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), heartbeat_s()), \
@@ -188,7 +200,9 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
         write_bytes(join(shard_dir(plan["output_uri"], plan["shard"]), "results.parquet"), table_bytes(table))
     except (StoreUnavailable, OutputUnwritable) as error:
         log.error("shard %d: results not stored: %s", plan["shard"], error)
-    return ShardOutcome(rows, runner.stopped if runner.stopped != CLOSING else None)
+    guarded = finished.guarded or guarded
+    unwritable = runner.stopped if runner.stopped not in (None, CLOSING, guarded) else None
+    return ShardOutcome(rows, unwritable, guarded)
 
 
 @flow(name="bulk-edit-shard")

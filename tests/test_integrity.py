@@ -264,15 +264,45 @@ def test_hostile_rows_and_files_are_invalid_alone_and_validate_never_hangs(tmp_p
         assert results[item_id]["status"] == "invalid" and error in results[item_id]["error"], item_id
 
 
-def test_an_edit_that_diverges_is_failed_with_its_reason_never_succeeded(tmp_path, tiny_model_dir, capsys):
-    broken = tmp_path / "broken-model"
-    shutil.copytree(tiny_model_dir, broken)
-    weights = next(broken.glob("unet/*.safetensors"))
+def diverging_model(tiny_model_dir: Path, folder: Path) -> Path:
+    """The tiny model with NaN output weights: every edit it makes diverges."""
+    shutil.copytree(tiny_model_dir, folder)
+    weights = next(folder.glob("unet/*.safetensors"))
     tensors = load_file(weights)
     name = next(k for k in tensors if k.startswith("conv_out") and k.endswith("weight"))
     save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, weights)
+    return folder
+
+
+def test_an_edit_that_diverges_is_failed_with_its_reason_never_succeeded(tmp_path, tiny_model_dir, capsys):
+    broken = diverging_model(tiny_model_dir, tmp_path / "broken-model")
     job = job_folder(tmp_path, 1)
     assert main(run(job / "manifest.parquet", tmp_path / "out", broken)) == 1
     [row] = read_results(str(tmp_path / "out" / "results.parquet"))
     assert row["status"] == "failed" and "EditFailed" in row["error"] and "non-finite" in row["error"]
     assert row["attempts"] == 1 and row["image_uri"] is None  # not retried: it would diverge again
+
+
+def test_the_run_guard_stops_a_run_whose_first_items_mostly_fail(tmp_path, tiny_model_dir, capsys):
+    broken = diverging_model(tiny_model_dir, tmp_path / "broken-model")
+    job, out = job_folder(tmp_path, 8), tmp_path / "out"
+    assert main(run(job / "manifest.parquet", out, broken, "--workers", "1", "--set", "runtime.batch_size=1",
+                    "--guard-items", "4", "--guard-failed-fraction", "0.5")) == 1
+    printed = capsys.readouterr()
+    assert "the run stopped early: 3 of the first 3 items failed, more than the guard's 50% of 4" in \
+        printed.err
+    rows = read_results(str(out / "results.parquet"))
+    diverged = [r for r in rows if "EditFailed" in (r["error"] or "")]
+    not_started = [r for r in rows if (r["error"] or "").startswith("RunStopped")]
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"failed"}
+    assert 3 <= len(diverged) <= 4 and len(diverged) + len(not_started) == 8  # one may have been in flight
+    assert all("more than the guard's 50% of 4" in r["error"] for r in not_started)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["guard"] == {"items": 4, "failed_fraction": 0.5}
+    assert "3 of the first 3" in summary["guard_stopped"]
+
+    # without the guard the same run edits (and fails) every item
+    assert main(run(job / "manifest.parquet", tmp_path / "unguarded", broken, "--workers", "1",
+                    "--guard-items", "4", "--guard-failed-fraction", "-1")) == 1
+    rows = read_results(str(tmp_path / "unguarded" / "results.parquet"))
+    assert all("EditFailed" in r["error"] for r in rows) and "stopped early" not in capsys.readouterr().err
