@@ -70,25 +70,37 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               guard_items: int = 20, guard_failed_fraction: float | None = 0.5) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
-    overrides: config keys for the whole run (e.g. {"lora.steps": 40}); a row's `params`
-        override them for that item.
-    item_filter: run only these item ids; the others keep their earlier rows (or are `skipped`).
-    allow_prefixes: where images and masks may come from besides the manifest's folder
-        (e.g. ["s3://bucket/images/"]); see manifests/README.md.
-    workers: items edited at once per shard, each in its own process (default: one per GPU).
-    shard_deployment: run shards as flow runs of this deployment (e.g.
-        "bulk-edit-shard/bulk-edit-shard" on the `gpu` pool); None runs them here.
-    shard_size: items per shard (default: all here; two shards per online pool worker).
-    lost_after_s: a shard's run that stops beating this long is declared lost.
-    lease_stale_after_s: another run's lease on the output whose heartbeat is this old is
-        taken over (that run died); a fresher one makes this run refuse.
-    profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the
-        device-hours estimate in summary.json.
-    vae: an AutoencoderKL folder that replaces the model's VAE.
-    lora: a style LoRA (.safetensors, diffusers or kohya format) fused into the model at
-        `lora_scale`; each item's own LoRA trains on top of it.
-    guard_items, guard_failed_fraction: a shard starts no more items once more than this
-        fraction of its first `guard_items` items failed (None: never); see tasks/guard.py.
+    Args:
+        manifest_uri: the Parquet manifest (a local path or s3://bucket/key); its images and
+            masks are read relative to its folder.
+        output_uri: where images, previews, records and results.parquet go; {date} and
+            {flow_run} are filled in (a nightly schedule writes a folder per night).
+        model: hub id or local diffusers folder of an SD1.x, SD2.x or SDXL model.
+        overrides: config keys for the whole run, e.g. {"lora.steps": 40}; a row's `params`
+            override them for that item.
+        item_filter: run only these item ids; the others keep their earlier rows (or are
+            `skipped`).
+        allow_prefixes: where images and masks may come from besides the manifest's folder,
+            e.g. ["s3://bucket/images/"]; see manifests/README.md.
+        workers: items edited at once per shard, each in its own process (default: one per
+            GPU, one on a CPU machine).
+        shard_size: items per shard (default: all here; two shards per online pool worker).
+        shard_deployment: run shards as flow runs of this deployment, e.g.
+            "bulk-edit-shard/bulk-edit-shard" on the `gpu` pool; empty runs them here.
+        retries: retries of an item's transient failures (store outages, CUDA out of memory).
+        retry_delay_s: the first retry's delay in seconds; it doubles each time.
+        lost_after_s: a shard's run that stops beating this long is declared lost.
+        lease_stale_after_s: another run's lease on the output whose heartbeat is this old is
+            taken over (that run died); a fresher one makes this run refuse.
+        profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the
+            device-hours estimate in summary.json.
+        vae: an AutoencoderKL folder that replaces the model's VAE.
+        lora: a style LoRA (.safetensors, diffusers or kohya format) fused into the model at
+            `lora_scale`; each item's own LoRA trains on top of it.
+        lora_scale: the style LoRA's weight.
+        guard_items: the run guard judges this many first items of each shard (tasks/guard.py).
+        guard_failed_fraction: a shard starts no more items once more than this fraction of
+            its first `guard_items` failed; empty: never.
     """
     output_uri = absolute(expand_output(output_uri))
     with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
@@ -175,7 +187,15 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int |
                  retries: int = 2, retry_delay_s: float = 10.0) -> dict:
     """Re-run a run's `failed` items and those it never finished (and `invalid` ones, once the
     manifest was fixed) with the run's config, reusing every stored stage whose inputs are
-    unchanged. Works on a run that was killed too: its summary.json is written first."""
+    unchanged. Works on a run that was killed too: its summary.json is written first.
+
+    Args:
+        results_uri: the run's results.parquet (local path or s3://…).
+        include_invalid: also re-run `invalid` items (after the manifest was fixed).
+        workers: items edited at once per shard, each in its own process (default: one per GPU).
+        retries: retries of an item's transient failures.
+        retry_delay_s: the first retry's delay in seconds; it doubles each time.
+    """
     output_uri = parent(absolute(results_uri))
     summary = read_summary(output_uri)
     manifest = conform(read_table(summary["manifest_uri"])).table.column("item_id").to_pylist()

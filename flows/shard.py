@@ -207,7 +207,12 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
 
 @flow(name="bulk-edit-shard")
 def bulk_edit_shard(plan_uri: str, workers: int | None = None) -> dict:
-    """Edit one shard of a bulk run (launched by `bulk-edit`; `plan_uri` names its items)."""
+    """Edit one shard of a bulk run (launched by `bulk-edit`).
+
+    Args:
+        plan_uri: the shard's plan.json, written by the parent: its items, config and model.
+        workers: items edited at once, each in its own process (default: one per GPU).
+    """
     rows = run_shard(plan_uri, workers).rows
     failed = [r["item_id"] for r in rows if r["status"] == "failed"]
     summary = {"items": len(rows), "failed": failed}

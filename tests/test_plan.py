@@ -91,3 +91,16 @@ def test_validating_10000_rows_on_s3_reads_only_headers_once_per_file(s3_store, 
     assert seconds < 120, seconds  # ~35 s on 2 cores
     # a 64 KiB header of each image, a HEAD of each file, the manifest: a tenth of the files
     assert served < 100 * 64 * 1024 + 2 * 2**20 < whole / 5, (served, whole)
+
+
+def test_every_flow_parameter_has_a_description_the_prefect_ui_shows():
+    """Prefect reads Google-style `Args:` docstrings into the deployment's parameter form."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.bulk_edit import bulk_edit, retry_failed
+    from flows.shard import bulk_edit_shard
+
+    for flow in (bulk_edit, retry_failed, bulk_edit_shard):
+        properties = parameter_schema(flow.fn).model_dump()["properties"]
+        missing = [name for name, p in properties.items() if not p.get("description")]
+        assert not missing, (flow.name, missing)
