@@ -42,6 +42,8 @@ from tasks.plan import make_plan, summary_counts
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
 LEASE_STALE_AFTER_S = 60.0
+# A shard's run that has not beaten for this long is lost.
+LOST_AFTER_S = 300.0
 
 
 def expand_output(output_uri: str) -> str:
@@ -64,7 +66,7 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
               overrides: dict[str, Any] | None = None, item_filter: list[str] | None = None,
               allow_prefixes: list[str] | None = None, workers: int | None = None,
               shard_size: int | None = None, shard_deployment: str | None = None,
-              retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = 300.0,
+              retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = LOST_AFTER_S,
               lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None,
               vae: str | None = None, lora: str | None = None, lora_scale: float = 1.0,
               guard_items: int = 20, guard_failed_fraction: float | None = 0.5) -> dict:
@@ -102,29 +104,44 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
         guard_failed_fraction: a shard starts no more items once more than this fraction of
             its first `guard_items` failed; empty: never.
     """
-    output_uri = absolute(expand_output(output_uri))
+    source = ModelSource(model=model, vae=vae, lora=lora, lora_scale=lora_scale)
+    guard = RunGuard(items=guard_items, failed_fraction=guard_failed_fraction)
+    return run_bulk(manifest_uri, absolute(expand_output(output_uri)), source, overrides or {}, item_filter,
+                    list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries, retry_delay_s,
+                    lost_after_s, lease_stale_after_s, profile, guard)
+
+
+def run_bulk(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
+             item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
+             shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
+             lost_after_s: float, lease_stale_after_s: float, profile: str | None, guard: RunGuard,
+             retry_of: dict | None = None) -> dict:
+    """A bulk edit in the flow run that calls it (`bulk-edit`, or `retry-failed`, whose logs,
+    results and artifacts are then its own), holding the output's lease throughout.
+    `retry_of` is the earlier run's summary: its run id stays the run's, and this one is
+    added to its `retry_runs`."""
     with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
-        source = ModelSource(model=model, vae=vae, lora=lora, lora_scale=lora_scale)
-        guard = RunGuard(items=guard_items, failed_fraction=guard_failed_fraction)
-        return _bulk_edit(absolute(manifest_uri), output_uri, source, overrides or {}, item_filter,
-                          list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries,
-                          retry_delay_s, lost_after_s, profile, guard)
+        return _bulk_edit(absolute(manifest_uri), output_uri, model, overrides, item_filter, allow_prefixes,
+                          workers, shard_size, shard_deployment, retries, retry_delay_s, lost_after_s,
+                          profile, guard, retry_of)
 
 
 def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
                item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
                shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
-               lost_after_s: float, profile: str | None, guard: RunGuard) -> dict:
+               lost_after_s: float, profile: str | None, guard: RunGuard, retry_of: dict | None) -> dict:
     log = get_run_logger()
     started = time.time()
     base = build_config(overrides=overrides, preset=model_preset(model.model))
-    run_id, model_fp = str(flow_run.id), model.fingerprint()
+    this_run, model_fp = str(flow_run.id), model.fingerprint()
     summary = {
-        "status": "running", "run_id": run_id, "manifest_uri": manifest_uri, "output_uri": output_uri,
+        "status": "running", "run_id": retry_of["run_id"] if retry_of else this_run,
+        "manifest_uri": manifest_uri, "output_uri": output_uri,
         **model.to_record(), "model_fingerprint": model_fp, "overrides": overrides,
         "allow_prefixes": allow_prefixes, "config": base.to_record(), "workers": workers,
         "shard_deployment": shard_deployment, "started": started,
         "results_uri": join(output_uri, "results.parquet"),
+        **({"retry_runs": [*retry_of.get("retry_runs", []), this_run]} if retry_of else {}),
     }
     write_summary(output_uri, summary)
     plan = make_plan(manifest_uri, output_uri, model, model_fp, base, previous_rows(output_uri), item_filter,
@@ -152,7 +169,7 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
     stopped: str | None = None  # the output cannot take writes
     guarded: str | None = None  # the guard stopped the run: its first items mostly failed
     if shard_deployment:
-        fanout.launch(shards, shard_deployment, run_id)
+        fanout.launch(shards, shard_deployment, this_run)
         fanout.wait(shards, output_uri, lost_after_s)
         finished = fanout.collect_all(shards, output_uri)
     else:
@@ -202,9 +219,11 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int |
     earlier = previous_rows(output_uri)
     keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
     ids = [i for i in manifest if i is None or earlier.get(i, {}).get("status") not in keep]
-    get_run_logger().info("retrying %d items", len(ids))
-    return bulk_edit(summary["manifest_uri"], output_uri, model=summary["model"], vae=summary.get("vae"),
-                     lora=summary.get("lora"), lora_scale=summary.get("lora_scale", 1.0),
-                     overrides=summary["overrides"], item_filter=[i for i in ids if i is not None],
-                     allow_prefixes=summary["allow_prefixes"], workers=workers, retries=retries,
-                     retry_delay_s=retry_delay_s, shard_deployment=summary["shard_deployment"])
+    get_run_logger().info("retrying %d items of run %s", len(ids), summary["run_id"])
+    source = ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
+                         lora_scale=summary.get("lora_scale", 1.0))
+    guard = RunGuard.model_validate(summary.get("guard") or {})
+    return run_bulk(summary["manifest_uri"], output_uri, source, summary["overrides"],
+                    [i for i in ids if i is not None], summary["allow_prefixes"], workers, None,
+                    summary["shard_deployment"], retries, retry_delay_s, LOST_AFTER_S, LEASE_STALE_AFTER_S,
+                    None, guard, retry_of=summary)

@@ -3,11 +3,14 @@
 import io
 import json
 from pathlib import Path
+from uuid import UUID
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
 from dragnext.edit import STAGES
 from flows.bulk_edit import bulk_edit, retry_failed
@@ -123,7 +126,18 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
     lora = out / "items" / "rotate-bar" / "stages" / "lora.safetensors"
     stored, stamp = lora.read_bytes(), lora.stat().st_mtime_ns
     monkeypatch.setattr(dragnext.stages, "pbsi", real_pbsi)  # the cause is removed
+    first_run = summary["run_id"]
     summary = retry_failed(summary["results_uri"], workers=0)
+    assert summary["run_id"] == first_run  # the run's id is kept; the retry is added beside it
+    [retry_run] = summary["retry_runs"]
+    assert json.loads((out / "summary.json").read_text())["retry_runs"] == [retry_run]
+    with get_client(sync_client=True) as client:  # the retry's work is its own run's, not a subflow's
+        run = client.read_flow_run(UUID(retry_run))
+        assert client.read_flow(run.flow_id).name == "retry-failed" and run.parent_task_run_id is None
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        assert artifacts  # the summary and tables are on the retry's page
+        assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
     assert results["translate-disc"]["attempts"] == 2  # kept from the first run
