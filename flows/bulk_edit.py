@@ -169,10 +169,13 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
     stopped: str | None = None  # the output cannot take writes
     guarded: str | None = None  # the guard stopped the run: its first items mostly failed
     if shard_deployment:
-        fanout.launch(shards, shard_deployment, this_run)
+        pool = fanout.launch(shards, shard_deployment, this_run)
+        log.info("launched %d shard(s) of up to %d items as runs of %s on the '%s' work pool", len(shards),
+                 size, shard_deployment, pool)
         fanout.wait(shards, output_uri, lost_after_s)
         finished = fanout.collect_all(shards, output_uri)
     else:
+        log.info("running %d shard(s) of up to %d items in this flow run", len(shards), size)
         for shard in shards:
             outcome = run_shard(shard.plan_uri, workers, stopped=stopped, guarded=guarded)
             finished.update({r["item_id"]: r for r in outcome.rows})

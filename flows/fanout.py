@@ -43,15 +43,19 @@ def default_shard_size(items: int, deployment: str) -> int:
     return max(1, math.ceil(items / (2 * max(1, len(online)))))
 
 
-def launch(shards: list[Shard], deployment: str, parent_run_id: str) -> None:
-    """One child flow run per shard. The idempotency key is the parent run, the shard and its
-    items: a retried parent with the same work attaches to the runs it launched before."""
+def launch(shards: list[Shard], deployment: str, parent_run_id: str) -> str:
+    """One child flow run per shard; returns the work pool they run on. The idempotency key
+    is the parent run, the shard and its items: a retried parent with the same work
+    attaches to the runs it launched before."""
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(deployment).work_pool_name
     for shard in shards:
         shard.run = run_deployment(
             deployment, parameters={"plan_uri": shard.plan_uri}, timeout=0, as_subflow=True,
             flow_run_name=f"shard-{shard.index}",
             idempotency_key=f"{parent_run_id}/{shard.index}/{digest(shard.item_ids)}")
         log.info("shard %d (%d items): flow run %s", shard.index, len(shard.item_ids), shard.run.name)
+    return pool
 
 
 def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:

@@ -10,7 +10,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 
 from dragnext.edit import STAGES
 from flows.bulk_edit import bulk_edit, retry_failed
@@ -138,6 +144,9 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
         assert artifacts  # the summary and tables are on the retry's page
         assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+        logs = [entry.message for entry in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+        assert "running 1 shard(s) of up to 1 items in this flow run" in logs, logs
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
     assert results["translate-disc"]["attempts"] == 2  # kept from the first run

@@ -48,7 +48,9 @@ class Stack:
                     "PREFECT_HOME": str(home), "PREFECT_API_URL": self.url, "DRAGNEXT_HOME": str(ROOT),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                     "PREFECT_WORKER_QUERY_SECONDS": "1", "DRAGNEXT_HEARTBEAT_S": "1",
-                    "PREFECT_LOGGING_LEVEL": "WARNING"}
+                    "PREFECT_LOGGING_LEVEL": "WARNING",
+                    # the runs' own lines (shards launched, where) at INFO, as the UI shows them
+                    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO"}
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
@@ -162,6 +164,13 @@ def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack,
     assert {r["worker"]["grandparent_pid"] for r in records} == workers
     # the style LoRA reached every shard's worker through the plan
     assert all(r["model"]["lora"] == str(lora) and r["model"]["lora_scale"] == 0.8 for r in records)
+    # the parent's own log says how many shards it launched and where they run
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = [entry.message for entry in client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    assert any("launched 4 shard(s) of up to 2 items as runs of bulk-edit-shard/bulk-edit-shard on the "
+               "'gpu' work pool" in m for m in logs), logs
 
 
 def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
