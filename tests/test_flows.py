@@ -25,7 +25,7 @@ from flows.shard import ItemsFailed
 from manifests.dragbench import import_dragbench
 from manifests.schema import ManifestError, read_table, write_table
 from manifests.storage import filesystem, read_bytes, write_bytes
-from tests.conftest import FAST, FAST_OVERRIDES
+from tests.conftest import FAST, FAST_OVERRIDES, wait_for
 from tests.scenes import SYNTHETIC, dragbench_subset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
@@ -144,9 +144,11 @@ def test_transient_errors_retry_and_failed_items_resume_without_retraining(tmp_p
         assert artifacts  # the summary and tables are on the retry's page
         assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-        logs = [entry.message for entry in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
-        assert "running 1 shard(s) of up to 1 items in this flow run" in logs, logs
+        line = "running 1 shard(s) of up to 1 items in this flow run"
+        runs_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+        # logs reach the API in batches: wait for the line
+        wait_for(lambda: line in [e.message for e in client.read_logs(log_filter=runs_logs)], 60,
+                 "the run's shard line")
     results = {r["item_id"]: r for r in read_table(summary["results_uri"]).to_pylist()}
     assert results["rotate-bar"]["status"] == "succeeded" and results["rotate-bar"]["attempts"] == 2
     assert results["translate-disc"]["attempts"] == 2  # kept from the first run

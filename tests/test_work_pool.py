@@ -167,10 +167,10 @@ def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack,
     # the parent's own log says how many shards it launched and where they run
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    logs = [entry.message for entry in client.read_logs(
-        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
-    assert any("launched 4 shard(s) of up to 2 items as runs of bulk-edit-shard/bulk-edit-shard on the "
-               "'gpu' work pool" in m for m in logs), logs
+    line = ("launched 4 shard(s) of up to 2 items as runs of bulk-edit-shard/bulk-edit-shard on the 'gpu' "
+            "work pool")
+    wait_for(lambda: line in [entry.message for entry in client.read_logs(  # logs reach the API in batches
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))], 60, "the parent's shard line")
 
 
 def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
