@@ -72,9 +72,9 @@ def check_style_lora(path: str | Path) -> None:
 
 def fuse_style_lora(path: str | Path, scale: float, unet: nn.Module, text_encoders: list[nn.Module]) -> None:
     """Fuse the LoRA at `path` (a .safetensors file, or a folder holding one) into `unet`
-    and `text_encoders` at weight `scale`."""
+    and `text_encoders` at weight `scale`. Its header was checked by `check_style_lora`
+    (`dragnext.model.check_model_present`) before any weights were loaded."""
     target = (_SDXL if len(text_encoders) == 2 else _SD)(unet, text_encoders)
-    check_style_lora(path)
     file = lora_file(path)
     try:
         target.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER)
