@@ -27,7 +27,6 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 ARCHS = ("sd15", "sd21", "sd21-v", "sdxl")
 CLIP_VOCAB = 49408  # CLIP's; <|startoftext|> and <|endoftext|> are its last two ids
-SD15_VOCAB = CLIP_VOCAB
 TEXT_DIM = 32  # the tiny models' text width
 
 _SD_BLOCKS = dict(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -150,11 +149,6 @@ def components(arch: str = "sd15", full_size: bool = False, seed: int = 0) -> di
         parts["text_encoder" + suffix] = _text_encoder(text, tokenizer, projected=i == 1)
         parts["tokenizer" + suffix] = tokenizer
     return parts
-
-
-def sd15_components(seed: int = 0) -> dict:
-    """SD1.5's configs (`stable-diffusion-v1-5` unet/vae/text_encoder), random weights."""
-    return components("sd15", full_size=True, seed=seed)
 
 
 @torch.no_grad()

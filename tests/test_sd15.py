@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dragnext.tiny_model import SD15_VOCAB, sd15_components
+from dragnext.tiny_model import CLIP_VOCAB, components
 
 # Parameter counts of stable-diffusion-v1-5's unet, text_encoder and vae folders.
 SD15_PARAMETERS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
@@ -11,11 +11,11 @@ SD15_PARAMETERS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_6
 
 def test_the_sd15_components_have_sd15s_exact_sizes():
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        parts = sd15_components()
+        parts = components("sd15", full_size=True)
     for name, count in SD15_PARAMETERS.items():
         assert sum(p.numel() for p in parts[name].parameters()) == count, name
     tokenizer = parts["tokenizer"]
-    assert len(tokenizer) == SD15_VOCAB
+    assert len(tokenizer) == CLIP_VOCAB
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
     assert tokenizer("a red cup").input_ids[0] == 49406
 
