@@ -101,8 +101,10 @@ def _interrupt_handler():
 def _run_flow(run, args: argparse.Namespace) -> int:
     """Run a flow with the progress bar, and end with its summary line and exit code: 0 when
     every item succeeded, 1 when some failed or were invalid, 3 when the store was down."""
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    quieted = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    levels = [logger.level for logger in quieted]  # restored after: main() may run in a caller's process
+    for logger in quieted:
+        logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     reported = ReportedByTheCommand()
     logging.getLogger("prefect.flow_runs").addFilter(reported)
     watchdog.start(os.getpid())
@@ -128,6 +130,8 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         for sig, earlier in previous.items():
             signal.signal(sig, earlier)
         progress_log.propagate = True
+        for logger, level in zip(quieted, levels):
+            logger.setLevel(level)
         bar.bar.close()
     counts = summary["counts"]
     if summary.get("guard_stopped"):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 from pathlib import Path
 from uuid import UUID
 
@@ -81,10 +82,13 @@ def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp
                                                                              capsys):
     out = tmp_path / "run"
     sets = [a for s in [*FAST, "runtime.batch_size=1"] for a in ("--set", s)]  # three batches for two workers
+    flow_runs_level = logging.getLogger("prefect.flow_runs").level
     code = main(["run", str(SYNTHETIC), "--output", str(out), "--model", str(tiny_model_dir),
                  "--workers", "2", *sets])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    # the bar quiets Prefect's run loggers while it runs, and gives them back to the caller's process
+    assert logging.getLogger("prefect.flow_runs").level == flow_runs_level
     assert "3 succeeded in" in captured.out
     assert "items: 100%" in captured.err and "3/3" in captured.err  # the bar ran to the end
     records = [json.loads(p.read_text()) for p in sorted(out.glob("items/*/record.json"))]
