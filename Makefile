@@ -75,13 +75,16 @@ family-profiles: setup
 # working tree plus carried wheels (`make gpu-wheels` where there is network):
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 #   PYTHONPATH=/tmp/site make gpu-check GPU_PY=python3
+# On a lease, bound it and keep the JSON where it comes back, e.g.
+#   GPU_CHECK_ARGS="--budget-s 360 --json $OUT/gpu-profile.json"
 GPU_PY ?= $(BIN)/python
 gpu-check:
-	$(GPU_PY) -m bench.gpu_check --json docs/gpu-profile.json
+	$(GPU_PY) -m bench.gpu_check --json docs/gpu-profile.json $(GPU_CHECK_ARGS)
 
 # Wheels (Python 3.12, x86-64 Linux) of this venv's versions of what a stock CUDA PyTorch
-# image lacks for gpu-check; torch, transformers and pytest are expected there.
-GPU_WHEELS := diffusers|pydantic|pydantic_core|annotated-types|typing-inspection|importlib_metadata
+# image lacks for gpu-check, or has older than these need; torch, transformers, accelerate and pytest
+# are expected there.
+GPU_WHEELS := diffusers|peft|pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions|importlib_metadata|lazy-importer|zipp
 gpu-wheels: setup
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -15,7 +15,11 @@ It needs no network: the working tree plus the project's dependencies are enough
 without them, carry wheels (`make gpu-wheels` on a machine with network, README "A GPU box
 from zero") and put them on PYTHONPATH; Prefect, s3fs and moto are not needed here.
 
-    python -m bench.gpu_check [--model build/sd15] [--size 512] [--repeat 3] [--json docs/gpu-profile.json]
+    python -m bench.gpu_check [--model build/sd15] [--size 512] [--repeat 3] [--budget-s S]
+                              [--json docs/gpu-profile.json]
+
+The JSON is rewritten after each section (tests, SD1.5 profiles and batches, SDXL), so a run
+cut short by its lease keeps what it measured; `--budget-s` starts no section past that time.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ def main() -> int:
     parser.add_argument("--no-sdxl", action="store_true", help="skip the SDXL profiles at 1024 px")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no section after this many seconds (a lease's end); names those skipped")
     parser.add_argument("--json", default="docs/gpu-profile.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -103,31 +109,51 @@ def main() -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    if not (Path(args.model) / "model_index.json").exists():
-        save_tiny_model(args.model, arch="sd15", full_size=True)
-        print(f"built the SD1.5-architecture model in {args.model} ({time.perf_counter() - start:.0f} s)")
-    tests = gpu_tests()
-    model = load_model(args.model, device="cuda")
-    profiles = {}
-    for name, sets in VARIANTS.items():
-        config = build_config(overrides=[f"size={args.size}", *sets])
-        profiles[name] = profile(model, config, args.repeat)
-        print(f"\n{name}:\n{table(profiles[name])}")
-    settings = batch_settings(model, args.size)
-    del model
-    torch.cuda.empty_cache()
-    report = {"device_name": torch.cuda.get_device_name(), "device": torch.cuda.get_device_name(),
-              "tests": tests, "profiles": profiles, "settings": settings,
-              "sdxl_profiles": {} if args.no_sdxl else sdxl_profiles(),
-              "wall_s": round(time.perf_counter() - start, 1)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    seconds = {name: p["total"]["median_s"] for name, p in profiles.items()}
-    peak_mb = max(p["peak_memory"]["mb"] for p in profiles.values())
-    print(f"\ngpu-check: pytest -m gpu: {tests['summary']}; full edit {seconds['lora_on']:.2f} s, "
-          f"drag only {seconds['lora_off']:.2f} s, peak {peak_mb:.0f} MB on {report['device_name']}; "
+    report = {"device_name": torch.cuda.get_device_name(), "torch": torch.__version__, "skipped": []}
+
+    def save() -> None:  # after every section: a run cut short keeps what it measured
+        report["wall_s"] = round(time.perf_counter() - start, 1)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+    def sd15_profiles() -> dict:
+        if not (Path(args.model) / "model_index.json").exists():
+            save_tiny_model(args.model, arch="sd15", full_size=True)
+            print(f"built the SD1.5-architecture model in {args.model} ({time.perf_counter() - start:.0f} s)")
+        model = load_model(args.model, device="cuda")
+        profiles = {}
+        for name, sets in VARIANTS.items():
+            profiles[name] = profile(model, build_config(overrides=[f"size={args.size}", *sets]), args.repeat)
+            print(f"\n{name}:\n{table(profiles[name])}", flush=True)
+        report["settings"] = batch_settings(model, args.size)  # the same model: loaded once
+        return profiles
+
+    sections = {"tests": gpu_tests, "profiles": sd15_profiles}
+    if not args.no_sdxl:
+        sections["sdxl_profiles"] = sdxl_profiles
+    for name, run in sections.items():
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            report["skipped"].append(name)
+            continue
+        report[name] = run()
+        torch.cuda.empty_cache()
+        save()
+    print(f"\ngpu-check on {report['device_name']}: {summary(report)}; "
           f"wrote {args.json} in {report['wall_s']:.0f} s")
-    return 0 if tests["returncode"] == 0 else 1
+    return 0 if report.get("tests", {}).get("returncode") == 0 else 1
+
+
+def summary(report: dict) -> str:
+    """One line: the tests' outcome, the SD1.5 edit's seconds and peak, what was skipped."""
+    parts = [f"pytest -m gpu: {report['tests']['summary']}" if "tests" in report else "tests skipped"]
+    if profiles := report.get("profiles"):
+        seconds = {name: p["total"]["median_s"] for name, p in profiles.items()}
+        peak_mb = max(p["peak_memory"]["mb"] for p in profiles.values())
+        parts.append(f"full edit {seconds['lora_on']:.2f} s, drag only {seconds['lora_off']:.2f} s, "
+                     f"peak {peak_mb:.0f} MB")
+    if report["skipped"]:
+        parts.append(f"skipped (out of time): {', '.join(report['skipped'])}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":
