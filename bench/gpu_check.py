@@ -1,12 +1,13 @@
-"""`make gpu-check`: everything a CUDA machine can tell us, in one run (about 10 minutes on an H100).
+"""`make gpu-check`: everything a CUDA machine can tell us, in one run.
 
 1. builds the SD1.5-architecture random-weight model (`tiny-model --arch sd15 --full-size`)
    unless present;
 2. runs `pytest -m gpu` (the half-precision CUDA edit against the fp32 CPU edit, a profile);
 3. profiles one 512 px edit of that model with LoRA on (the paper's full edit) and off
    (drag only), stage by stage;
-4. edits batches of 1, 4 and 8 items (`edit_batch`, LoRA on and off): items/hour and peak
-   memory per setting, in the profile format `dragnext plan --profile` reads (`settings`);
+4. edits batches of 4 and 8 items (`edit_batch`, LoRA on and off; batch 1 is step 3's
+   edit): items/hour and peak memory per setting, in the profile format `dragnext plan
+   --profile` reads (`settings`);
 5. profiles one 1024 px edit of SDXL's full-size random model (built on the GPU, in memory)
    with LoRA off and on (`sdxl_profiles`);
 and writes it all with the test outcome to `--json` (docs/gpu-profile.json).
@@ -18,8 +19,11 @@ from zero") and put them on PYTHONPATH; Prefect, s3fs and moto are not needed he
     python -m bench.gpu_check [--model build/sd15] [--size 512] [--repeat 3] [--budget-s S]
                               [--json docs/gpu-profile.json]
 
-The JSON is rewritten after each section (tests, SD1.5 profiles and batches, SDXL), so a run
-cut short by its lease keeps what it measured; `--budget-s` starts no section past that time.
+The JSON is rewritten after each section (tests, SD1.5 profiles, batches, SDXL), so a run cut
+short by its lease keeps what it measured; `--budget-s` starts no section past that time.
+Measured on an H200 (2026-11-30, docs/gpu-profile.json): tests 27 s, building the model 62 s,
+one full 512 px edit 40.5 s and a drag-only one 10.7 s, batches about 3 minutes, SDXL about
+3 minutes: on a 10-minute call use `--repeat 1` and `--budget-s 400`.
 """
 
 from __future__ import annotations
@@ -39,22 +43,28 @@ from dragnext.model import default_unet_dtype, load_model
 from dragnext.tiny_model import in_memory_model, save_tiny_model
 
 VARIANTS = {"lora_on": [], "lora_off": ["lora.enabled=false"]}
-BATCHES = (1, 4, 8)
+BATCHES = (4, 8)  # batch 1 is the profile's own edit
 
 
-def batch_settings(model, size: int) -> dict:
-    """Items/hour and peak memory of `edit_batch` over B benchmark cases, after a warm-up."""
+def batch_settings(model, size: int, profiles: dict) -> dict:
+    """Items/hour and peak memory of `edit_batch` over B benchmark cases: batch 1 from the
+    profiles (median of their timed edits), larger batches timed once each (the profiles
+    warmed the kernels and the allocator)."""
     from bench.cases import TYPES, make_case
     from bench.run import item_of
     from dragnext.edit import edit_batch
 
     settings = {}
     for lora in (False, True):
+        single = profiles["lora_on" if lora else "lora_off"]
+        settings[f"lora {'on' if lora else 'off'}, batch 1"] = {
+            "lora": lora, "batch": 1, "seconds": single["total"]["median_s"],
+            "items_per_hour": round(3600 / single["total"]["median_s"], 1),
+            "peak_mb": single["peak_memory"]["mb"], "failed": [], "from": "profiles"}
         for batch in BATCHES:
             config = build_config(overrides=[f"size={size}", f"lora.enabled={str(lora).lower()}",
                                              f"runtime.batch_size={batch}"])
             items = [item_of(make_case(TYPES[i % len(TYPES)], seed=i)) for i in range(batch)]
-            edit_batch(items[:1], model, config)  # warm-up: kernels, allocator
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
@@ -109,34 +119,41 @@ def main() -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    report = {"device_name": torch.cuda.get_device_name(), "torch": torch.__version__, "skipped": []}
+    name = torch.cuda.get_device_name()
+    report = {"device_name": name, "device": name, "torch": torch.__version__, "skipped": []}
 
     def save() -> None:  # after every section: a run cut short keeps what it measured
         report["wall_s"] = round(time.perf_counter() - start, 1)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
 
+    sd15 = {}  # the SD1.5 model, loaded once for its profiles and batches
+
     def sd15_profiles() -> dict:
         if not (Path(args.model) / "model_index.json").exists():
             save_tiny_model(args.model, arch="sd15", full_size=True)
             print(f"built the SD1.5-architecture model in {args.model} ({time.perf_counter() - start:.0f} s)")
-        model = load_model(args.model, device="cuda")
+        sd15["model"] = model = load_model(args.model, device="cuda")
         profiles = {}
         for name, sets in VARIANTS.items():
             profiles[name] = profile(model, build_config(overrides=[f"size={args.size}", *sets]), args.repeat)
             print(f"\n{name}:\n{table(profiles[name])}", flush=True)
-        report["settings"] = batch_settings(model, args.size)  # the same model: loaded once
         return profiles
 
-    sections = {"tests": gpu_tests, "profiles": sd15_profiles}
+    def sd15_settings() -> dict:
+        settings = batch_settings(sd15.pop("model"), args.size, report["profiles"])
+        torch.cuda.empty_cache()
+        return settings
+
+    sections = {"tests": gpu_tests, "profiles": sd15_profiles, "settings": sd15_settings}
     if not args.no_sdxl:
         sections["sdxl_profiles"] = sdxl_profiles
     for name, run in sections.items():
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s or (
+                name == "settings" and "profiles" not in report):
             report["skipped"].append(name)
             continue
         report[name] = run()
-        torch.cuda.empty_cache()
         save()
     print(f"\ngpu-check on {report['device_name']}: {summary(report)}; "
           f"wrote {args.json} in {report['wall_s']:.0f} s")
