@@ -89,7 +89,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     config = build_config(base, args.set, preset=model_preset(args.model))
     item_id = args.item_id or out.stem
     image = read_image(args.image, item_id)
-    instruction = read_instruction(args.instruction, item_id)
+    instruction = read_instruction(args.instruction, item_id, image.size)
     validate_item(EditItem(image, instruction, item_id))  # before any model is loaded
     model = load_model(model_source(args), device=args.device)
     config.check_model(model.architecture)

@@ -1,7 +1,8 @@
 """The instruction model of SPEC §2: an edit item with its region drags, and its validation.
 
 An item's masks are boolean arrays of the image's size; points are (x, y) in input-image
-pixels (x right, y down), with pixel centres at integer coordinates.
+pixels (x right, y down), with pixel centres at integer coordinates. An instruction gives
+each mask as a file reference or inline, as COCO polygons or RLE (`dragnext.inline_mask`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Annotated, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
 from dragnext.geometry import SCALE_RANGE, scale_factors
+from dragnext.inline_mask import InlineMask, InvalidMask, check, decode
 
 DragType = Literal["translate", "deform", "rotate", "scale"]
 DRAG_TYPES = ("translate", "deform", "rotate", "scale")
@@ -117,11 +119,18 @@ class EditItem:
         }
 
 
-# The instruction file (SPEC §2), parsed with pydantic so that a bad field is named.
+# The instruction file (SPEC §2), parsed with pydantic so that a bad field is named. A mask is
+# a file reference (relative to the instruction, or to the manifest) or an inline mask; the
+# discriminator reports an inline mask's own errors, not "should be a valid string" as well.
+_MASK_FORMS = ("file", "inline")
+MaskRef = Annotated[Annotated[str, Tag("file")] | Annotated[InlineMask, Tag("inline")],
+                    Discriminator(lambda v: "inline" if isinstance(v, dict | InlineMask) else "file")]
+
+
 class DragSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: DragType
-    handle_mask: str
+    handle_mask: MaskRef
     handle: tuple[float, float]
     target: tuple[float, float]
     center: tuple[float, float] | None = None
@@ -131,13 +140,20 @@ class DragSpec(BaseModel):
 class InstructionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = ""
-    editable_mask: str | None = None
+    editable_mask: MaskRef | None = None
     drags: list[DragSpec]
+
+    def masks(self) -> dict[str, MaskRef]:
+        """Every mask by field name: `editable_mask` and `drags[i].handle_mask`."""
+        named = {} if self.editable_mask is None else {"editable_mask": self.editable_mask}
+        return named | {f"drags[{i}].handle_mask": d.handle_mask for i, d in enumerate(self.drags)}
 
 
 def _field_name(loc: tuple) -> str:
     name = ""
     for part in loc:
+        if part in _MASK_FORMS:  # the union's tags: not fields
+            continue
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
     return name or "<root>"
 
@@ -211,9 +227,13 @@ def parse_instruction(raw: object, item: str) -> InstructionSpec:
         raise InvalidItemError(item, _field_name(first["loc"]), first["msg"]) from None
 
 
-def build_instruction(spec: InstructionSpec, item: str,
-                      mask: Callable[[str, str], np.ndarray]) -> Instruction:
-    """Load the masks of a checked spec; `mask(reference, field)` reads one."""
+def build_instruction(spec: InstructionSpec, item: str, read: Callable[[str, str], np.ndarray],
+                      size: tuple[int, int]) -> Instruction:
+    """The masks of a checked spec for an image of (width, height): `read(reference, field)`
+    reads a file's, inline ones are decoded."""
+    def mask(ref: MaskRef, field: str) -> np.ndarray:
+        return read(ref, field) if isinstance(ref, str) else decode_inline(ref, size, item, field)
+
     drags = tuple(
         Drag(type=d.type, handle=d.handle, target=d.target, center=d.center, axis=d.axis,
              handle_mask=mask(d.handle_mask, f"drags[{i}].handle_mask"))
@@ -223,9 +243,18 @@ def build_instruction(spec: InstructionSpec, item: str,
     return Instruction(drags=drags, prompt=spec.prompt, editable_mask=editable)
 
 
-def read_instruction(path: str | Path, item_id: str | None = None) -> Instruction:
-    """Load an instruction JSON (mask paths relative to it). Checks the file's structure;
-    the rules that need the image are checked by `validate_item`."""
+def decode_inline(mask: InlineMask, size: tuple[int, int], item: str, field: str) -> np.ndarray:
+    try:
+        return decode(mask, size)
+    except InvalidMask as error:
+        raise InvalidItemError(item, f"{field}.{error.part}", error.reason) from None
+
+
+def read_instruction(path: str | Path, item_id: str | None = None,
+                     size: tuple[int, int] | None = None) -> Instruction:
+    """Load an instruction JSON (mask paths relative to it) for an image of (width, height);
+    without `size`, inline masks are refused. Checks the file's structure; the rules that
+    need the image are checked by `validate_item`."""
     path = Path(path)
     item = item_id or path.stem
     try:
@@ -239,7 +268,11 @@ def read_instruction(path: str | Path, item_id: str | None = None) -> Instructio
             item, "instruction", f"'{path}' is not valid JSON (line {error.lineno}, "
             f"column {error.colno}: {error.msg})") from None
     spec = parse_instruction(raw, item)
-    return build_instruction(spec, item, lambda ref, field: read_mask(path.parent / ref, item, field))
+    if size is None:
+        inline = [field for field, ref in spec.masks().items() if not isinstance(ref, str)]
+        if inline:
+            raise InvalidItemError(item, inline[0], "an inline mask needs the image's size")
+    return build_instruction(spec, item, lambda ref, field: read_mask(path.parent / ref, item, field), size)
 
 
 def _check_point(item: str, field: str, point: Point, width: int, height: int) -> None:
@@ -328,7 +361,7 @@ def check_drag_geometry(item: str, i: int, drag: Drag | DragSpec,
 
 
 def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = None) -> None:
-    """Every rule of an instruction that needs no mask file."""
+    """Every rule of an instruction that needs no mask file (inline masks: all but decoding)."""
     if not spec.drags:
         raise InvalidItemError(item, "drags", "at least one drag is required")
     if len(spec.drags) > MAX_DRAGS:
@@ -338,6 +371,12 @@ def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = 
         if masks * size[0] * size[1] > MAX_MASK_PIXELS:
             raise InvalidItemError(item, "drags", f"{masks} masks of {size[0]}x{size[1]} are "
                                    f"{masks * size[0] * size[1]:,} mask pixels; at most {MAX_MASK_PIXELS:,}")
+    for name, ref in spec.masks().items():
+        if not isinstance(ref, str):
+            try:
+                check(ref, size)
+            except InvalidMask as error:
+                raise InvalidItemError(item, f"{name}.{error.part}", error.reason) from None
     for i, drag in enumerate(spec.drags):
         check_drag_geometry(item, i, drag, size)
 

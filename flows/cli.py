@@ -130,7 +130,7 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         for sig, earlier in previous.items():
             signal.signal(sig, earlier)
         progress_log.propagate = True
-        for logger, level in zip(quieted, levels):
+        for logger, level in zip(quieted, levels, strict=True):
             logger.setLevel(level)
         bar.bar.close()
     counts = summary["counts"]
@@ -248,7 +248,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_from_dragbench(args: argparse.Namespace) -> int:
-    rows = import_dragbench(args.directory, args.out, radius=args.radius)
+    rows = import_dragbench(args.directory, args.out, radius=args.radius, inline_masks=args.inline_masks)
     print(json.dumps({"manifest": args.out, "items": len(rows)}))
     return 0
 
@@ -350,6 +350,8 @@ def add_commands(commands) -> None:
     importer.add_argument("--out", required=True, help="manifest URI; images and masks go beside it")
     importer.add_argument("--radius", type=int, help="handle disc radius in px (default: 4%% of "
                           "the shorter side)")
+    importer.add_argument("--inline-masks", action="store_true",
+                          help="write the masks into the manifest as COCO RLE instead of PNG files")
     importer.set_defaults(run=cmd_from_dragbench)
 
 

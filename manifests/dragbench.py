@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dragnext.inline_mask import encode
 from dragnext.instruction import MAX_IMAGE_PIXELS, InvalidItemError, read_image
 from manifests.schema import write_manifest
 from manifests.storage import join, parent, write_bytes
@@ -156,32 +157,42 @@ def sample_ids(samples: list[Path], root: Path) -> list[str]:
     return ids
 
 
-def sample_row(item_id: str, image: Image.Image, meta: dict, out_dir: str, radius: int | None) -> dict:
-    """Write the sample's image and masks beside the manifest; its manifest row."""
+def sample_row(item_id: str, image: Image.Image, meta: dict, out_dir: str, radius: int | None,
+               inline_masks: bool = False) -> dict:
+    """Write the sample's image (and masks, unless inline) beside the manifest; its manifest row."""
     r = radius or max(4, round(0.04 * min(image.size)))
     write_bytes(join(out_dir, "images", f"{item_id}.png"), _png(image))
-    write_bytes(join(out_dir, "masks", f"{item_id}.editable.png"), _png(meta["mask"]))
+
+    def mask(array: np.ndarray, name: str) -> dict:  # the row's two columns for one mask
+        if inline_masks:
+            return {"uri": None, "inline": encode(array.astype(bool)).model_dump()}
+        write_bytes(join(out_dir, name), _png(array))
+        return {"uri": name, "inline": None}
+
+    editable = mask(meta["mask"], f"masks/{item_id}.editable.png")
     drags = []
     for i, (handle, target) in enumerate(meta["points"].reshape(-1, 2, 2)):
-        name = f"masks/{item_id}.handle{i}.png"
-        write_bytes(join(out_dir, name), _png(handle_disc(meta["mask"], handle, r)))
-        drags.append({"type": "translate", "handle_mask_uri": name,
-                      "handle": {"x": handle[0], "y": handle[1]},
+        handle_mask = mask(handle_disc(meta["mask"], handle, r), f"masks/{item_id}.handle{i}.png")
+        drags.append({"type": "translate", "handle_mask_uri": handle_mask["uri"],
+                      "handle_mask": handle_mask["inline"], "handle": {"x": handle[0], "y": handle[1]},
                       "target": {"x": target[0], "y": target[1]}, "center": None})
     return {"item_id": item_id, "image_uri": f"images/{item_id}.png", "prompt": meta["prompt"],
-            "editable_mask_uri": f"masks/{item_id}.editable.png", "drags": drags, "params": None}
+            "editable_mask_uri": editable["uri"], "editable_mask": editable["inline"], "drags": drags,
+            "params": None}
 
 
-def import_dragbench(root: str | Path, manifest_uri: str, radius: int | None = None) -> list[dict]:
-    """Write a manifest of every DragBench sample under `root`, its images and masks beside it.
-    Every sample is read and checked first: a bad one raises, naming it, and nothing is written."""
+def import_dragbench(root: str | Path, manifest_uri: str, radius: int | None = None,
+                     inline_masks: bool = False) -> list[dict]:
+    """Write a manifest of every DragBench sample under `root`, its images and masks beside it
+    (or the masks inline in the rows, as COCO RLE). Every sample is read and checked first: a
+    bad one raises, naming it, and nothing is written."""
     root = Path(root)
     samples = sample_dirs(root)
     if not samples:
         raise FileNotFoundError(f"no DragBench samples (*/meta_data.pkl) under {root}")
     read = [read_sample(sample, root) for sample in samples]
     out_dir = parent(manifest_uri)
-    rows = [sample_row(item_id, image, meta, out_dir, radius)
+    rows = [sample_row(item_id, image, meta, out_dir, radius, inline_masks)
             for item_id, (image, meta) in zip(sample_ids(samples, root), read, strict=True)]
     write_manifest(rows, manifest_uri)
     log.info("imported %d DragBench samples into %s", len(rows), manifest_uri)

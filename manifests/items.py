@@ -51,8 +51,8 @@ MAX_PARAMS_CHARS = 16_384
 VALIDATION_THREADS = 16
 # A file larger than this is no image or mask this project edits (and would fill a worker).
 MAX_FILE_BYTES = 256 * 1024 * 1024
-# instruction field names → the manifest's column names, for error messages
-_COLUMN_NAMES = {"handle_mask": "handle_mask_uri", "editable_mask": "editable_mask_uri"}
+# A mask field of the instruction, as an error names it (`drags[2].handle_mask`).
+_MASK_FIELD = re.compile(r"(?:drags\[(\d+)\]\.)?(handle_mask|editable_mask)")
 
 
 @dataclass(frozen=True)
@@ -66,29 +66,53 @@ class Problem:
         return f"row {self.row} (item '{self.item_id}'): {self.field}: {self.reason}"
 
 
-def _column_field(field: str) -> str:
-    for name, column in _COLUMN_NAMES.items():
-        field = re.sub(rf"\b{name}\b", column, field)
-    return field
+def _column_field(field: str, row: dict) -> str:
+    """An instruction's field as the manifest names it: a mask given by URI is its `…_uri`
+    column (`drags[0].handle_mask` → `drags[0].handle_mask_uri`), an inline one keeps its name."""
+    found = _MASK_FIELD.fullmatch(field)
+    if found is None:
+        return field
+    if found[2] == "editable_mask":
+        return field + "_uri" if row.get("editable_mask_uri") is not None else field
+    drags = row.get("drags") or []
+    i = int(found[1])
+    by_uri = i < len(drags) and drags[i] is not None and drags[i].get("handle_mask_uri") is not None
+    return field + "_uri" if by_uri else field
 
 
 def _point(p: dict | None) -> list[float] | None:
     return None if p is None else [p["x"], p["y"]]
 
 
+def _mask_of(item: str, field: str, uri: str | None, inline: dict | None,
+             required: bool) -> str | dict | None:
+    """The instruction's mask reference from a row's `…_uri` column and its inline column."""
+    if uri is not None and inline is not None:
+        raise InvalidItemError(item, field, f"give {field}_uri or {field} (inline), not both")
+    if uri is None and inline is None and required:
+        raise InvalidItemError(item, f"{field}_uri", f"one of {field}_uri and {field} (inline) is required")
+    if inline is not None:
+        return {k: v for k, v in inline.items() if v is not None}
+    return uri
+
+
 def instruction_of(row: dict) -> dict:
     """A manifest row in the instruction file's shape (SPEC §2)."""
+    item = str(row.get("item_id"))
     return {
         "prompt": row.get("prompt") or "",
-        "editable_mask": row.get("editable_mask_uri"),
-        "drags": [_drag_of(d) for d in row.get("drags") or []],
+        "editable_mask": _mask_of(item, "editable_mask", row.get("editable_mask_uri"),
+                                  row.get("editable_mask"), required=False),
+        "drags": [_drag_of(item, i, d) for i, d in enumerate(row.get("drags") or [])],
     }
 
 
-def _drag_of(d: dict | None) -> dict | None:
+def _drag_of(item: str, i: int, d: dict | None) -> dict | None:
     if d is None:  # a null element: reported by the instruction's parser as drags[i]
         return None
-    return {"type": d["type"], "handle_mask": d["handle_mask_uri"], "handle": _point(d["handle"]),
+    mask = _mask_of(item, f"drags[{i}].handle_mask", d.get("handle_mask_uri"), d.get("handle_mask"),
+                    required=True)
+    return {"type": d["type"], "handle_mask": mask, "handle": _point(d["handle"]),
             "target": _point(d["target"]),
             **({"center": _point(d["center"])} if d.get("center") is not None else {}),
             **({"axis": d["axis"]} if d.get("axis") is not None else {})}
@@ -116,21 +140,19 @@ def item_config(row: dict, base: EditConfig) -> EditConfig:
         raise InvalidItemError(item, "params", str(error)) from None
 
 
-def _in_columns(item: str, check):
+def _in_columns(row: dict, check):
     """Run `check`, naming fields as the manifest's columns in its errors."""
     try:
         return check()
     except InvalidItemError as error:
-        raise InvalidItemError(item, _column_field(error.field), error.reason) from None
+        field = _column_field(error.field, row)
+        raise InvalidItemError(str(row.get("item_id")), field, error.reason) from None
 
 
 def _file_fields(spec: InstructionSpec, row: dict) -> dict[str, str]:
-    fields = {"image_uri": row["image_uri"]}
-    if spec.editable_mask is not None:
-        fields["editable_mask_uri"] = spec.editable_mask
-    for i, drag in enumerate(spec.drags):
-        fields[f"drags[{i}].handle_mask_uri"] = drag.handle_mask
-    return fields
+    """The row's files by column: the image and every mask given by URI (not inline)."""
+    files = {f"{field}_uri": ref for field, ref in spec.masks().items() if isinstance(ref, str)}
+    return {"image_uri": row["image_uri"], **files}
 
 
 def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: UriPolicy,
@@ -157,8 +179,8 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
                                "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots")
     if not row.get("image_uri"):
         raise InvalidItemError(item, "image_uri", "is empty")
-    spec = _in_columns(item, lambda: parse_instruction(instruction_of(row), item))
-    _in_columns(item, lambda: check_spec(spec, item))
+    spec = _in_columns(row, lambda: parse_instruction(instruction_of(row), item))
+    _in_columns(row, lambda: check_spec(spec, item))
     config = item_config(row, base)
     if architecture is not None:
         try:
@@ -216,10 +238,10 @@ def check_image(row: dict, spec: InstructionSpec, policy: UriPolicy, once: Once)
         whole = _fetch(row["image_uri"], policy, item, "image_uri", once)
         image = open_image_header(whole, item, "image_uri")
     check_image_shape(image.size, item, "image_uri")
-    _in_columns(item, lambda: check_spec(spec, item, image.size))
+    _in_columns(row, lambda: check_spec(spec, item, image.size))
     for field, uri in _file_fields(spec, row).items():  # masks: a look, not a read
         if field != "image_uri":
-            _look(uri, policy, item, _column_field(field), once)
+            _look(uri, policy, item, field, once)
 
 
 def load_item(row: dict, policy: UriPolicy) -> EditItem:
@@ -231,10 +253,10 @@ def load_item(row: dict, policy: UriPolicy) -> EditItem:
         once = Once()  # a worker reads each file fresh
         image = read_image(_fetch(row["image_uri"], policy, item, "image_uri", once), item, "image_uri")
         instruction = build_instruction(spec, item, lambda ref, field: read_mask(
-            _fetch(ref, policy, item, field, once), item, field))
+            _fetch(ref, policy, item, field, once), item, field), image.size)
         return validate_item(EditItem(image, instruction, item))
 
-    return _in_columns(item, lambda: isolated(item, load))
+    return _in_columns(row, lambda: isolated(item, load))
 
 
 def isolated(item: str, check):

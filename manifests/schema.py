@@ -17,9 +17,16 @@ VERSION_KEY = b"dragnext.schema_version"
 
 POINT = pa.struct([pa.field("x", pa.float64(), nullable=False),
                    pa.field("y", pa.float64(), nullable=False)])
+# A mask given inline (`dragnext.inline_mask`): COCO polygons or compressed COCO RLE.
+MASK = pa.struct([
+    pa.field("polygons", pa.list_(pa.list_(pa.float64()))),  # [[x1, y1, x2, y2, ...], ...]
+    pa.field("rle", pa.struct([pa.field("size", pa.list_(pa.int64())),  # [height, width]
+                               pa.field("counts", pa.string())])),
+])
 DRAG = pa.struct([
     pa.field("type", pa.string(), nullable=False),
-    pa.field("handle_mask_uri", pa.string(), nullable=False),
+    pa.field("handle_mask_uri", pa.string()),  # this, or handle_mask inline
+    pa.field("handle_mask", MASK),
     pa.field("handle", POINT, nullable=False),
     pa.field("target", POINT, nullable=False),
     pa.field("center", POINT),
@@ -30,6 +37,7 @@ MANIFEST = pa.schema([
     pa.field("image_uri", pa.string(), nullable=False),
     pa.field("prompt", pa.string()),
     pa.field("editable_mask_uri", pa.string()),
+    pa.field("editable_mask", MASK),  # or inline (at most one of the two)
     pa.field("drags", pa.list_(DRAG), nullable=False),
     pa.field("params", pa.string()),  # a JSON object of config overrides for this item
 ], metadata={VERSION_KEY: SCHEMA_VERSION.encode()})

@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from dragnext.edit import STAGES
+from dragnext.inline_mask import encode
 from flows.bulk_edit import bulk_edit, retry_failed
 from flows.cli import main
 from flows.shard import ItemsFailed
@@ -48,8 +49,17 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
     small = io.BytesIO()
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(small, "PNG")
     write_bytes(f"{s3_bucket}/bench/masks/small.png", small.getvalue())
-    rows += [{**rows[0], "item_id": "missing-image", "image_uri": "images/nowhere.png"},
-             {**rows[0], "item_id": "wrong-size-mask", "editable_mask_uri": "masks/small.png"}]
+    first = rows[0]
+
+    def inline(uri):  # the PNG mask as COCO RLE in the row
+        return encode(np.asarray(open_image(f"{s3_bucket}/bench/{uri}")) != 0).model_dump()
+
+    rows += [{**first, "item_id": "missing-image", "image_uri": "images/nowhere.png"},
+             {**first, "item_id": "wrong-size-mask", "editable_mask_uri": "masks/small.png"},
+             {**first, "item_id": "inline-masks", "editable_mask_uri": None,
+              "editable_mask": inline(first["editable_mask_uri"]),
+              "drags": [{**d, "handle_mask_uri": None, "handle_mask": inline(d["handle_mask_uri"])}
+                        for d in first["drags"]]}]
     table = pa.Table.from_pylist(rows, schema=table.schema)
     write_table(table.append_column("batch", pa.array(["b1"] * len(rows))), manifest)
 
@@ -57,7 +67,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
                         overrides=FAST_OVERRIDES, retry_delay_s=0.1)
 
     results = {r["item_id"]: r for r in read_table(f"{s3_bucket}/out/results.parquet").to_pylist()}
-    assert len(results) == 6 and summary["counts"] == {"succeeded": 4, "invalid": 2}
+    assert len(results) == 7 and summary["counts"] == {"succeeded": 5, "invalid": 2}
     missing = results["missing-image"]["error"]
     assert "image_uri" in missing and "nowhere.png" in missing
     assert "editable_mask_uri: mask is 10x10" in results["wrong-size-mask"]["error"]
@@ -71,11 +81,14 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
         record = json.loads(read_bytes(row["record_uri"]))
         assert set(record["timings_s"]) == set(STAGES)
         assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
-    assert json.loads(read_bytes(f"{s3_bucket}/out/summary.json"))["counts"]["succeeded"] == 4
+    records = {i: json.loads(read_bytes(results[i]["record_uri"]))
+               for i in ("inline-masks", first["item_id"])}
+    assert records["inline-masks"]["item"]["drags"] == records[first["item_id"]]["item"]["drags"]  # same ϑ
+    assert json.loads(read_bytes(f"{s3_bucket}/out/summary.json"))["counts"]["succeeded"] == 5
     fs, _ = filesystem(s3_bucket)
     assert any(k.endswith("stages/lora.safetensors") for k in fs.find(f"{s3_bucket}/out/items"))
     # one row object per item that reached a worker (the mask size is found when it is read)
-    assert len(fs.ls(f"{s3_bucket}/out/rows")) == 5
+    assert len(fs.ls(f"{s3_bucket}/out/rows")) == 6
 
 
 def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp_path, tiny_model_dir,

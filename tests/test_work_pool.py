@@ -24,6 +24,7 @@ from flows.local_api import free_port
 from flows.results import read_results
 from manifests.schema import read_table
 from tests.conftest import FAST_OVERRIDES, wait_for
+from tests.postgres import postgresql
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +41,10 @@ def kill_tree(process: psutil.Process) -> None:
 
 
 class Stack:
-    """A Prefect server and workers, each in a process group of its own."""
+    """A Prefect server (on SQLite, or on PostgreSQL given its URL) and workers, each in a
+    process group of its own."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, database_url: str | None = None):
         self.url = f"http://127.0.0.1:{free_port()}/api"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
                     "PREFECT_HOME": str(home), "PREFECT_API_URL": self.url, "DRAGNEXT_HOME": str(ROOT),
@@ -50,7 +52,8 @@ class Stack:
                     "PREFECT_WORKER_QUERY_SECONDS": "1", "DRAGNEXT_HEARTBEAT_S": "1",
                     "PREFECT_LOGGING_LEVEL": "WARNING",
                     # the runs' own lines (shards launched, where) at INFO, as the UI shows them
-                    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO"}
+                    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+                    **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {})}
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
@@ -78,9 +81,20 @@ class Stack:
                 kill_tree(psutil.Process(process.pid))
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request):
+    """Every test of the module on each database the Prefect server runs on: SQLite (its
+    default) and PostgreSQL (production's, infra/README.md)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgresql() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("prefect-stack"))
+def stack(tmp_path_factory, database):
+    stack = Stack(tmp_path_factory.mktemp("prefect-stack"), database)
     try:
         port = stack.url.split(":")[-1].removesuffix("/api")
         stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
@@ -141,6 +155,19 @@ def test_the_deployments_apply_as_the_infra_readme_says(client):
     assert bulk.schedules[0].parameters["output_uri"].endswith("{date}")
     assert bulk.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"].startswith("dragnext")
     assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
+
+
+def test_the_server_keeps_its_state_in_the_configured_database(stack, client, database):
+    sqlite = Path(stack.env["PREFECT_HOME"]) / "prefect.db"
+    if database is None:
+        assert sqlite.exists()
+        return
+    assert not sqlite.exists()
+    libpq_url = database.replace("postgresql+asyncpg://", "postgresql://")
+    done = subprocess.run(["psql", libpq_url, "-At", "-c", "select name from deployment order by name"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert {"bulk-edit", "bulk-edit-shard", "retry-failed"} <= set(done.stdout.split())
 
 
 def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack, client, tiny_model_dir,

@@ -1,0 +1,147 @@
+"""Masks given inline rather than as PNG files: COCO's two segmentation formats.
+
+    {"polygons": [[x1, y1, x2, y2, ...], ...]}        one or more polygons, in image pixels
+    {"rle": {"size": [height, width], "counts": "…"}}  compressed run-length encoding
+
+Both are what COCO annotations, SAM's outputs and most labelling tools write, and what
+pycocotools reads and writes. A polygon is rasterised as pycocotools does (`frPyObjects`),
+so a mask exported from a COCO tool is the mask edited here, pixel for pixel; the union of
+several polygons is the region.
+
+The run-length string is parsed here, not by pycocotools' C decoder: that decoder trusts the
+runs to add up to height × width and writes past its buffer when a string says otherwise,
+and a manifest's strings are untrusted. The format (pycocotools' `rleToString`): each run
+is a signed delta from the run two before (from the fourth run on), written 5 bits per
+character, least significant first, offset by 48; bit 5 set means more characters follow,
+bit 4 of the last is the sign. Runs alternate 0s and 1s, starting with 0s, in column-major
+(Fortran) order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pycocotools import mask as coco_mask
+from pydantic import BaseModel, ConfigDict, model_validator
+
+# What one inline mask may hold: a hand-drawn outline has hundreds of vertices, a traced one
+# thousands; a million is no mask, it is an attempt to stall the validator.
+MAX_POLYGON_VERTICES = 100_000
+MAX_RLE_CHARS = 4_000_000
+
+
+class InvalidMask(ValueError):
+    """An inline mask that cannot be decoded: which part (`polygons[1]`, `rle.counts`) and why."""
+
+    def __init__(self, part: str, reason: str):
+        super().__init__(f"{part}: {reason}")
+        self.part, self.reason = part, reason
+
+
+class Rle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: tuple[int, int]  # (height, width), COCO's order
+    counts: str
+
+
+class InlineMask(BaseModel):
+    """Exactly one of `polygons` and `rle`."""
+    model_config = ConfigDict(extra="forbid")
+    polygons: list[list[float]] | None = None
+    rle: Rle | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> InlineMask:
+        if (self.polygons is None) == (self.rle is None):
+            raise ValueError("give exactly one of polygons and rle")
+        return self
+
+
+def check(mask: InlineMask, size: tuple[int, int] | None = None) -> None:
+    """Every rule that needs no decoding: the polygons' shape, count and finiteness, the
+    runs' length; with the image's (width, height), that the polygons lie on it and the
+    run-length mask is its size. Raises `InvalidMask`."""
+    if mask.polygons is not None:
+        if not mask.polygons:
+            raise InvalidMask("polygons", "at least one polygon is required")
+        vertices = sum(len(polygon) // 2 for polygon in mask.polygons)
+        if vertices > MAX_POLYGON_VERTICES:
+            raise InvalidMask("polygons", f"{vertices:,} vertices; at most {MAX_POLYGON_VERTICES:,}")
+        for i, polygon in enumerate(mask.polygons):
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise InvalidMask(f"polygons[{i}]", f"{len(polygon)} numbers; a polygon is x, y pairs, "
+                                  "at least 3 of them")
+            if not all(math.isfinite(v) for v in polygon):
+                raise InvalidMask(f"polygons[{i}]", "coordinates must be finite numbers")
+            if size is not None:
+                _check_on_image(i, polygon, size)
+        return
+    height, width = mask.rle.size
+    if height < 1 or width < 1:
+        raise InvalidMask("rle.size", f"{[height, width]} is not a [height, width] of positive sides")
+    if len(mask.rle.counts) > MAX_RLE_CHARS:
+        raise InvalidMask("rle.counts", f"{len(mask.rle.counts):,} characters; at most {MAX_RLE_CHARS:,}")
+    if size is not None and (width, height) != tuple(size):
+        raise InvalidMask("rle.size", f"the mask is {width}x{height}, the image is {size[0]}x{size[1]}")
+    covered = int(runs_of(mask.rle.counts).sum())
+    if covered != height * width:
+        raise InvalidMask("rle.counts", f"the runs cover {covered:,} pixels, the mask has "
+                          f"{height * width:,} ({width}x{height})")
+
+
+def _check_on_image(i: int, polygon: list[float], size: tuple[int, int]) -> None:
+    width, height = size
+    xs, ys = polygon[0::2], polygon[1::2]
+    if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+        raise InvalidMask(f"polygons[{i}]", f"a vertex lies outside the {width}x{height} image "
+                          f"(x in [0, {width}], y in [0, {height}])")
+
+
+def decode(mask: InlineMask, size: tuple[int, int]) -> np.ndarray:
+    """The boolean (height, width) mask on an image of (width, height). Raises `InvalidMask`."""
+    check(mask, size)
+    width, height = size
+    counts = mask.rle.counts if mask.rle is not None else _rasterised(mask.polygons, height, width)
+    runs = runs_of(counts)  # a given string's total was checked above
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape((height, width), order="F")
+
+
+def _rasterised(polygons: list[list[float]], height: int, width: int) -> str:
+    """The union of the polygons as pycocotools rasterises them, as a run-length string."""
+    rles = coco_mask.frPyObjects([list(p) for p in polygons], height, width)
+    return coco_mask.merge(rles)["counts"].decode("ascii")
+
+
+def runs_of(counts: str) -> np.ndarray:
+    """The run lengths of a compressed COCO RLE string (the module docstring gives the format)."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts):
+                raise InvalidMask("rle.counts", "the string ends inside a number")
+            c = ord(counts[position]) - 48
+            if not 0 <= c < 64:
+                raise InvalidMask("rle.counts", f"character {position} ({counts[position]!r}) is not "
+                                  "in COCO's alphabet")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            position += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise InvalidMask("rle.counts", f"run {len(runs)} has a negative length")
+        runs.append(value)
+    return np.asarray(runs, dtype=np.int64)
+
+
+def encode(mask: np.ndarray) -> InlineMask:
+    """A boolean (height, width) mask as compressed RLE (pycocotools' encoder)."""
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return InlineMask(rle=Rle(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii")))

@@ -1,0 +1,164 @@
+"""Masks inline in manifests and instructions (COCO polygons and RLE): they equal their PNG
+equivalents pixel for pixel, hostile ones are refused naming the item and the field, and
+manifests written before them still read."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from dragnext.config import EditConfig
+from dragnext.inline_mask import MAX_POLYGON_VERTICES, InlineMask, InvalidMask, Rle, decode, encode
+from dragnext.instruction import EditItem, read_instruction, validate_item
+from flows.cli import main
+from manifests.dragbench import import_dragbench
+from manifests.items import conform, load_item, validate_rows
+from manifests.schema import read_table, write_manifest
+from manifests.uris import UriPolicy
+from tests.scenes import SYNTHETIC, dragbench_subset
+
+# A pentagon around the synthetic scene's translate handle (its disc at about (40, 48)).
+PENTAGON = [28.0, 40.0, 44.0, 34.0, 54.0, 46.0, 46.0, 60.0, 30.0, 58.0]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decoder, under numpy 2
+def test_run_length_strings_decode_as_pycocotools_decodes_them():
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        height, width = rng.integers(1, 50, 2)
+        mask = rng.random((height, width)) < rng.random()
+        counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        ours = decode(InlineMask(rle=Rle(size=(height, width), counts=counts.decode())), (width, height))
+        theirs = coco_mask.decode({"size": [int(height), int(width)], "counts": counts}).astype(bool)
+        assert (ours == theirs).all() and (ours == mask).all(), trial
+        assert (decode(encode(mask), (width, height)) == mask).all()
+
+
+@pytest.mark.parametrize("mask, size, part, reason", [
+    (InlineMask(rle=Rle(size=(4, 4), counts="0:")), (4, 4), "rle.counts", "cover 10 pixels, the mask has 16"),
+    (InlineMask(rle=Rle(size=(4, 4), counts="0\x7f")), (4, 4), "rle.counts", "not in COCO's alphabet"),
+    (InlineMask(rle=Rle(size=(4, 4), counts="0P")), (4, 4), "rle.counts", "ends inside a number"),
+    (InlineMask(rle=Rle(size=(4, 4), counts="<0")), (5, 4), "rle.size", "the mask is 4x4, the image is 5x4"),
+    (InlineMask(polygons=[[1, 1, 3, 1]]), (8, 8), "polygons[0]", "4 numbers"),
+    (InlineMask(polygons=[[1, 1, 3, 1, 3, float("nan")]]), (8, 8), "polygons[0]", "finite"),
+    (InlineMask(polygons=[[1, 1, 30, 1, 3, 3]]), (8, 8), "polygons[0]", "outside the 8x8 image"),
+    (InlineMask(polygons=[[0.0, 0.0] * (MAX_POLYGON_VERTICES + 1)]), (8, 8), "polygons", "vertices; at most"),
+])
+def test_a_hostile_inline_mask_is_refused_before_anything_is_decoded(mask, size, part, reason):
+    # "0:" is runs 0 and 10 (10 pixels for 16): pycocotools' decoder would be handed a short
+    # string without complaint; a longer one than the mask makes it write past its buffer.
+    with pytest.raises(InvalidMask) as caught:
+        decode(mask, size)
+    assert caught.value.part == part and reason in caught.value.reason
+
+
+def inline_rows(folder):
+    """The synthetic manifest's translate row three ways: PNG masks, polygon, RLE."""
+    rows = read_table(str(folder / "manifest.parquet")).to_pylist()
+    png = rows[0]
+    width, height = Image.open(folder / png["image_uri"]).size
+    polygon = {"polygons": [PENTAGON], "rle": None}
+    polygon_png = decode(InlineMask(polygons=[PENTAGON]), (width, height))
+    Image.fromarray(polygon_png.astype(np.uint8) * 255).save(folder / "pentagon.png")
+    handle_png = np.asarray(Image.open(folder / png["drags"][0]["handle_mask_uri"])) != 0
+    drag = png["drags"][0]
+    return [
+        {**png, "item_id": "png", "editable_mask_uri": "pentagon.png"},
+        {**png, "item_id": "polygon", "editable_mask": polygon},
+        {**png, "item_id": "rle", "editable_mask": encode(polygon_png).model_dump(),
+         "drags": [{**drag, "handle_mask_uri": None, "handle_mask": encode(handle_png).model_dump()}]},
+    ]
+
+
+def test_polygon_and_rle_masks_in_a_manifest_equal_their_png_equivalents(tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(SYNTHETIC.parent, folder)
+    rows = inline_rows(folder)
+    write_manifest(rows, str(folder / "manifest.parquet"))
+    assert main(["manifest", "validate", str(folder / "manifest.parquet")]) == 0, \
+        capsys.readouterr().out
+    policy = UriPolicy(str(folder))
+    rows = read_table(str(folder / "manifest.parquet")).to_pylist()
+    items = {r["item_id"]: load_item(r, policy) for r in rows}
+    png = items["png"].instruction
+    assert png.editable_mask.sum() > 100
+    for name in ("polygon", "rle"):
+        inline = items[name].instruction
+        assert (inline.editable_mask == png.editable_mask).all(), name
+        assert (inline.drags[0].handle_mask == png.drags[0].handle_mask).all(), name
+
+
+def test_inline_masks_that_are_wrong_name_the_item_and_the_field(tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(SYNTHETIC.parent, folder)
+    good = inline_rows(folder)[2]
+    drag = good["drags"][0]
+    bad = [
+        {**good, "item_id": "short-runs", "drags": [{**drag, "handle_mask": {"polygons": None,
+                                                     "rle": {"size": [96, 128], "counts": "0:"}}}]},
+        {**good, "item_id": "wrong-size", "editable_mask": encode(np.ones((10, 10), bool)).model_dump()},
+        {**good, "item_id": "off-image", "editable_mask": {"polygons": [[0, 0, 500, 0, 0, 50]], "rle": None}},
+        {**good, "item_id": "both", "drags": [{**drag, "handle_mask_uri": "pentagon.png"}]},
+        {**good, "item_id": "neither", "drags": [{**drag, "handle_mask": None}]},
+        {**good, "item_id": "empty-form", "editable_mask": {"polygons": None, "rle": None}},
+    ]
+    write_manifest([good, *bad], str(folder / "manifest.parquet"))
+    assert main(["manifest", "validate", str(folder / "manifest.parquet")]) == 1
+    out = capsys.readouterr().out
+    expected = [("short-runs", "drags[0].handle_mask.rle.counts: the runs cover 10 pixels"),
+                ("wrong-size", "editable_mask.rle.size: the mask is 10x10, the image is 96x64"),
+                ("off-image", "editable_mask.polygons[0]: a vertex lies outside the 96x64 image"),
+                ("both", "drags[0].handle_mask_uri: give drags[0].handle_mask_uri or drags[0].handle_mask"),
+                ("neither", "drags[0].handle_mask_uri: one of drags[0].handle_mask_uri and"),
+                ("empty-form", "editable_mask: Value error, give exactly one of polygons and rle")]
+    for item, text in expected:
+        assert any(f"'{item}'" in line and text in line for line in out.splitlines()), (item, out)
+    assert "7 rows, 6 invalid" in out and "'rle'" not in out
+    assert "Traceback" not in out
+
+
+def test_a_manifest_written_before_inline_masks_still_reads():
+    table = read_table(str(SYNTHETIC))
+    assert "handle_mask:" not in str(table.schema.field("drags").type)  # written before they existed
+    conformed = conform(table)
+    assert conformed.problems == []
+    rows = conformed.table.to_pylist()
+    assert {r["editable_mask"] is None for r in rows} == {True}
+    assert {d["handle_mask"] is None for r in rows for d in r["drags"]} == {True}
+    assert validate_rows(rows, EditConfig(), UriPolicy(str(SYNTHETIC.parent)), "files") == []
+
+
+def test_an_instruction_file_takes_inline_masks(scene):
+    folder, spec = scene
+    image = Image.open(folder / "image.png").convert("RGB")
+    by_file = validate_item(EditItem(image, read_instruction(_write(folder, spec), "it"), "it"))
+    first = by_file.instruction.drags[0].handle_mask
+    as_rle = encode(first).model_dump(exclude_none=True)
+    inline = {**spec, "drags": [{**spec["drags"][0], "handle_mask": as_rle}, *spec["drags"][1:]]}
+    path = _write(folder, inline)
+    item = validate_item(EditItem(image, read_instruction(path, "it", image.size), "it"))
+    assert (item.instruction.drags[0].handle_mask == first).all()
+    with pytest.raises(ValueError, match="drags\\[0\\].handle_mask: an inline mask needs the image's size"):
+        read_instruction(path, "it")
+
+
+def _write(folder, spec):
+    path = folder / "drag.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_the_dragbench_importer_writes_inline_masks_that_equal_its_pngs(tmp_path):
+    root = dragbench_subset(tmp_path, ["building_countryside_view"])
+    png_rows = import_dragbench(root, str(tmp_path / "png" / "manifest.parquet"))
+    rle_rows = import_dragbench(root, str(tmp_path / "rle" / "manifest.parquet"), inline_masks=True)
+    assert not (tmp_path / "rle" / "masks").exists()  # nothing but the images beside it
+    rle_rows = read_table(str(tmp_path / "rle" / "manifest.parquet")).to_pylist()
+    assert validate_rows(rle_rows, EditConfig(), UriPolicy(str(tmp_path / "rle")), "files") == []
+    png = load_item(png_rows[0], UriPolicy(str(tmp_path / "png"))).instruction
+    rle = load_item(rle_rows[0], UriPolicy(str(tmp_path / "rle"))).instruction
+    assert (png.editable_mask == rle.editable_mask).all()
+    assert all((a.handle_mask == b.handle_mask).all() for a, b in zip(png.drags, rle.drags, strict=True))
