@@ -36,7 +36,7 @@ from flows.results import (
 from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
 from manifests.items import conform
 from manifests.schema import read_table
-from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
+from manifests.storage import OutputUnwritable, absolute, join, link_expiry_s, parent, write_bytes
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
 
@@ -191,7 +191,7 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
         summary.update(status="stopped", stopped=stopped)
         raise OutputUnwritable(f"the run stopped: {stopped}; {write_fallback(table, summary)}")
     write_final(output_uri, table, summary)
-    publish(results, summary)
+    publish(results, summary, link_expiry_s())
     log.info("done: %s in %.1f s -> %s", summary["counts"], summary["wall_s"], summary["results_uri"])
     failed = summary["counts"].get("failed", 0)
     if failed:

@@ -21,6 +21,7 @@ from manifests.schema import RESULTS, STATUSES, ManifestError, read_table, table
 from manifests.storage import (
     OutputUnwritable,
     StoreUnavailable,
+    browser_link,
     exists,
     filesystem,
     join,
@@ -171,13 +172,26 @@ def metric_percentiles(rows: list[dict]) -> dict[str, dict[str, float]]:
             for name, v in sorted(values.items())}
 
 
-def publish(rows: list[dict], summary: dict) -> None:
+def markdown_link(text: str, uri: str, expiry_s: int) -> str:
+    """`[text](url)` that opens in the browser (a presigned URL on S3), or the path as code
+    where no link can open it (a local path): never a link that lands on "Page not found"."""
+    try:
+        url = browser_link(uri, expiry_s)
+    except Exception as error:  # a link that cannot be signed must not fail the run
+        log.warning("no link for %s (%s: %s)", uri, type(error).__name__, error)
+        url = None
+    return f"[{text}]({url})" if url else f"`{uri}`"
+
+
+def publish(rows: list[dict], summary: dict, expiry_s: int) -> None:
     """The run on the flow run's Artifacts tab, bounded whatever the run's size: counts,
     metric percentiles, a link to results.parquet, the first `MAX_LISTED` failed or invalid
-    items with their errors, and previews of the first `MAX_LISTED` succeeded ones."""
+    items with their errors, and previews of the first `MAX_LISTED` succeeded ones. Links
+    on a store open for `expiry_s` seconds."""
     bad = [r for r in rows if r["status"] in ("failed", "invalid")]
+    results = markdown_link(summary["results_uri"], summary["results_uri"], expiry_s)
     lines = [f"**{len(rows)} items**: " + ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())),
-             f"results: [{summary['results_uri']}]({summary['results_uri']}) · {summary['wall_s']} s", "",
+             f"results: {results} · {summary['wall_s']} s", "",
              "| metric | p5 | p50 | p95 |", "|---|---|---|---|"]
     lines += [f"| {name} | {p['p5']} | {p['p50']} | {p['p95']} |"
               for name, p in metric_percentiles(rows).items()]
@@ -191,7 +205,7 @@ def publish(rows: list[dict], summary: dict) -> None:
             description=f"the first {min(len(bad), MAX_LISTED)} of {len(bad)} failed or invalid items")
     shown = [r for r in rows if r["preview_uri"]][:MAX_LISTED]
     previews = ["| item | preview | record |", "|---|---|---|"]
-    previews += [f"| {r['item_id']} | [preview]({r['preview_uri']}) | [record]({r['record_uri']}) |"
-                 for r in shown]
+    previews += [f"| {r['item_id']} | {markdown_link('preview', r['preview_uri'], expiry_s)} | "
+                 f"{markdown_link('record', r['record_uri'], expiry_s)} |" for r in shown]
     create_markdown_artifact(key="bulk-edit-previews", markdown="\n".join(previews),
                              description=f"previews of the first {len(shown)} edited items")

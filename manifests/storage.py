@@ -145,6 +145,25 @@ def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     return url_to_fs(uri, **_options(protocol))
 
 
+def link_expiry_s() -> int:
+    """How long a link in a run's artifacts opens its output: `DRAGNEXT_LINK_EXPIRY_S`
+    (7 days, the longest an S3 presigned URL lives), read when used."""
+    return int(os.environ.get("DRAGNEXT_LINK_EXPIRY_S", str(7 * 24 * 3600)))
+
+
+def browser_link(uri: str, expiry_s: int) -> str | None:
+    """A URL a browser opens for `uri`: presigned on a store that signs (S3, for
+    `expiry_s`); None for a local path, which a web page cannot link to (file:// is
+    blocked from http pages), or when the store cannot sign."""
+    if not is_absolute(uri) or "://" not in uri or uri.startswith("file://"):
+        return None
+    fs, path = filesystem(uri)
+    try:
+        return fs.sign(path, expiration=expiry_s)
+    except NotImplementedError:
+        return None
+
+
 def absolute(uri: str) -> str:
     """A URI that means the same from any working directory."""
     return uri if "://" in uri else os.path.abspath(uri)

@@ -3,6 +3,8 @@
 import io
 import json
 import logging
+import re
+import urllib.request
 from pathlib import Path
 from uuid import UUID
 
@@ -12,6 +14,8 @@ import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
@@ -60,6 +64,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
               "editable_mask": inline(first["editable_mask_uri"]),
               "drags": [{**d, "handle_mask_uri": None, "handle_mask": inline(d["handle_mask_uri"])}
                         for d in first["drags"]]}]
+    inputs = {r["item_id"]: r["image_uri"] for r in rows}
     table = pa.Table.from_pylist(rows, schema=table.schema)
     write_table(table.append_column("batch", pa.array(["b1"] * len(rows))), manifest)
 
@@ -75,7 +80,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
         assert row["batch"] == "b1"  # unknown manifest columns pass through
         if row["status"] != "succeeded":
             continue
-        original = open_image(f"{s3_bucket}/bench/images/{row['item_id']}.png")
+        original = open_image(f"{s3_bucket}/bench/{inputs[row['item_id']]}")
         assert open_image(row["image_uri"]).size == original.size
         assert open_image(row["preview_uri"]).height == original.height  # over 256 px: not enlarged
         record = json.loads(read_bytes(row["record_uri"]))
@@ -85,6 +90,13 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
                for i in ("inline-masks", first["item_id"])}
     assert records["inline-masks"]["item"]["drags"] == records[first["item_id"]]["item"]["drags"]  # same ϑ
     assert json.loads(read_bytes(f"{s3_bucket}/out/summary.json"))["counts"]["succeeded"] == 5
+    with get_client(sync_client=True) as client:  # the previews artifact's links open, as a browser would
+        [previews] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bulk-edit-previews"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["run_id"])])))
+    first_link = re.search(r"\| (\S+) \| \[preview\]\((http://[^)]+)\)", previews.data)
+    opened = Image.open(io.BytesIO(urllib.request.urlopen(first_link[2], timeout=10).read()))
+    assert opened.size == open_image(results[first_link[1]]["preview_uri"]).size
     fs, _ = filesystem(s3_bucket)
     assert any(k.endswith("stages/lora.safetensors") for k in fs.find(f"{s3_bucket}/out/items"))
     # one row object per item that reached a worker (the mask size is found when it is read)

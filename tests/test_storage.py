@@ -5,15 +5,17 @@ judges what will be read, not how it is spelt."""
 import json
 import os
 import time
+import urllib.parse
+import urllib.request
 from contextlib import ExitStack
 
 import pytest
 import torch
 
 from flows.lease import OutputInUse, acquire, check_free, holder, lease_uri, leased
-from flows.results import previous_rows, read_rows, write_row
+from flows.results import markdown_link, previous_rows, read_rows, write_row
 from infra.faults import FaultUnavailable, capped_disk, read_only_disk
-from manifests.storage import OutputUnwritable, create_exclusive, is_transient, write_bytes
+from manifests.storage import OutputUnwritable, browser_link, create_exclusive, is_transient, write_bytes
 from manifests.uris import PolicyError, UriPolicy
 from tasks.stage_store import StageStore
 
@@ -113,3 +115,17 @@ def test_the_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     (tmp_path / "out" / "lease.json").write_text(json.dumps(
         {"run_id": "gone", "host": os.uname().nodename, "pid": 2**22 + 17, "beat": 1e12}))
     assert check_free(out, "run-c", stale_after_s=60).run_id == "gone"  # its process is gone
+
+
+def test_artifact_links_open_in_a_browser_presigned_on_s3_and_never_as_bare_paths(s3_bucket, tmp_path):
+    uri = f"{s3_bucket}/links/preview.png"
+    write_bytes(uri, b"the preview's bytes")
+    url = browser_link(uri, expiry_s=120)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert url.startswith("http://127.0.0.1:") and query["Signature"]
+    assert abs(int(query["Expires"][0]) - (time.time() + 120)) < 10  # expires when asked
+    assert urllib.request.urlopen(url, timeout=10).read() == b"the preview's bytes"  # no credentials needed
+    local = str(tmp_path / "preview.png")
+    assert browser_link(local, 120) is None  # a web page cannot open file:// links
+    assert markdown_link("preview", local, 120) == f"`{local}`"
+    assert markdown_link("preview", uri, 120).startswith("[preview](http://127.0.0.1:")
