@@ -11,6 +11,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup test test-integration test-all demo chaos overhead throughput manifest-scale family-profiles gpu-check \
+	review-thresholds \
 	gpu-wheels clean
 
 setup: $(VENV)/.installed
@@ -68,6 +69,17 @@ manifest-scale: setup
 # `dragnext profile`; models kept in build/families (27 GB); writes docs/family-profiles.json.
 family-profiles: setup
 	$(BIN)/python -m bench.family_profiles --json docs/family-profiles.json
+
+# The review flags' defaults (`review.*`): DragNeXt on the benchmark's tuning seeds (1000-1029)
+# and the reported seed (0), 30 cases per type each (about 11 minutes each here), then
+# bench/review_thresholds.py picks the thresholds on the first and reports them on the second.
+review-thresholds: setup
+	$(BIN)/dragnext -q bench --n 30 --seed 1000 --jobs 2 --methods dragnext --out out/bench-tune \
+		--json docs/bench-dragnext-seed1000.json
+	$(BIN)/dragnext -q bench --n 30 --seed 0 --jobs 2 --methods dragnext --out out/bench-seed0 \
+		--json docs/bench-dragnext-seed0.json
+	$(BIN)/python -m bench.review_thresholds --tune docs/bench-dragnext-seed1000.json \
+		--report docs/bench-dragnext-seed0.json --json docs/review-thresholds.json
 
 # On a CUDA machine: the SD1.5-size model, `pytest -m gpu`, `dragnext profile` at 512 px with
 # LoRA on and off; writes docs/gpu-profile.json (bench/gpu_check.py). Needs no network: with

@@ -102,13 +102,15 @@ def score_cases(model: DragModel, cases: list[Case], methods: list[Method], base
             if key and weights is None:
                 finetuned[key] = (result.lora_weights, result.timings["lora"])
             edited.append(result.image)
-            scores.append({"type": case.type, **score(case, item, result.image, seconds)})
+            scores.append({"case_id": case.case_id, "type": case.type,
+                           **score(case, item, result.image, seconds)})
         scored[method.label] = (scores, edited)
     return scored
 
 
 def results_of(scored: Scored, cases: list[Case], methods: list[Method], base: dict) -> dict:
-    """The results JSON: {"methods": {label: {"overall", "by_type", "config"}}}."""
+    """The results JSON: {"methods": {label: {"overall", "by_type", "config", "cases"}}}, where
+    `cases` holds each case's own scores (what the review flags are tuned on)."""
     results = {}
     for method in methods:
         scores, _ = scored[method.label]
@@ -116,6 +118,7 @@ def results_of(scored: Scored, cases: list[Case], methods: list[Method], base: d
             "overall": summarise(scores),
             "by_type": {t: summarise([s for s in scores if s["type"] == t]) for t in types_of(cases)},
             "config": build_config(base, method.overrides).to_record(),
+            "cases": scores,
         }
     return {"methods": results}
 

@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dragnext.architecture import Architecture
 
+# Sections that do not change an edit's output: how it runs, how it is judged.
+NOT_OUTPUT = ("runtime", "review")
+
+
+def output_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """A config record without the `NOT_OUTPUT` sections: what digests cover."""
+    return {k: v for k, v in record.items() if k not in NOT_OUTPUT}
+
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
@@ -95,6 +103,19 @@ class OutputConfig(_Section):
     paste_background: bool = False
 
 
+class ReviewConfig(_Section):
+    """When a succeeded item is flagged `needs_review`: its own metrics (`dragnext.review`)
+    say the drag probably did not happen or hurt the picture. The defaults are tuned on the
+    benchmark's tuning seeds (docs/review-thresholds.json); None turns a flag off. Left out
+    of every digest: a flag judges an output, it does not change it."""
+    min_drag_gap: float | None = Field(
+        -0.0918, ge=-1, le=1, description="flag when IF_th - IF_hh is below this: the content looks more "
+        "like it stayed at the handle than arrived at the target")
+    min_if_ed: float | None = Field(
+        0.9229, ge=0, le=1, description="flag when IF_ed (fidelity outside the editable mask) is below "
+        "this: the picture changed where it should not have")
+
+
 class RuntimeConfig(_Section):
     """How items are run, not what they become: left out of every digest and stage key."""
     batch_size: int | None = Field(
@@ -115,6 +136,7 @@ class EditConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("pbsi")
@@ -139,10 +161,8 @@ class EditConfig(_Section):
         return self.model_dump(mode="json")
 
     def output_record(self) -> dict[str, Any]:
-        """The keys that decide the output (all but `runtime`): what digests cover."""
-        record = self.to_record()
-        del record["runtime"]
-        return record
+        """The keys that decide the output (all but `NOT_OUTPUT`): what digests cover."""
+        return output_keys(self.to_record())
 
     def check_model(self, architecture: Architecture) -> None:
         """The keys that depend on the model must fit it: `features.blocks` must name its

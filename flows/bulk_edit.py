@@ -24,6 +24,7 @@ from flows import fanout
 from flows.lease import leased
 from flows.results import (
     counts,
+    flagged,
     previous_rows,
     publish,
     read_profile,
@@ -184,7 +185,8 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
             for shard in shards for i in shard.item_ids}
     results = plan.merge(finished, lost)
 
-    summary.update(status="finished", counts=counts(results), resumed=plan.resumed, shards=len(shards),
+    summary.update(status="finished", counts=counts(results), needs_review=flagged(results),
+                   resumed=plan.resumed, shards=len(shards),
                    wall_s=round(time.time() - started, 2), guard=guard.model_dump(), guard_stopped=guarded)
     table = results_table(results, plan.extra_columns)
     if stopped:

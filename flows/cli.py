@@ -138,7 +138,8 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         print(f"dragnext: the run stopped early: {summary['guard_stopped']}", file=sys.stderr)
     line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     resumed = f" ({summary['resumed']} kept from before)" if summary.get("resumed") else ""
-    print(f"{line}{resumed} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
+    review = f", {summary['needs_review']} need review" if summary.get("needs_review") else ""
+    print(f"{line}{resumed}{review} in {summary['wall_s']:.1f} s -> {summary['results_uri']}")
     if counts.get("failed"):
         print(f"retry the failed items: dragnext retry {summary['results_uri']}")
     return 0 if set(counts) <= {"succeeded", "skipped"} else 1

@@ -116,6 +116,11 @@ def counts(rows: list[dict]) -> dict[str, int]:
     return dict(Counter(r["status"] for r in rows))
 
 
+def flagged(rows: list[dict]) -> int:
+    """Succeeded items flagged `needs_review` (`dragnext.review`)."""
+    return sum(bool(r.get("needs_review")) for r in rows)
+
+
 def read_summary(output_uri: str) -> dict:
     """A run's summary.json; `FileNotFoundError` names the folder when there is none."""
     uri = join(output_uri, "summary.json")
@@ -186,11 +191,15 @@ def markdown_link(text: str, uri: str, expiry_s: int) -> str:
 def publish(rows: list[dict], summary: dict, expiry_s: int) -> None:
     """The run on the flow run's Artifacts tab, bounded whatever the run's size: counts,
     metric percentiles, a link to results.parquet, the first `MAX_LISTED` failed or invalid
-    items with their errors, and previews of the first `MAX_LISTED` succeeded ones. Links
-    on a store open for `expiry_s` seconds."""
+    items with their errors, the first `MAX_LISTED` flagged for review with their reasons,
+    and previews of the first `MAX_LISTED` succeeded ones. Links on a store open for
+    `expiry_s` seconds."""
     bad = [r for r in rows if r["status"] in ("failed", "invalid")]
     results = markdown_link(summary["results_uri"], summary["results_uri"], expiry_s)
+    review = [r for r in rows if r.get("needs_review")]
     lines = [f"**{len(rows)} items**: " + ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())),
+             f"**{len(review)} need review** (succeeded, but their metrics say look at them; "
+             "`needs_review` in results.parquet)",
              f"results: {results} · {summary['wall_s']} s", "",
              "| metric | p5 | p50 | p95 |", "|---|---|---|---|"]
     lines += [f"| {name} | {p['p5']} | {p['p50']} | {p['p95']} |"
@@ -203,6 +212,13 @@ def publish(rows: list[dict], summary: dict, expiry_s: int) -> None:
             table=[{"item_id": r["item_id"], "status": r["status"], "error": (r["error"] or "")[:500],
                     "attempts": r["attempts"]} for r in bad[:MAX_LISTED]],
             description=f"the first {min(len(bad), MAX_LISTED)} of {len(bad)} failed or invalid items")
+    if review:
+        create_table_artifact(
+            key="bulk-edit-review",
+            table=[{"item_id": r["item_id"], "reasons": r["review_reasons"],
+                    "preview": markdown_link("preview", r["preview_uri"], expiry_s)}
+                   for r in review[:MAX_LISTED]],
+            description=f"the first {min(len(review), MAX_LISTED)} of {len(review)} items flagged for review")
     shown = [r for r in rows if r["preview_uri"]][:MAX_LISTED]
     previews = ["| item | preview | record |", "|---|---|---|"]
     previews += [f"| {r['item_id']} | {markdown_link('preview', r['preview_uri'], expiry_s)} | "

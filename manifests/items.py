@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dragnext.architecture import Architecture
-from dragnext.config import ConfigError, EditConfig, build_config
+from dragnext.config import ConfigError, EditConfig, build_config, output_keys
 from dragnext.instruction import (
     EditItem,
     InstructionSpec,
@@ -162,7 +162,7 @@ def item_input_digest(row: dict, config: dict, model_fingerprint: str, policy: U
     spec = parse_instruction(instruction_of(row), row["item_id"])
     files = [policy.resolve(uri) for uri in _file_fields(spec, row).values()]
     inputs = {"image_uri": row["image_uri"], **instruction_of(row)}
-    output_config = {k: v for k, v in config.items() if k != "runtime"}  # how it runs is not an input
+    output_config = output_keys(config)  # how it runs and how it is judged are not inputs
     once = once or Once()
     identities = [once(file_identity, uri, once.info) for uri in files]
     return input_digest(inputs, identities, output_config, model_fingerprint)

@@ -58,6 +58,10 @@ RESULTS = pa.schema([
     # digest of everything the edit was made from (files' bytes, drags, prompt, config, model):
     # a rerun keeps a succeeded item only while it still matches
     pa.field("input_digest", pa.string()),
+    # a succeeded item whose own metrics say a person should look at it (`dragnext.review`);
+    # null for items that did not succeed
+    pa.field("needs_review", pa.bool_()),
+    pa.field("review_reasons", pa.string()),
 ], metadata={VERSION_KEY: SCHEMA_VERSION.encode()})
 # Columns the project writes next to the manifest's: a manifest column of the same name would
 # collide with them in results.parquet.

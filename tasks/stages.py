@@ -25,6 +25,7 @@ from dragnext.instruction import EditItem, InvalidItemError
 from dragnext.metrics import image_fidelity
 from dragnext.model_source import ModelSource
 from dragnext.preview import preview
+from dragnext.review import review_reasons
 from manifests.items import load_item
 from manifests.storage import is_transient, join, write_bytes
 from manifests.uris import UriPolicy
@@ -79,6 +80,7 @@ def result_row(ctx: ItemContext, status: str, attempts: int, error: str | None =
     return {"item_id": ctx.item_id, "status": status, "error": error, "image_uri": None,
             "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
             "attempts": attempts, "config_hash": ctx.config_hash, "device": None,
+            "needs_review": None, "review_reasons": None,
             "input_digest": ctx.input_digest if status == "succeeded" else None, **fields}
 
 
@@ -106,12 +108,14 @@ def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, at
     """The item's image, preview and record; its results row."""
     item, edited = result.item, result.image
     metrics = image_fidelity(item.image, edited, item)
+    reasons = review_reasons(metrics, ctx.edit_config.review)
     uris = {"image_uri": join(ctx.item_dir, "edited.png"), "preview_uri": join(ctx.item_dir, "preview.png"),
             "record_uri": join(ctx.item_dir, "record.json")}
     record = {
         **result.to_record(), "model_fingerprint": ctx.model_fingerprint,
         "input_digest": ctx.input_digest, "config_hash": ctx.config_hash, "metrics": metrics,
         "attempts": attempt, "warnings": list(item.instruction.warnings),
+        "review": {"needs_review": bool(reasons), "reasons": reasons},
         "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads,
                    # the run's process's parent: on a work pool, the Prefect worker that took the shard
                    "grandparent_pid": _parent_of(os.getppid())},
@@ -121,7 +125,8 @@ def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, at
     write_bytes(uris["preview_uri"], _png(preview(item, edited)))
     write_bytes(uris["record_uri"], json.dumps(record, indent=2).encode())
     return result_row(ctx, "succeeded", attempt, metrics={k: v for k, v in metrics.items() if v is not None},
-                      timings_s=result.timings, device=result.device, **uris)
+                      timings_s=result.timings, device=result.device, needs_review=bool(reasons),
+                      review_reasons="; ".join(reasons) or None, **uris)
 
 
 def edit_items(contexts: list[ItemContext], worker: WorkerState, attempt: int) -> list[Outcome]:

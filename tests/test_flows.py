@@ -193,13 +193,19 @@ def test_the_run_command_hands_workers_batches_and_keeps_one_row_per_item(tmp_pa
     from manifests.examples import DEMO_MANIFEST
 
     out = tmp_path / "out"
-    sets = [a for s in [*FAST, "runtime.batch_size=4"] for a in ("--set", s)]
+    # review: every edit changes M's outside a little (the VAE), so IF_ed < 1 flags them all
+    review = ["review.min_if_ed=1.0", "review.min_drag_gap=null"]
+    sets = [a for s in [*FAST, "runtime.batch_size=4", *review] for a in ("--set", s)]
     assert main(["run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
-                 "--workers", "2", *sets]) == 0
+                 "--workers", "2", *sets]) == 0  # flags are not failures
     captured = capsys.readouterr()
     assert "8/8" in captured.err and "8 succeeded" in captured.out  # the items bar counts items
+    assert "8 need review" in captured.out
     results = read_table(str(out / "results.parquet")).to_pylist()
     assert len(results) == 8 and len({r["item_id"] for r in results}) == 8
+    assert all(r["needs_review"] and r["review_reasons"].startswith("outside changed: IF_ed = ")
+               for r in results)
+    assert json.loads((out / "summary.json").read_text())["needs_review"] == 8
     records = {r["item_id"]: json.loads(Path(r["record_uri"]).read_text()) for r in results}
     batches = {tuple(rec["batch"]["items"]) for rec in records.values()}
     assert sorted(len(b) for b in batches) == [4, 4] and set(sum(batches, ())) == set(records)
