@@ -8,6 +8,11 @@ time over a pipe: the items' contexts go in, their outcomes (rows, and errors) c
 as plain data. A worker that dies (OOM killer, segfault, SIGKILL) fails only the batch it
 was running, with `WorkerLost`; a fresh process takes its place and the other batches go on.
 A worker whose parent is gone (the run was killed) exits by itself.
+
+A worker's own log lines (the project's loggers at INFO and above: which device it uses,
+the model it loaded) come back over the same pipe while its batch runs, and the run's
+process logs them under `tasks.pool.worker` ("[worker PID] …"): where the run's logs go
+(Prefect's UI, with `PREFECT_LOGGING_EXTRA_LOGGERS` naming `tasks`), they go too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,23 @@ from tasks.stages import ItemContext, Outcome, edit_items
 from tasks.worker import WorkerState
 
 log = logging.getLogger(__name__)
+worker_log = logging.getLogger(f"{__name__}.worker")  # the workers' own lines, re-logged here
+FORWARDED = ("dragnext", "tasks", "manifests")  # a worker's loggers whose lines come back
+
+
+class _PipeHandler(logging.Handler):
+    """In a worker: the project's log lines sent to the run's process as plain data."""
+
+    def __init__(self, conn: Connection):
+        super().__init__(logging.INFO)
+        self.conn = conn
+        self.addFilter(lambda record: record.name.split(".")[0] in FORWARDED)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.conn.send(("log", record.levelno, record.name, record.getMessage()))
+        except Exception:  # a line that cannot be sent is not worth failing an item for
+            self.handleError(record)
 
 
 class WorkerLost(RuntimeError):
@@ -79,6 +101,10 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _serve(conn: Connection, parent_pid: int, log_level: int, threads: int | None) -> None:
     """A worker process: edit the batches sent to it until told to stop (None)."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [worker %(process)d]: %(message)s")
+    root = logging.getLogger()
+    root.handlers[0].setLevel(log_level)  # the console keeps the run's level
+    root.setLevel(min(log_level, logging.INFO))
+    root.addHandler(_PipeHandler(conn))
     if threads:
         import torch
 
@@ -133,15 +159,20 @@ class _Slot:
     def run(self, contexts: list[ItemContext], attempt: int) -> list[Outcome]:
         try:
             self.conn.send((contexts, attempt))
-            while not self.conn.poll(0.5):
-                if not self.process.is_alive():
-                    raise self._lost()
-            kind, value = self.conn.recv()
+            while True:
+                while not self.conn.poll(0.5):
+                    if not self.process.is_alive():
+                        raise self._lost()
+                kind, *value = self.conn.recv()
+                if kind != "log":
+                    break
+                level, name, message = value
+                worker_log.log(level, "[worker %d] %s: %s", self.process.pid, name, message)
         except (EOFError, OSError):
             raise self._lost() from None
         if kind == "error":
-            raise value
-        return value
+            raise value[0]
+        return value[0]
 
     def ask_to_stop(self) -> None:
         """The worker exits after the item it is editing (if any)."""
@@ -162,6 +193,7 @@ class ProcessRunner(_Dispatcher):
 
     def __init__(self, workers: int) -> None:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        worker_log.setLevel(logging.INFO)  # whatever the root logger's level: listeners decide
         self._threads = cpu_threads(max(1, workers))
         self._free: queue.Queue[_Slot] = queue.Queue()
         self._slots = [_Slot(self._context, self._threads) for _ in range(max(1, workers))]

@@ -104,7 +104,8 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
 
 
 def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp_path, tiny_model_dir,
-                                                                             capsys):
+                                                                             capsys, caplog):
+    caplog.set_level(logging.INFO, logger="tasks.pool.worker")
     out = tmp_path / "run"
     sets = [a for s in [*FAST, "runtime.batch_size=1"] for a in ("--set", s)]  # three batches for two workers
     flow_runs_level = logging.getLogger("prefect.flow_runs").level
@@ -120,6 +121,11 @@ def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp
     assert len(records) == 3
     pids = {r["worker"]["pid"] for r in records}
     assert len(pids) == 2  # the items ran in two worker processes
+    forwarded = [r.getMessage() for r in caplog.records if r.name == "tasks.pool.worker"]
+    for pid in pids:  # each worker's own lines came back to the run's process (and so to its logs)
+        assert f"[worker {pid}] tasks.worker: worker {pid} uses cpu" in forwarded, forwarded
+        assert any(m.startswith(f"[worker {pid}] dragnext.model: loaded model") for m in forwarded), forwarded
+    assert "uses cpu" not in captured.err  # not on the console: the bar stays whole
     assert all(r["worker"]["models_loaded"] == 1 for r in records)  # one model per process
     for row in read_table(str(out / "results.parquet")).to_pylist():
         assert row["status"] == "succeeded" and Image.open(row["image_uri"]).size > (0, 0)

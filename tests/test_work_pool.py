@@ -199,6 +199,15 @@ def test_a_run_fans_out_over_both_gpu_workers_and_merges_one_results_file(stack,
     wait_for(lambda: line in [entry.message for entry in client.read_logs(  # logs reach the API in batches
         log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))], 60, "the parent's shard line")
 
+    # each shard's page shows its worker process's own lines: the device it uses, the model it loaded
+    def shard_lines() -> list[str]:
+        return [entry.message for entry in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[s.id for s in shards])))]
+
+    wait_for(lambda: sum("] dragnext.model: loaded model" in m for m in shard_lines()) >= len(shards), 60,
+             "the workers' model-load lines")
+    assert sum(" uses cpu" in m and m.startswith("[worker ") for m in shard_lines()) >= len(shards)
+
 
 def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_completes_them(
         stack, client, tiny_model_dir, tmp_path):
