@@ -44,6 +44,7 @@ from manifests.storage import (
 from manifests.uris import PolicyError, UriPolicy, check_prefix
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
+from tasks.pool import worker_log
 
 
 class ProgressBar(logging.Handler):
@@ -113,6 +114,7 @@ def _run_flow(run, args: argparse.Namespace) -> int:
     bar = ProgressBar(args.quiet)
     progress_log.addHandler(bar)
     progress_log.propagate = False
+    worker_log.propagate = bool(args.verbose)  # workers' own lines on the console only with -v
     try:
         with local_api():
             summary = run()
@@ -129,7 +131,7 @@ def _run_flow(run, args: argparse.Namespace) -> int:
         logging.getLogger("prefect.flow_runs").removeFilter(reported)
         for sig, earlier in previous.items():
             signal.signal(sig, earlier)
-        progress_log.propagate = True
+        progress_log.propagate = worker_log.propagate = True
         for logger, level in zip(quieted, levels, strict=True):
             logger.setLevel(level)
         bar.bar.close()

@@ -30,6 +30,7 @@ def test_the_demo_manifest_runs_on_the_sdxl_tiny_model_with_a_style_lora(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert "8 succeeded" in done.stdout and "8/8" in done.stderr  # the items bar
     assert "[transformers]" not in done.stderr and "torchvision" not in done.stderr  # no noise
+    assert "loaded model" not in done.stderr  # the workers' lines go to the run's logs, not under the bar
     rows = read_table(str(out / "results.parquet")).to_pylist()
     assert {r["status"] for r in rows} == {"succeeded"} and len(rows) == 8
     records = [json.loads(Path(r["record_uri"]).read_text()) for r in rows]
