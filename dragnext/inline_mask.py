@@ -77,17 +77,24 @@ def check(mask: InlineMask, size: tuple[int, int] | None = None) -> None:
             if size is not None:
                 _check_on_image(i, polygon, size)
         return
-    height, width = mask.rle.size
+    _runs(mask.rle, size)
+
+
+def _runs(rle: Rle, size: tuple[int, int] | None) -> np.ndarray:
+    """The runs of a checked RLE: its size positive (and the image's, given one), its string
+    bounded and parsed, its runs covering the mask exactly."""
+    height, width = rle.size
     if height < 1 or width < 1:
         raise InvalidMask("rle.size", f"{[height, width]} is not a [height, width] of positive sides")
-    if len(mask.rle.counts) > MAX_RLE_CHARS:
-        raise InvalidMask("rle.counts", f"{len(mask.rle.counts):,} characters; at most {MAX_RLE_CHARS:,}")
+    if len(rle.counts) > MAX_RLE_CHARS:
+        raise InvalidMask("rle.counts", f"{len(rle.counts):,} characters; at most {MAX_RLE_CHARS:,}")
     if size is not None and (width, height) != tuple(size):
         raise InvalidMask("rle.size", f"the mask is {width}x{height}, the image is {size[0]}x{size[1]}")
-    covered = int(runs_of(mask.rle.counts).sum())
-    if covered != height * width:
-        raise InvalidMask("rle.counts", f"the runs cover {covered:,} pixels, the mask has "
+    runs = runs_of(rle.counts)
+    if int(runs.sum()) != height * width:
+        raise InvalidMask("rle.counts", f"the runs cover {int(runs.sum()):,} pixels, the mask has "
                           f"{height * width:,} ({width}x{height})")
+    return runs
 
 
 def _check_on_image(i: int, polygon: list[float], size: tuple[int, int]) -> None:
@@ -100,10 +107,12 @@ def _check_on_image(i: int, polygon: list[float], size: tuple[int, int]) -> None
 
 def decode(mask: InlineMask, size: tuple[int, int]) -> np.ndarray:
     """The boolean (height, width) mask on an image of (width, height). Raises `InvalidMask`."""
-    check(mask, size)
     width, height = size
-    counts = mask.rle.counts if mask.rle is not None else _rasterised(mask.polygons, height, width)
-    runs = runs_of(counts)  # a given string's total was checked above
+    if mask.rle is not None:
+        runs = _runs(mask.rle, size)  # checked and parsed once
+    else:
+        check(mask, size)
+        runs = runs_of(_rasterised(mask.polygons, height, width))
     values = np.arange(len(runs)) % 2 == 1
     return np.repeat(values, runs).reshape((height, width), order="F")
 
