@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-integration test-all demo chaos overhead throughput manifest-scale family-profiles gpu-check \
+.PHONY: setup test test-integration test-ui test-all demo studio studio-screenshots chaos overhead throughput manifest-scale family-profiles gpu-check \
 	review-thresholds \
 	gpu-wheels clean
 
@@ -32,7 +32,19 @@ test: setup
 test-integration: setup
 	$(BIN)/pytest -m "integration and not slow and not gpu"
 
-test-all: test test-integration
+# The studio and the Prefect UI in a real headless Chromium (Debian's chromium and
+# chromium-driver); `studio-screenshots` writes the README's pictures to docs/.
+test-ui: setup
+	$(BIN)/pytest -m ui
+
+studio-screenshots: setup
+	DRAGNEXT_SCREENSHOTS=docs $(BIN)/pytest -m ui
+
+test-all: test test-integration test-ui
+
+# Author drags and review results in the browser, on the fixture model and the demo scenes.
+studio: setup
+	$(BIN)/dragnext studio --manifest manifests/examples/bench/manifest.parquet
 
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
 # (manifests/examples/bench: a translate, a deform, a rotate and a scale, twice) with the committed

@@ -435,3 +435,25 @@ def validate_item(item: EditItem) -> EditItem:
     editable = None if instruction.editable_mask is None else instruction.editable_mask != 0
     checked = replace(instruction, drags=drags, editable_mask=editable, warnings=tuple(warnings))
     return replace(item, instruction=checked)
+
+
+def findings(item: EditItem) -> tuple[list[InvalidItemError], list[str]]:
+    """Every error of an item (not only the first, as `validate_item` raises) and its
+    warnings, in `validate_item`'s words: for a person drawing drags, who fixes them one by
+    one next to the drag each names."""
+    width, height = item.size
+    errors: list[InvalidItemError] = []
+    warnings: list[str] = []
+    if not item.instruction.drags:
+        errors.append(InvalidItemError(item.item_id, "drags", "at least one drag is required"))
+    if item.instruction.editable_mask is not None:
+        try:
+            _check_mask(item.item_id, "editable_mask", item.instruction.editable_mask, width, height)
+        except InvalidItemError as error:
+            return [error], warnings  # every drag is judged against M
+    for i, drag in enumerate(item.instruction.drags):
+        try:
+            _validate_drag(item, i, drag, warnings)
+        except InvalidItemError as error:
+            errors.append(error)
+    return errors, warnings

@@ -23,6 +23,7 @@ from dragnext.model import DEFAULT_MODEL, ModelSource, model_preset, source_arch
 from flows import fanout
 from flows.lease import leased
 from flows.results import (
+    Links,
     counts,
     flagged,
     previous_rows,
@@ -34,12 +35,14 @@ from flows.results import (
     write_final,
     write_summary,
 )
+from flows.selection import read_selection
 from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
 from manifests.items import conform
 from manifests.schema import read_table
-from manifests.storage import OutputUnwritable, absolute, join, link_expiry_s, parent, write_bytes
+from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
+from tasks.pool import AUTO_WORKERS
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
 LEASE_STALE_AFTER_S = 60.0
@@ -62,15 +65,20 @@ def format_output(output_uri: str, date: str, run_name: str) -> str:
                               f"({type(error).__name__}: {error})") from None
 
 
+# The flows' parameters have no `X | None` types: Prefect's run form renders the None branch
+# of such a union as an error ("Property is type None"). An empty value or AUTO_WORKERS
+# stands for "not given"; the lists and dicts are never mutated.
+
+
 @flow(name="bulk-edit")
 def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
-              overrides: dict[str, Any] | None = None, item_filter: list[str] | None = None,
-              allow_prefixes: list[str] | None = None, workers: int | None = None,
-              shard_size: int | None = None, shard_deployment: str | None = None,
+              overrides: dict[str, Any] = {}, item_filter: list[str] = [],  # noqa: B006
+              allow_prefixes: list[str] = [], workers: int = AUTO_WORKERS,  # noqa: B006
+              shard_size: int = 0, shard_deployment: str = "",
               retries: int = 2, retry_delay_s: float = 10.0, lost_after_s: float = LOST_AFTER_S,
-              lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str | None = None,
-              vae: str | None = None, lora: str | None = None, lora_scale: float = 1.0,
-              guard_items: int = 20, guard_failed_fraction: float | None = 0.5) -> dict:
+              lease_stale_after_s: float = LEASE_STALE_AFTER_S, profile: str = "",
+              vae: str = "", lora: str = "", lora_scale: float = 1.0,
+              guard_items: int = 20, guard_failed_fraction: float = 0.5) -> dict:
     """Edit every item of a Parquet manifest; write images, previews, records and results.
 
     Args:
@@ -82,12 +90,12 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
         overrides: config keys for the whole run, e.g. {"lora.steps": 40}; a row's `params`
             override them for that item.
         item_filter: run only these item ids; the others keep their earlier rows (or are
-            `skipped`).
+            `skipped`); empty: every item.
         allow_prefixes: where images and masks may come from besides the manifest's folder,
             e.g. ["s3://bucket/images/"]; see manifests/README.md.
-        workers: items edited at once per shard, each in its own process (default: one per
-            GPU, one on a CPU machine).
-        shard_size: items per shard (default: all here; two shards per online pool worker).
+        workers: items edited at once per shard, each in its own process; -1: one per GPU,
+            one on a CPU machine; 0: in the run's own process.
+        shard_size: items per shard; 0: all here, or two shards per online pool worker.
         shard_deployment: run shards as flow runs of this deployment, e.g.
             "bulk-edit-shard/bulk-edit-shard" on the `gpu` pool; empty runs them here.
         retries: retries of an item's transient failures (store outages, CUDA out of memory).
@@ -96,41 +104,45 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
         lease_stale_after_s: another run's lease on the output whose heartbeat is this old is
             taken over (that run died); a fresher one makes this run refuse.
         profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the
-            device-hours estimate in summary.json.
-        vae: an AutoencoderKL folder that replaces the model's VAE.
+            device-hours estimate in summary.json; empty: none.
+        vae: an AutoencoderKL folder that replaces the model's VAE; empty: the model's own.
         lora: a style LoRA (.safetensors, diffusers or kohya format) fused into the model at
-            `lora_scale`; each item's own LoRA trains on top of it.
+            `lora_scale`; each item's own LoRA trains on top of it; empty: none.
         lora_scale: the style LoRA's weight.
         guard_items: the run guard judges this many first items of each shard (tasks/guard.py).
         guard_failed_fraction: a shard starts no more items once more than this fraction of
-            its first `guard_items` failed; empty: never.
+            its first `guard_items` failed; negative: never.
     """
-    source = ModelSource(model=model, vae=vae, lora=lora, lora_scale=lora_scale)
-    guard = RunGuard(items=guard_items, failed_fraction=guard_failed_fraction)
-    return run_bulk(manifest_uri, absolute(expand_output(output_uri)), source, overrides or {}, item_filter,
-                    list(allow_prefixes or ()), workers, shard_size, shard_deployment, retries, retry_delay_s,
-                    lost_after_s, lease_stale_after_s, profile, guard)
+    source = ModelSource(model=model, vae=vae or None, lora=lora or None, lora_scale=lora_scale)
+    fraction = None if guard_failed_fraction < 0 else guard_failed_fraction
+    guard = RunGuard(items=guard_items, failed_fraction=fraction)
+    return run_bulk(manifest_uri, absolute(expand_output(output_uri)), source, dict(overrides),
+                    list(item_filter) or None, list(allow_prefixes), workers, shard_size or None,
+                    shard_deployment or None, retries, retry_delay_s, lost_after_s, lease_stale_after_s,
+                    profile or None, guard)
 
 
 def run_bulk(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
              item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
              shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
              lost_after_s: float, lease_stale_after_s: float, profile: str | None, guard: RunGuard,
-             retry_of: dict | None = None) -> dict:
+             retry_of: dict | None = None, item_params: dict[str, dict] | None = None) -> dict:
     """A bulk edit in the flow run that calls it (`bulk-edit`, or `retry-failed`, whose logs,
     results and artifacts are then its own), holding the output's lease throughout.
     `retry_of` is the earlier run's summary: its run id stays the run's, and this one is
-    added to its `retry_runs`."""
+    added to its `retry_runs`. `item_params` go over those items' own `params` (a retry
+    selection's overrides)."""
     with leased(output_uri, str(flow_run.id), lease_stale_after_s, every_s=heartbeat_s()):
         return _bulk_edit(absolute(manifest_uri), output_uri, model, overrides, item_filter, allow_prefixes,
                           workers, shard_size, shard_deployment, retries, retry_delay_s, lost_after_s,
-                          profile, guard, retry_of)
+                          profile, guard, retry_of, item_params)
 
 
 def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides: dict[str, Any],
                item_filter: list[str] | None, allow_prefixes: list[str], workers: int | None,
                shard_size: int | None, shard_deployment: str | None, retries: int, retry_delay_s: float,
-               lost_after_s: float, profile: str | None, guard: RunGuard, retry_of: dict | None) -> dict:
+               lost_after_s: float, profile: str | None, guard: RunGuard, retry_of: dict | None,
+               item_params: dict[str, dict] | None) -> dict:
     log = get_run_logger()
     started = time.time()
     base = build_config(overrides=overrides, preset=model_preset(model.model))
@@ -146,7 +158,7 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
     }
     write_summary(output_uri, summary)
     plan = make_plan(manifest_uri, output_uri, model, model_fp, base, previous_rows(output_uri), item_filter,
-                     allow_prefixes, source_architecture(model))
+                     allow_prefixes, source_architecture(model), item_params)
     counted = summary_counts(plan)
     summary.update(plan=counted, estimate=plan.estimate(read_profile(profile)))
     write_summary(output_uri, summary)
@@ -193,7 +205,7 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
         summary.update(status="stopped", stopped=stopped)
         raise OutputUnwritable(f"the run stopped: {stopped}; {write_fallback(table, summary)}")
     write_final(output_uri, table, summary)
-    publish(results, summary, link_expiry_s())
+    publish(results, summary, Links.from_env(summary["results_uri"]))
     log.info("done: %s in %.1f s -> %s", summary["counts"], summary["wall_s"], summary["results_uri"])
     failed = summary["counts"].get("failed", 0)
     if failed:
@@ -205,8 +217,8 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
 
 
 @flow(name="retry-failed")
-def retry_failed(results_uri: str, include_invalid: bool = False, workers: int | None = None,
-                 retries: int = 2, retry_delay_s: float = 10.0) -> dict:
+def retry_failed(results_uri: str, include_invalid: bool = False, workers: int = AUTO_WORKERS,
+                 retries: int = 2, retry_delay_s: float = 10.0, selection_uri: str = "") -> dict:
     """Re-run a run's `failed` items and those it never finished (and `invalid` ones, once the
     manifest was fixed) with the run's config, reusing every stored stage whose inputs are
     unchanged. Works on a run that was killed too: its summary.json is written first.
@@ -214,21 +226,32 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int |
     Args:
         results_uri: the run's results.parquet (local path or s3://…).
         include_invalid: also re-run `invalid` items (after the manifest was fixed).
-        workers: items edited at once per shard, each in its own process (default: one per GPU).
+        workers: items edited at once per shard, each in its own process; -1: one per GPU, one
+            on a CPU machine; 0: in the run's own process.
         retries: retries of an item's transient failures.
         retry_delay_s: the first retry's delay in seconds; it doubles each time.
+        selection_uri: a retry selection (the studio's "send back" writes one): re-run exactly
+            its items, with its overrides over their own params; empty: the failed items.
     """
     output_uri = parent(absolute(results_uri))
     summary = read_summary(output_uri)
-    manifest = conform(read_table(summary["manifest_uri"])).table.column("item_id").to_pylist()
-    earlier = previous_rows(output_uri)
-    keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
-    ids = [i for i in manifest if i is None or earlier.get(i, {}).get("status") not in keep]
-    get_run_logger().info("retrying %d items of run %s", len(ids), summary["run_id"])
+    item_params = None
+    if selection_uri:
+        selection = read_selection(selection_uri, results_uri)
+        ids = list(dict.fromkeys(selection.items))
+        item_params = {i: selection.overrides for i in ids} if selection.overrides else None
+        get_run_logger().info("retrying the %d selected items of run %s (selection %s, overrides %s)",
+                              len(ids), summary["run_id"], selection_uri, selection.overrides or "none")
+    else:
+        manifest = conform(read_table(summary["manifest_uri"])).table.column("item_id").to_pylist()
+        earlier = previous_rows(output_uri)
+        keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
+        ids = [i for i in manifest if i is not None and earlier.get(i, {}).get("status") not in keep]
+        get_run_logger().info("retrying %d items of run %s", len(ids), summary["run_id"])
     source = ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
                          lora_scale=summary.get("lora_scale", 1.0))
     guard = RunGuard.model_validate(summary.get("guard") or {})
-    return run_bulk(summary["manifest_uri"], output_uri, source, summary["overrides"],
-                    [i for i in ids if i is not None], summary["allow_prefixes"], workers, None,
-                    summary["shard_deployment"], retries, retry_delay_s, LOST_AFTER_S, LEASE_STALE_AFTER_S,
-                    None, guard, retry_of=summary)
+    return run_bulk(summary["manifest_uri"], output_uri, source, summary["overrides"], ids,
+                    summary["allow_prefixes"], workers, None, summary["shard_deployment"], retries,
+                    retry_delay_s, LOST_AFTER_S, LEASE_STALE_AFTER_S, None, guard, retry_of=summary,
+                    item_params=item_params)

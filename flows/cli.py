@@ -26,6 +26,7 @@ from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, for
 from flows.lease import OutputInUse, check_free
 from flows.local_api import local_api
 from flows.results import MAX_LISTED, previous_rows, read_profile, read_results, read_summary
+from flows.selection import SelectionError, read_selection
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
 from manifests.examples import DEMO_MANIFEST
@@ -42,9 +43,10 @@ from manifests.storage import (
     write_bytes,
 )
 from manifests.uris import PolicyError, UriPolicy, check_prefix
+from studio.segment import DEFAULT_SAM
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
-from tasks.pool import worker_log
+from tasks.pool import AUTO_WORKERS, worker_log
 
 
 class ProgressBar(logging.Handler):
@@ -176,11 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = library_cli.model_source(args)
     preflight(args.manifest, args.output, source, overrides, args.allow_prefix)
     return _run_flow(lambda: bulk_edit(
-        args.manifest, args.output, model=source.model, vae=source.vae, lora=source.lora,
+        args.manifest, args.output, model=source.model, vae=source.vae or "", lora=source.lora or "",
         lora_scale=source.lora_scale, overrides=overrides,
-        item_filter=args.items.split(",") if args.items else None, allow_prefixes=args.allow_prefix,
-        workers=args.workers, retries=args.retries, profile=args.profile, guard_items=args.guard_items,
-        guard_failed_fraction=None if args.guard_failed_fraction < 0 else args.guard_failed_fraction), args)
+        item_filter=args.items.split(",") if args.items else [], allow_prefixes=args.allow_prefix,
+        workers=args.workers, retries=args.retries, profile=args.profile or "", guard_items=args.guard_items,
+        guard_failed_fraction=args.guard_failed_fraction), args)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -189,9 +191,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
                          lora_scale=summary.get("lora_scale", 1.0))
     preflight(summary["manifest_uri"], summary["output_uri"], source, summary["overrides"],
               summary["allow_prefixes"])
+    if args.selection:
+        read_selection(args.selection, args.results)  # a bad file is one line, before any flow starts
     return _run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
-        retries=args.retries), args)
+        retries=args.retries, selection_uri=args.selection or ""), args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -291,13 +295,47 @@ def add_allow_prefix(command) -> None:
                          "(repeatable; default: only under the manifest's own folder)")
 
 
+def cmd_studio(args: argparse.Namespace) -> int:
+    import uvicorn
+    from prefect.settings import PREFECT_API_URL
+
+    from studio.app import StudioSettings, create_app
+
+    model = ModelSource(model=str(args.model))
+    config = build_config(overrides=parse_overrides(args.set), preset=model_preset(model.model))
+    check_model_present(model)  # a wrong model is one line now, not an error at the first Edit now
+    if (architecture := source_architecture(model)) is not None:
+        config.check_model(architecture)
+    settings = StudioSettings(model=str(args.model), manifest=args.manifest and absolute(args.manifest),
+                              results=args.results and absolute(args.results),
+                              overrides=parse_overrides(args.set), sam=args.sam or None,
+                              prefect=bool(PREFECT_API_URL.value()))
+    print(f"dragnext studio: http://{args.host}:{args.port}/author and /review (model {args.model})",
+          flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level="warning" if args.quiet else "info")
+    return 0
+
+
 def add_commands(commands) -> None:
     demo = commands.add_parser("demo", help="run the batch flow on the shipped benchmark scenes")
     demo.add_argument("--model", default=str(FIXTURE_MODEL), help="default: the fixture model")
     demo.add_argument("--out", default="out/demo")
     library_cli.add_set_argument(demo)
-    demo.add_argument("--workers", type=int)
+    demo.add_argument("--workers", type=int, default=AUTO_WORKERS)
     demo.set_defaults(run=cmd_demo)
+
+    studio = commands.add_parser("studio", help="author drags and review results in the browser")
+    studio.add_argument("--model", default=str(FIXTURE_MODEL), help="the model Edit now runs "
+                        "(default: the fixture model)")
+    studio.add_argument("--manifest", help="the manifest Author opens rows of and adds rows to")
+    studio.add_argument("--results", help="a run's results.parquet for Review to open")
+    studio.add_argument("--host", default="127.0.0.1")
+    studio.add_argument("--port", type=int, default=7860)
+    studio.add_argument("--sam", default=DEFAULT_SAM, help="a SAM model in the local cache for box "
+                        f"segmentation (default {DEFAULT_SAM}; GrabCut without it; '' for GrabCut)")
+    library_cli.add_set_argument(studio)
+    studio.set_defaults(run=cmd_studio)
 
     run = commands.add_parser("run", help="edit every item of a manifest (Prefect flow)")
     run.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
@@ -305,7 +343,7 @@ def add_commands(commands) -> None:
     library_cli.add_model_arguments(run)
     library_cli.add_config_arguments(run)
     run.add_argument("--items", help="comma-separated item ids to run (others are skipped)")
-    run.add_argument("--workers", type=int, help="items at once, one process each "
+    run.add_argument("--workers", type=int, default=AUTO_WORKERS, help="items at once, one process each "
                      "(default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
     run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
     run.add_argument("--profile", help="a measured profile: summary.json gets the device-hours estimate")
@@ -322,7 +360,9 @@ def add_commands(commands) -> None:
     retry.add_argument("results", help="the run's results.parquet URI")
     retry.add_argument("--include-invalid", action="store_true",
                        help="also re-run invalid items (after the manifest was fixed)")
-    retry.add_argument("--workers", type=int)
+    retry.add_argument("--selection", help="a retry selection (the studio's Review page writes one): re-run "
+                       "exactly its items, with its overrides")
+    retry.add_argument("--workers", type=int, default=AUTO_WORKERS)
     retry.add_argument("--retries", type=int, default=2)
     retry.set_defaults(run=cmd_retry)
 
@@ -363,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                               profile_cli.add_commands)
     return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
         UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError,
-        PolicyError),
+        PolicyError, SelectionError),
         exit_3=(OutputUnwritable, StoreUnavailable))
 
 

@@ -11,7 +11,9 @@ import os
 import posixpath
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,7 @@ from manifests.storage import (
     exists,
     filesystem,
     join,
+    link_expiry_s,
     list_names,
     read_bytes,
     with_retries,
@@ -177,25 +180,51 @@ def metric_percentiles(rows: list[dict]) -> dict[str, dict[str, float]]:
             for name, v in sorted(values.items())}
 
 
-def markdown_link(text: str, uri: str, expiry_s: int) -> str:
-    """`[text](url)` that opens in the browser (a presigned URL on S3), or the path as code
-    where no link can open it (a local path): never a link that lands on "Page not found"."""
-    try:
-        url = browser_link(uri, expiry_s)
-    except Exception as error:  # a link that cannot be signed must not fail the run
-        log.warning("no link for %s (%s: %s)", uri, type(error).__name__, error)
-        url = None
-    return f"[{text}]({url})" if url else f"`{uri}`"
+@dataclass(frozen=True)
+class Links:
+    """Links in a run's artifacts that open in a browser: presigned URLs for outputs on a
+    store that signs (for `expiry_s`); otherwise, with a studio configured
+    (`DRAGNEXT_STUDIO_URL`), its Review page and its file links for the run; otherwise the
+    path as code. Never a link that lands on "Page not found"."""
+    results_uri: str
+    expiry_s: int
+    studio_url: str | None = None
+
+    @classmethod
+    def from_env(cls, results_uri: str) -> Links:
+        """Read where used: `DRAGNEXT_LINK_EXPIRY_S` and `DRAGNEXT_STUDIO_URL`."""
+        studio = os.environ.get("DRAGNEXT_STUDIO_URL", "").rstrip("/")
+        return cls(results_uri, link_expiry_s(), studio or None)
+
+    def url(self, uri: str, item_id: str | None = None, kind: str | None = None) -> str | None:
+        try:
+            signed = browser_link(uri, self.expiry_s)
+        except Exception as error:  # a link that cannot be signed must not fail the run
+            log.warning("no link for %s (%s: %s)", uri, type(error).__name__, error)
+            signed = None
+        if signed or not self.studio_url:
+            return signed
+        if item_id is None:
+            return f"{self.studio_url}/review?{urlencode({'results': self.results_uri})}"
+        return f"{self.studio_url}/api/results/file?" + urlencode(
+            {"results_uri": self.results_uri, "item_id": item_id, "kind": kind})
+
+    def markdown(self, text: str, uri: str, item_id: str | None = None, kind: str | None = None) -> str:
+        url = self.url(uri, item_id, kind)
+        return f"[{text}]({url})" if url else f"`{uri}`"
+
+    def to_file(self, text: str, row: dict, kind: str) -> str:
+        """A link to one of a results row's files (`preview_uri`, `record_uri`)."""
+        return self.markdown(text, row[kind], row["item_id"], kind)
 
 
-def publish(rows: list[dict], summary: dict, expiry_s: int) -> None:
+def publish(rows: list[dict], summary: dict, links: Links) -> None:
     """The run on the flow run's Artifacts tab, bounded whatever the run's size: counts,
     metric percentiles, a link to results.parquet, the first `MAX_LISTED` failed or invalid
     items with their errors, the first `MAX_LISTED` flagged for review with their reasons,
-    and previews of the first `MAX_LISTED` succeeded ones. Links on a store open for
-    `expiry_s` seconds."""
+    and previews of the first `MAX_LISTED` succeeded ones, linked by `links`."""
     bad = [r for r in rows if r["status"] in ("failed", "invalid")]
-    results = markdown_link(summary["results_uri"], summary["results_uri"], expiry_s)
+    results = links.markdown(summary["results_uri"], summary["results_uri"])
     review = [r for r in rows if r.get("needs_review")]
     lines = [f"**{len(rows)} items**: " + ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())),
              f"**{len(review)} need review** (succeeded, but their metrics say look at them; "
@@ -216,12 +245,12 @@ def publish(rows: list[dict], summary: dict, expiry_s: int) -> None:
         create_table_artifact(
             key="bulk-edit-review",
             table=[{"item_id": r["item_id"], "reasons": r["review_reasons"],
-                    "preview": markdown_link("preview", r["preview_uri"], expiry_s)}
+                    "preview": links.to_file("preview", r, "preview_uri")}
                    for r in review[:MAX_LISTED]],
             description=f"the first {min(len(review), MAX_LISTED)} of {len(review)} items flagged for review")
     shown = [r for r in rows if r["preview_uri"]][:MAX_LISTED]
     previews = ["| item | preview | record |", "|---|---|---|"]
-    previews += [f"| {r['item_id']} | {markdown_link('preview', r['preview_uri'], expiry_s)} | "
-                 f"{markdown_link('record', r['record_uri'], expiry_s)} |" for r in shown]
+    previews += [f"| {r['item_id']} | {links.to_file('preview', r, 'preview_uri')} | "
+                 f"{links.to_file('record', r, 'record_uri')} |" for r in shown]
     create_markdown_artifact(key="bulk-edit-previews", markdown="\n".join(previews),
                              description=f"previews of the first {len(shown)} edited items")

@@ -36,7 +36,15 @@ from manifests.storage import (
 )
 from tasks.batch_task import edit_batch_task
 from tasks.guard import GuardWatch, RunGuard
-from tasks.pool import CLOSING, InlineRunner, ProcessRunner, RunStopped, default_workers, item_runner
+from tasks.pool import (
+    AUTO_WORKERS,
+    CLOSING,
+    InlineRunner,
+    ProcessRunner,
+    RunStopped,
+    default_workers,
+    item_runner,
+)
 from tasks.stages import ItemContext, failed_outcome
 
 # Progress as data: one record per finished item, with `done`, `total` and `row` attached.
@@ -167,7 +175,7 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
     run_id, retries = str(flow_run.id), plan["retries"]
     delays = exponential_backoff(plan["retry_delay_s"])(retries) if retries else []
     batches = batches_of(contexts, dispatch_size(EditConfig.model_validate(plan["config"])))
-    n_workers = default_workers() if workers is None else workers
+    n_workers = default_workers() if workers in (None, AUTO_WORKERS) else workers
     log.info("shard %d: %d items in %d batches on %s", plan["shard"], len(contexts), len(batches),
              f"{n_workers} worker process(es)" if n_workers else "the run's own process")
     runner = item_runner(n_workers)
@@ -206,12 +214,13 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
 
 
 @flow(name="bulk-edit-shard")
-def bulk_edit_shard(plan_uri: str, workers: int | None = None) -> dict:
+def bulk_edit_shard(plan_uri: str, workers: int = AUTO_WORKERS) -> dict:
     """Edit one shard of a bulk run (launched by `bulk-edit`).
 
     Args:
         plan_uri: the shard's plan.json, written by the parent: its items, config and model.
-        workers: items edited at once, each in its own process (default: one per GPU).
+        workers: items edited at once, each in its own process; -1: one per GPU, one on a CPU
+            machine; 0: in the run's own process.
     """
     rows = run_shard(plan_uri, workers).rows
     failed = [r["item_id"] for r in rows if r["status"] == "failed"]

@@ -118,6 +118,20 @@ def _drag_of(item: str, i: int, d: dict | None) -> dict | None:
             **({"axis": d["axis"]} if d.get("axis") is not None else {})}
 
 
+def with_params(row: dict, overrides: dict | None) -> dict:
+    """The row with `overrides` over its own `params` (a retry selection's, `flows.selection`).
+    A row whose params are not a JSON object is left as it is: validation reports it."""
+    if not overrides:
+        return row
+    try:
+        own = json.loads(row["params"]) if row.get("params") else {}
+    except (json.JSONDecodeError, RecursionError):
+        return row
+    if not isinstance(own, dict):
+        return row
+    return {**row, "params": json.dumps({**own, **overrides}, sort_keys=True)}
+
+
 def item_config(row: dict, base: EditConfig) -> EditConfig:
     """The run's config with the row's `params` overrides (a JSON object of keys)."""
     params = row.get("params")

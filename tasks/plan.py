@@ -26,6 +26,7 @@ from manifests.items import (
     item_config,
     item_input_digest,
     validate_rows,
+    with_params,
 )
 from manifests.schema import MANIFEST, ManifestError, read_table
 from manifests.storage import Once, exists, is_transient, parent
@@ -117,14 +118,16 @@ def _look(plan: Plan, index: int, policy: UriPolicy, once: Once) -> tuple[str, s
 
 def make_plan(manifest_uri: str, output_uri: str, model: ModelSource | str, model_fingerprint: str,
               base: EditConfig, previous: dict[str, dict], item_filter: list[str] | None = None,
-              allow_prefixes: list[str] | None = None, architecture: Architecture | None = None) -> Plan:
-    """Validate the manifest and decide every row (see the module's docstring). Raises
-    `ManifestError` when the manifest as a whole cannot be read."""
+              allow_prefixes: list[str] | None = None, architecture: Architecture | None = None,
+              item_params: dict[str, dict] | None = None) -> Plan:
+    """Validate the manifest and decide every row (see the module's docstring); `item_params`
+    go over the named rows' own `params` (`flows.selection`). Raises `ManifestError` when
+    the manifest as a whole cannot be read."""
     conformed = conform(read_table(manifest_uri))
     if conformed.problems:
         raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(conformed.problems)}")
     table = conformed.table
-    rows = table.to_pylist()
+    rows = [with_params(row, (item_params or {}).get(row["item_id"])) for row in table.to_pylist()]
     prefixes = list(allow_prefixes or ())
     policy = UriPolicy(parent(manifest_uri), tuple(prefixes))
     once = Once()  # each distinct file looked at once, by validation and digests together

@@ -255,6 +255,10 @@ def item_runner(workers: int) -> InlineRunner | ProcessRunner:
     return InlineRunner() if workers == 0 else ProcessRunner(workers)
 
 
+# "One per GPU" as a flow parameter: Prefect's run form cannot show a None default.
+AUTO_WORKERS = -1
+
+
 def default_workers() -> int:
     """One item per GPU at a time; one at a time on the CPU."""
     import torch

@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_ITEMS = read_table(str(DEMO_MANIFEST)).num_rows
 
 
+def finished_rows(out: Path) -> list[Path]:
+    """The item rows written so far; not a `.tmp-…` file an atomic write is filling now."""
+    return [p for p in (out / "rows").glob("*.json") if not p.name.startswith(".")]
+
+
 def rows_written(out: Path) -> int:
-    return len(list((out / "rows").glob("*.json"))) if (out / "rows").exists() else 0
+    return len(finished_rows(out))
 
 
 def assert_one_row_per_item(results: list[dict], n: int) -> None:
@@ -158,7 +163,7 @@ def test_a_killed_run_leaves_no_process_and_resumes_without_redoing_items(tmp_pa
         assert len(tree) >= 3  # the Prefect server, two workers (and the watchdog, multiprocessing's tracker)
         run.send_signal(sig)
         assert run.wait(timeout=60) == (130 if sig == signal.SIGTERM else -signal.SIGKILL)
-        done = {p.stem: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
+        done = {p.stem: p.stat().st_mtime_ns for p in finished_rows(out)}
         edited = {i: (out / "items" / i / "edited.png").stat().st_mtime_ns for i in done}
         _, alive = psutil.wait_procs(tree, timeout=20)
         assert alive == [], [p.cmdline() for p in alive]  # nothing of the run outlives it

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flows.lease import OutputInUse, acquire, check_free, holder, lease_uri, leased
-from flows.results import markdown_link, previous_rows, read_rows, write_row
+from flows.results import Links, previous_rows, read_rows, write_row
 from infra.faults import FaultUnavailable, capped_disk, read_only_disk
 from manifests.storage import OutputUnwritable, browser_link, create_exclusive, is_transient, write_bytes
 from manifests.uris import PolicyError, UriPolicy
@@ -127,5 +127,12 @@ def test_artifact_links_open_in_a_browser_presigned_on_s3_and_never_as_bare_path
     assert urllib.request.urlopen(url, timeout=10).read() == b"the preview's bytes"  # no credentials needed
     local = str(tmp_path / "preview.png")
     assert browser_link(local, 120) is None  # a web page cannot open file:// links
-    assert markdown_link("preview", local, 120) == f"`{local}`"
-    assert markdown_link("preview", uri, 120).startswith("[preview](http://127.0.0.1:")
+    links = Links(f"{s3_bucket}/links/results.parquet", 120)
+    assert links.markdown("preview", local) == f"`{local}`"
+    assert links.markdown("preview", uri).startswith("[preview](http://127.0.0.1:")
+    studio = Links(str(tmp_path / "results.parquet"), 120, "http://127.0.0.1:7860")
+    assert studio.markdown("preview", uri).startswith("[preview](http://127.0.0.1:")  # signed wins
+    assert studio.url(local, "a b", "preview_uri") == (  # a local output opens through the studio
+        f"http://127.0.0.1:7860/api/results/file?results_uri={urllib.parse.quote_plus(studio.results_uri)}"
+        "&item_id=a+b&kind=preview_uri")
+    assert studio.url(studio.results_uri).startswith("http://127.0.0.1:7860/review?results=")

@@ -63,6 +63,15 @@ class Stack:
                                                 start_new_session=True)
         return self.processes[name]
 
+    def deploy(self) -> None:
+        """The server, both pools and the deployments of infra/prefect.yaml (no workers yet)."""
+        port = self.url.split(":")[-1].removesuffix("/api")
+        self.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
+        wait_for(self.healthy, 120, "the Prefect server")
+        for pool in ("gpu", "control"):
+            self.prefect("work-pool", "create", pool, "--type", "process")
+        self.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+
     def prefect(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=300)
@@ -96,12 +105,7 @@ def database(request):
 def stack(tmp_path_factory, database):
     stack = Stack(tmp_path_factory.mktemp("prefect-stack"), database)
     try:
-        port = stack.url.split(":")[-1].removesuffix("/api")
-        stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
-        wait_for(stack.healthy, 120, "the Prefect server")
-        for pool in ("gpu", "control"):
-            stack.prefect("work-pool", "create", pool, "--type", "process")
-        stack.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+        stack.deploy()
         stack.start("control", "worker", "start", "--pool", "control", "--name", "control", "--limit", "2")
         for name in ("gpu-a", "gpu-b"):
             stack.start(name, "worker", "start", "--pool", "gpu", "--name", name, "--limit", "1")
@@ -155,6 +159,11 @@ def test_the_deployments_apply_as_the_infra_readme_says(client):
     assert bulk.schedules[0].parameters["output_uri"].endswith("{date}")
     assert bulk.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"].startswith("dragnext")
     assert deployments["retry-failed"].parameter_openapi_schema["required"] == ["results_uri"]
+    for name in ("bulk-edit", "bulk-edit-shard", "retry-failed"):  # the UI's form: no None branches
+        properties = deployments[name].parameter_openapi_schema["properties"]
+        nullable = [p for p, schema in properties.items() if '"null"' in json.dumps(schema)]
+        assert not nullable, f"{name}: {nullable} render as 'Property is type None' in the run form"
+        assert all(schema.get("description") for schema in properties.values()), name
 
 
 def test_the_server_keeps_its_state_in_the_configured_database(stack, client, database):

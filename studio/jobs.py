@@ -1,0 +1,92 @@
+"""Edit now: the full method on the studio's model, one edit at a time in a worker thread,
+so the pages stay responsive (a second tab can review while an edit runs). Each job
+reports its stage and the stage's progress for the page's bars."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from dragnext.config import EditConfig
+from dragnext.edit import STAGES, EditResult, edit
+from dragnext.model import DragModel
+from dragnext.preview import preview
+
+# Finished jobs kept for the pages to fetch; the oldest go first.
+KEEP_JOBS = 32
+
+
+@dataclass
+class Job:
+    id: str
+    item_id: str
+    status: str = "queued"  # queued | loading model | running | succeeded | failed
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    stages_done: list[str] = field(default_factory=list)
+    error: str | None = None
+    record: dict | None = None
+    sheet: Image.Image | None = None  # input | instruction | edited
+    edited: Image.Image | None = None
+    started: float = field(default_factory=time.time)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage and self.stage:
+            self.stages_done.append(self.stage)
+        self.status, self.stage, self.done, self.total = "running", stage, done, total
+
+    def view(self) -> dict:
+        return {"id": self.id, "item_id": self.item_id, "status": self.status, "stage": self.stage,
+                "done": self.done, "total": self.total, "stages": list(STAGES),
+                "stages_done": self.stages_done, "error": self.error, "record": self.record,
+                "elapsed_s": round(time.time() - self.started, 2)}
+
+
+class EditJobs:
+    """Runs edits on one model, loaded on the first Edit now (`load` is called once)."""
+
+    def __init__(self, load: Callable[[], DragModel], config: EditConfig):
+        self._load, self.config = load, config
+        self._model: DragModel | None = None
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-now")
+
+    def submit(self, item, config: EditConfig | None = None) -> Job:
+        job = Job(id=uuid.uuid4().hex, item_id=item.item_id)
+        with self._lock:
+            self._jobs[job.id] = job
+            for old in list(self._jobs)[:-KEEP_JOBS]:
+                del self._jobs[old]
+        self._executor.submit(self._run, job, item, config or self.config)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            return self._jobs[job_id]
+
+    def _run(self, job: Job, item, config: EditConfig) -> None:
+        try:
+            if self._model is None:
+                job.status = "loading model"
+                self._model = self._load()
+            config.check_model(self._model.architecture)
+            result: EditResult = edit(item.image, item.instruction, self._model, config, item_id=item.item_id,
+                                      callback=job.progress)
+        except Exception as error:  # shown on the page: the studio keeps serving
+            job.status, job.error = "failed", f"{type(error).__name__}: {error}"
+            return
+        job.stages_done.append(job.stage)
+        job.edited, job.sheet = result.image, preview(result.item, result.image)
+        job.record = result.to_record()
+        job.status = "succeeded"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

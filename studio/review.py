@@ -1,0 +1,177 @@
+"""The Review page's work: a run's results.parquet as a filtered, sorted, paged list (read
+once, 10 000 rows stay cheap: only a page's rows become dicts and only a page's previews
+are fetched), one item's record, and sending a selection back as a retry."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from dragnext.config import build_config
+from flows.results import read_summary, table_rows
+from flows.selection import Selection
+from manifests.schema import read_table
+from manifests.storage import absolute, join, parent, read_bytes, write_bytes
+
+FILE_KINDS = ("preview_uri", "image_uri", "record_uri")
+PLAIN_SORTS = ("item_id", "status", "attempts")
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: list[str] = Field(default_factory=list)  # empty: every status
+    needs_review: bool | None = None
+    drag_type: str | None = None
+    metric: str | None = None  # with min and/or max: keep rows whose metric is in range
+    min: float | None = None
+    max: float | None = None
+    sort: str = "item_id"  # a column of PLAIN_SORTS or a metric's name
+    descending: bool = False
+    page: int = Field(default=0, ge=0)
+    per_page: int = Field(default=24, ge=1, le=200)
+
+
+class Results:
+    """One results file, read once."""
+
+    def __init__(self, uri: str):
+        self.uri = absolute(uri)
+        table = read_table(self.uri)
+        self.table = table
+        self.ids = table.column("item_id").to_pylist()
+        self.status = np.array(table.column("status").to_pylist(), dtype=object)
+        self.attempts = np.array(table.column("attempts").to_pylist(), dtype=float)
+        flags = table.column("needs_review").to_pylist() if "needs_review" in table.column_names else []
+        self.flagged = np.array([bool(f) for f in flags] or [False] * len(self.ids))
+        self.metrics = [dict(m) if m else {} for m in table.column("metrics").to_pylist()]
+        drags = table.column("drags").to_pylist() if "drags" in table.column_names else [None] * len(self.ids)
+        self.drag_types = [{d["type"] for d in (ds or []) if d} for ds in drags]
+        self.index = {item_id: i for i, item_id in enumerate(self.ids)}
+
+    def facets(self) -> dict:
+        statuses, counted = np.unique(self.status.astype(str), return_counts=True)
+        return {"rows": len(self.ids),
+                "statuses": dict(zip(statuses.tolist(), counted.tolist(), strict=True)),
+                "needs_review": int(self.flagged.sum()),
+                "metrics": sorted({k for m in self.metrics for k in m}),
+                "drag_types": sorted({t for ts in self.drag_types for t in ts})}
+
+    def _metric(self, name: str) -> np.ndarray:
+        return np.array([m.get(name, np.nan) if m.get(name) is not None else np.nan for m in self.metrics],
+                        dtype=float)
+
+    def query(self, q: Query) -> dict:
+        keep = np.ones(len(self.ids), dtype=bool)
+        if q.status:
+            keep &= np.isin(self.status, q.status)
+        if q.needs_review is not None:
+            keep &= self.flagged == q.needs_review
+        if q.drag_type:
+            keep &= np.array([q.drag_type in ts for ts in self.drag_types], dtype=bool)
+        if q.metric and (q.min is not None or q.max is not None):
+            values = self._metric(q.metric)
+            with np.errstate(invalid="ignore"):
+                keep &= np.isfinite(values)
+                keep &= values >= (q.min if q.min is not None else -np.inf)
+                keep &= values <= (q.max if q.max is not None else np.inf)
+        chosen = np.flatnonzero(keep)
+        key = self._sort_key(q.sort)[chosen]
+        order = chosen[np.argsort(key, kind="stable")]
+        if q.descending:
+            order = order[::-1]
+        start = q.page * q.per_page
+        page = order[start:start + q.per_page]
+        rows = table_rows(self.table.take(pa.array(page, type=pa.int64())))
+        return {"total": int(len(order)), "page": q.page, "per_page": q.per_page,
+                "rows": [self._row_view(r) for r in rows]}
+
+    def _sort_key(self, sort: str) -> np.ndarray:
+        if sort == "item_id":
+            return np.argsort(np.argsort(np.array([str(i) for i in self.ids], dtype=object), kind="stable"))
+        if sort == "status":
+            return np.argsort(np.argsort(self.status.astype(str), kind="stable"))
+        if sort == "attempts":
+            return self.attempts
+        values = self._metric(sort)
+        return np.where(np.isnan(values), np.inf, values)  # rows without the metric last
+
+    @staticmethod
+    def _row_view(row: dict) -> dict:
+        return {"item_id": row["item_id"], "status": row["status"], "error": row.get("error"),
+                "attempts": row.get("attempts"), "needs_review": row.get("needs_review"),
+                "review_reasons": row.get("review_reasons"), "metrics": row.get("metrics") or {},
+                "timings_s": row.get("timings_s") or {},
+                "drag_types": sorted({d["type"] for d in (row.get("drags") or []) if d}),
+                "has": {k: bool(row.get(k)) for k in FILE_KINDS}}
+
+    def row(self, item_id: str) -> dict:
+        [row] = table_rows(self.table.slice(self.index[item_id], 1))
+        return row
+
+    def file_uri(self, item_id: str, kind: str) -> str | None:
+        """One of the item's own output files (never an arbitrary path)."""
+        if kind not in FILE_KINDS:
+            raise KeyError(kind)
+        return self.row(item_id).get(kind)
+
+    def item(self, item_id: str) -> dict:
+        row = self.row(item_id)
+        record = None
+        if row.get("record_uri"):
+            try:
+                record = json.loads(read_bytes(row["record_uri"]))
+            except (OSError, ValueError) as error:
+                record = {"error": f"the record {row['record_uri']} cannot be read ({error})"}
+        return {"row": {k: v for k, v in row.items() if k != "drags"} | {"drags": row.get("drags")},
+                "record": record}
+
+
+class ResultsCache:
+    """Results files by URI; reopened when asked to (a run still writing changes them)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Results] = {}
+        self._lock = threading.Lock()
+
+    def get(self, uri: str, reload: bool = False) -> Results:
+        key = absolute(uri)
+        with self._lock:
+            if reload or key not in self._open:
+                self._open[key] = Results(key)
+            return self._open[key]
+
+
+def send_back(results: Results, items: list[str], overrides: dict,
+              launch: Literal["command", "deployment"] = "command") -> dict:
+    """Write the selection beside the run's results (`retries/selection-<time>.json`) and say
+    how to run it: the `dragnext retry` command, or the retry-failed flow run launched."""
+    unknown = [i for i in items if i not in results.index]
+    if unknown:
+        raise KeyError(f"not items of {results.uri}: {', '.join(map(str, unknown[:5]))}")
+    summary = read_summary(parent(results.uri))
+    build_config(summary.get("config"), overrides)  # a bad key or value is refused now, not on the GPU
+    created = datetime.now(timezone.utc)
+    selection = Selection(results_uri=results.uri, items=items, overrides=overrides,
+                          created=created.isoformat())
+    uri = join(parent(results.uri), "retries", f"selection-{created.strftime('%Y%m%dT%H%M%S%fZ')}.json")
+    write_bytes(uri, selection.model_dump_json(indent=2).encode())
+    command = f"dragnext retry {results.uri} --selection {uri}"
+    out = {"selection_uri": uri, "items": len(items), "command": command}
+    if launch == "deployment":
+        out["flow_run"] = launch_retry(results.uri, uri)
+    return out
+
+
+def launch_retry(results_uri: str, selection_uri: str) -> dict:
+    """A flow run of the retry-failed deployment on the configured Prefect server."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("retry-failed/retry-failed", timeout=0,
+                         parameters={"results_uri": results_uri, "selection_uri": selection_uri})
+    return {"id": str(run.id), "name": run.name}

@@ -1,0 +1,295 @@
+// The Author page: what a person draws becomes an AuthorState (studio/state.py); the server
+// checks it and answers the instant preview after every change.
+const emptyRegion = () => ({ polygons: [], strokes: [], rle: null });
+const COLOURS = ["#ff5050", "#50a0ff", "#50dc78", "#fac83c", "#c864ff"];
+let state = null;            // AuthorState
+let size = null;             // [width, height] of the image
+let scale = 1;               // canvas px per image px
+let picture = new Image();
+let active = -1;             // the drag being drawn
+let mode = "polygon";
+let pending = [];            // the polygon being drawn
+let stroke = null;           // the brush stroke being drawn
+let boxStart = null, boxEnd = null;
+let checkTimer = null;
+let currentJob = null;       // the last Edit now's id
+
+function setMode(m) {
+  mode = m;
+  document.querySelectorAll("#tools button").forEach((b) => b.classList.toggle("on", b.dataset.mode === m));
+}
+
+function regionInUse() {
+  if ($("region-for").value === "editable") return state.editable;
+  return active >= 0 ? state.drags[active].region : null;
+}
+
+function loaded(image_id, width, height, newState) {
+  size = [width, height];
+  scale = 512 / Math.max(width, height);
+  $("canvas").width = Math.round(width * scale);
+  $("canvas").height = Math.round(height * scale);
+  state = newState || { image_id, item_id: $("item-id").value || "item", prompt: $("prompt").value,
+                        editable: emptyRegion(), drags: [] };
+  $("item-id").value = state.item_id;
+  $("prompt").value = state.prompt;
+  active = state.drags.length - 1;
+  pending = [];
+  picture = new Image();
+  picture.onload = () => { draw(); changed(); };
+  picture.src = `/api/images/${image_id}`;
+  renderDrags();
+}
+
+function toImage(event) {
+  const x = event.offsetX / scale - 0.5, y = event.offsetY / scale - 0.5;
+  return [Math.min(size[0] - 1, Math.max(0, Math.round(x * 10) / 10)),
+          Math.min(size[1] - 1, Math.max(0, Math.round(y * 10) / 10))];
+}
+const toCanvas = (p) => [(p[0] + 0.5) * scale, (p[1] + 0.5) * scale];
+
+function drawPolygon(ctx, points, colour, closed) {
+  if (!points.length) return;
+  ctx.strokeStyle = colour; ctx.lineWidth = 2; ctx.beginPath();
+  points.forEach((p, i) => { const [x, y] = toCanvas(p); i ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
+  if (closed) ctx.closePath();
+  ctx.stroke();
+  points.forEach((p) => { const [x, y] = toCanvas(p); ctx.fillStyle = colour; ctx.fillRect(x - 2, y - 2, 4, 4); });
+}
+
+function drawPoint(ctx, p, colour, label) {
+  if (!p) return;
+  const [x, y] = toCanvas(p);
+  ctx.fillStyle = colour; ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
+  ctx.beginPath(); ctx.arc(x, y, 5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+  ctx.fillStyle = "#fff"; ctx.font = "11px sans-serif"; ctx.fillText(label, x + 7, y - 7);
+}
+
+function drawRegion(ctx, region, colour) {
+  region.polygons.forEach((p) => drawPolygon(ctx, p, colour, true));
+  ctx.fillStyle = colour + "88";
+  region.strokes.forEach((s) => s.points.forEach((p) => {
+    const [x, y] = toCanvas(p); ctx.beginPath(); ctx.arc(x, y, s.radius * scale, 0, 2 * Math.PI); ctx.fill();
+  }));
+}
+
+function draw() {
+  const ctx = $("canvas").getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, $("canvas").width, $("canvas").height);
+  if (!state) return;
+  ctx.drawImage(picture, 0, 0, $("canvas").width, $("canvas").height);
+  drawRegion(ctx, state.editable, "#ffffff");
+  state.drags.forEach((d, i) => {
+    const colour = COLOURS[i % COLOURS.length];
+    drawRegion(ctx, d.region, colour);
+    if (d.handle && d.target) {
+      const [a, b] = [toCanvas(d.handle), toCanvas(d.target)];
+      ctx.strokeStyle = colour; ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(...a); ctx.lineTo(...b); ctx.stroke();
+    }
+    drawPoint(ctx, d.handle, colour, `h${i}`);
+    drawPoint(ctx, d.target, colour, `t${i}`);
+    drawPoint(ctx, d.center, "#333", `c${i}`);
+  });
+  drawPolygon(ctx, pending, "#ffff00", false);
+  if (boxStart && boxEnd) {
+    const [a, b] = [toCanvas(boxStart), toCanvas(boxEnd)];
+    ctx.strokeStyle = "#ffff00"; ctx.setLineDash([4, 3]); ctx.strokeRect(a[0], a[1], b[0] - a[0], b[1] - a[1]);
+    ctx.setLineDash([]);
+  }
+}
+
+function renderDrags() {
+  const box = $("drags");
+  box.innerHTML = "";
+  (state ? state.drags : []).forEach((d, i) => {
+    const div = document.createElement("div");
+    div.className = "drag" + (i === active ? " active" : "");
+    div.dataset.drag = i;
+    div.innerHTML = `<b style="color:${COLOURS[i % COLOURS.length]}">drags[${i}]</b>
+      <select class="type">${["translate", "deform", "rotate", "scale"].map((t) =>
+        `<option${t === d.type ? " selected" : ""}>${t}</option>`).join("")}</select>
+      <select class="axis" ${d.type === "scale" ? "" : "hidden"}>${["uniform", "free"].map((a) =>
+        `<option${a === (d.axis || "uniform") ? " selected" : ""}>${a}</option>`).join("")}</select>
+      <button class="select">Select</button><button class="remove">Remove</button>
+      <div class="findings"></div>`;
+    div.querySelector(".type").onchange = (e) => {
+      d.type = e.target.value; d.axis = d.type === "scale" ? d.axis : null;
+      if (d.type === "translate") d.center = null;
+      renderDrags(); changed();
+    };
+    div.querySelector(".axis").onchange = (e) => { d.axis = e.target.value === "uniform" ? null : e.target.value; changed(); };
+    div.querySelector(".select").onclick = () => { active = i; renderDrags(); draw(); };
+    div.querySelector(".remove").onclick = () => {
+      state.drags.splice(i, 1); active = state.drags.length - 1; renderDrags(); changed();
+    };
+    box.appendChild(div);
+  });
+}
+
+function showFindings(findings) {
+  document.querySelectorAll("#drags .findings").forEach((f) => (f.innerHTML = ""));
+  $("item-findings").innerHTML = "";
+  findings.forEach((f) => {
+    const line = document.createElement("div");
+    line.className = `finding ${f.level}`;
+    line.textContent = f.level === "error" ? `${f.field}: ${f.message}` : f.message;
+    const slot = f.drag !== null && document.querySelector(`#drags [data-drag="${f.drag}"] .findings`);
+    (slot || $("item-findings")).appendChild(line);
+  });
+}
+
+function changed() {
+  draw();
+  if (!state) return;
+  state.item_id = $("item-id").value;
+  state.prompt = $("prompt").value;
+  clearTimeout(checkTimer);
+  checkTimer = setTimeout(async () => {
+    try {
+      const started = performance.now();
+      const answer = await api("/api/author/check", state);
+      $("overlay").src = answer.overlay;
+      $("warp").src = answer.warp;
+      $("preview-time").textContent = `server ${(answer.seconds * 1000).toFixed(0)} ms, ` +
+        `round trip ${(performance.now() - started).toFixed(0)} ms`;
+      $("preview-time").dataset.ready = answer.ready;
+      showFindings(answer.findings);
+    } catch (error) { showFindings([{ level: "error", field: "request", message: error.message, drag: null }]); }
+  }, 120);
+}
+
+function addDrag(type) {
+  state.drags.push({ type, region: emptyRegion(), handle: null, target: null, center: null, axis: null });
+  active = state.drags.length - 1;
+  $("region-for").value = "drag";
+  setMode("polygon");
+  renderDrags(); changed();
+}
+
+function closePolygon() {
+  const region = regionInUse();
+  if (region && pending.length >= 3) region.polygons.push(pending);
+  pending = [];
+  changed();
+}
+
+$("canvas").addEventListener("mousedown", (event) => {
+  if (!state) return;
+  const p = toImage(event);
+  if (mode === "brush" && regionInUse()) {
+    stroke = { points: [p], radius: Number($("brush").value) }; regionInUse().strokes.push(stroke); draw();
+  } else if (mode === "box") { boxStart = p; boxEnd = p; }
+});
+$("canvas").addEventListener("mousemove", (event) => {
+  if (stroke) { stroke.points.push(toImage(event)); draw(); }
+  if (boxStart) { boxEnd = toImage(event); draw(); }
+});
+window.addEventListener("mouseup", async () => {
+  if (stroke) { stroke = null; changed(); }
+  if (boxStart) {
+    const box = [...boxStart, ...boxEnd], region = regionInUse();
+    boxStart = boxEnd = null;
+    if (!region) return;
+    try {
+      const answer = await api("/api/segment", { image_id: state.image_id, box });
+      region.rle = answer.rle;
+      $("canvas-help").textContent = `${answer.method}: ${answer.pixels} px`;
+    } catch (error) { $("canvas-help").textContent = error.message; }
+    changed();
+  }
+});
+$("canvas").addEventListener("click", (event) => {
+  if (!state) return;
+  const p = toImage(event), drag = state.drags[active];
+  if (mode === "polygon") {
+    const first = pending[0];
+    if (first && pending.length >= 3 && Math.hypot(first[0] - p[0], first[1] - p[1]) * scale < 6) closePolygon();
+    else { pending.push(p); draw(); }
+    return;
+  }
+  if (!drag) return;
+  if (mode === "handle") { drag.handle = p; setMode("target"); }
+  else if (mode === "target") { drag.target = p; if (drag.type === "rotate" || drag.type === "scale") setMode("center"); }
+  else if (mode === "center") drag.center = p;
+  changed();
+});
+
+document.querySelectorAll("#tools button").forEach((b) => (b.onclick = () => setMode(b.dataset.mode)));
+$("close-polygon").onclick = closePolygon;
+$("clear-region").onclick = () => {
+  const region = regionInUse();
+  if (region) Object.assign(region, emptyRegion());
+  pending = []; changed();
+};
+$("add-drag").onclick = () => state && addDrag($("new-type").value);
+$("item-id").oninput = changed;
+$("prompt").oninput = changed;
+
+$("upload").onchange = () => {
+  const file = $("upload").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = async () => {
+    try {
+      const answer = await api("/api/images", { data: reader.result, name: file.name });
+      loaded(answer.image_id, answer.width, answer.height, null);
+    } catch (error) { $("canvas-help").textContent = error.message; }
+  };
+  reader.readAsDataURL(file);
+};
+$("list-rows").onclick = async () => {
+  try {
+    const answer = await api(`/api/manifest/rows?manifest=${encodeURIComponent($("manifest-uri").value)}`);
+    $("rows").innerHTML = answer.items.map((i) => `<option>${i}</option>`).join("");
+  } catch (error) { $("canvas-help").textContent = error.message; }
+};
+$("open-row").onclick = async () => {
+  try {
+    const answer = await api("/api/manifest/open", { manifest: $("manifest-uri").value, item_id: $("rows").value });
+    loaded(answer.state.image_id, answer.width, answer.height, answer.state);
+  } catch (error) { $("canvas-help").textContent = error.message; }
+};
+
+$("edit-now").onclick = async () => {
+  $("sheet").style.display = "none"; $("record").style.display = "none";
+  let job;
+  try { job = await api("/api/edit", { state }); } catch (error) { $("job-status").textContent = error.message; return; }
+  currentJob = job.id;
+  const poll = async () => {
+    job = await api(`/api/jobs/${job.id}`);
+    $("job-status").textContent = `${job.status}${job.stage ? " · " + job.stage : ""} · ${job.elapsed_s} s`;
+    $("job-status").dataset.status = job.status;
+    $("stages").innerHTML = job.stages.map((s) => {
+      const done = job.stages_done.includes(s), now = s === job.stage && !done;
+      const value = done ? 1 : now && job.total ? job.done / job.total : 0;
+      const skipped = job.status === "succeeded" && !done ? " (skipped)" : "";  // e.g. LoRA off
+      return `<div class="stage"><span>${s}${skipped}</span><progress max="1" value="${value}"></progress></div>`;
+    }).join("");
+    if (job.status === "succeeded") {
+      $("sheet").src = `/api/jobs/${job.id}/sheet.png`; $("sheet").style.display = "block";
+      $("record").textContent = JSON.stringify({ timings_s: job.record.timings_s, unet_passes: job.record.unet_passes,
+        device: job.record.device, lora: job.record.lora, item: job.record.item }, null, 1);
+      $("record").style.display = "block";
+    } else if (job.status === "failed") $("job-status").textContent = `failed: ${job.error}`;
+    else setTimeout(poll, 300);
+  };
+  poll();
+};
+
+$("append").onclick = async () => {
+  try {
+    const params = $("params").value.trim() ? JSON.parse($("params").value) : {};
+    const answer = await api("/api/manifest/append", { state, manifest: $("target-manifest").value, params });
+    $("append-result").dataset.rows = answer.rows;
+    $("append-result").textContent = answer.problems.length ? `added; the manifest has ${answer.rows} rows and ` +
+      `problems: ${answer.problems.join("; ")}` : `added; ${answer.manifest} has ${answer.rows} rows and validates clean`;
+  } catch (error) { $("append-result").textContent = `not added: ${error.message}`; }
+};
+
+(async () => {
+  const settings = await api("/api/settings");
+  $("model").textContent = `model: ${settings.model}`;
+  if (settings.manifest) { $("manifest-uri").value = settings.manifest; $("target-manifest").value = settings.manifest; }
+  setMode("polygon");
+})();
