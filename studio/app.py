@@ -23,7 +23,7 @@ from dragnext.model import DEFAULT_MODEL, ModelSource, load_model, model_preset
 from flows.selection import SelectionError
 from manifests.items import conform
 from manifests.schema import ManifestError, read_table
-from manifests.storage import read_bytes
+from manifests.storage import OutputUnwritable, StoreUnavailable, read_bytes
 from studio.author import Images, ManifestWriter, instant_preview, png, state_of_row
 from studio.jobs import EditJobs
 from studio.review import Query, ResultsCache, send_back
@@ -120,6 +120,11 @@ def create_app(settings: StudioSettings) -> FastAPI:
     async def bad_input(request: Request, error: Exception) -> JSONResponse:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         return JSONResponse({"error": f"{message}"}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(OutputUnwritable)
+    async def store_error(request: Request, error: OSError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=503)
 
     @app.get("/")
     def home() -> RedirectResponse:

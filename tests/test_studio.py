@@ -346,3 +346,19 @@ def test_the_studio_command_refuses_a_missing_model_or_a_bad_key_before_it_serve
     assert "could not be loaded" in capsys.readouterr().err
     assert main(["studio", "--set", "pbsi.nope=1", "--port", "1"]) == 2
     assert "pbsi.nope" in capsys.readouterr().err
+
+
+def test_a_store_that_is_down_answers_503_with_the_reason_and_the_studio_keeps_serving(
+        studio, s3_store, tmp_path, monkeypatch):
+    bucket, proxy, _ = s3_store
+    monkeypatch.setenv("DRAGNEXT_STORE_RETRIES", "1")
+    monkeypatch.setenv("DRAGNEXT_STORE_BACKOFF_S", "0.05")
+    remote = f"{bucket}/down/results.parquet"
+    write_table(read_table(results_file(tmp_path, 2)), remote)
+    proxy.down()
+    try:
+        answer = studio.get("/api/results/facets", params={"results_uri": remote})
+    finally:
+        proxy.up()
+    assert answer.status_code == 503 and "unreachable" in answer.json()["error"]
+    assert studio.get("/api/results/facets", params={"results_uri": remote}).json()["rows"] == 2
