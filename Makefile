@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-integration test-ui test-all demo studio studio-screenshots chaos overhead throughput manifest-scale family-profiles gpu-check \
+.PHONY: setup test test-integration test-ui test-all demo studio studio-screenshots preview-timing chaos overhead throughput manifest-scale family-profiles gpu-check \
 	review-thresholds \
 	gpu-wheels clean
 
@@ -41,6 +41,10 @@ studio-screenshots: setup
 	DRAGNEXT_SCREENSHOTS=docs $(BIN)/pytest -m ui
 
 test-all: test test-integration test-ui
+
+# The studio's instant preview by image size and drags, against its 1 s bound (README, "Studio").
+preview-timing: setup
+	$(BIN)/python -m bench.instant_preview --json docs/instant-preview.json
 
 # Author drags and review results in the browser, on the fixture model and the demo scenes.
 studio: setup

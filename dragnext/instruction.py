@@ -437,10 +437,11 @@ def validate_item(item: EditItem) -> EditItem:
     return replace(item, instruction=checked)
 
 
-def findings(item: EditItem) -> tuple[list[InvalidItemError], list[str]]:
+def findings(item: EditItem, numbers: list[int] | None = None) -> tuple[list[InvalidItemError], list[str]]:
     """Every error of an item (not only the first, as `validate_item` raises) and its
     warnings, in `validate_item`'s words: for a person drawing drags, who fixes them one by
-    one next to the drag each names."""
+    one next to the drag each names. `numbers` name the drags (`drags[n]`) where they are
+    not their positions, e.g. on a page that also holds drags still being drawn."""
     width, height = item.size
     errors: list[InvalidItemError] = []
     warnings: list[str] = []
@@ -453,7 +454,7 @@ def findings(item: EditItem) -> tuple[list[InvalidItemError], list[str]]:
             return [error], warnings  # every drag is judged against M
     for i, drag in enumerate(item.instruction.drags):
         try:
-            _validate_drag(item, i, drag, warnings)
+            _validate_drag(item, numbers[i] if numbers else i, drag, warnings)
         except InvalidItemError as error:
             errors.append(error)
     return errors, warnings

@@ -16,6 +16,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from dragnext.architecture import Architecture, UnsupportedModelError, describe, read_architecture
 from dragnext.conditioning import Conditioning, embed_prompt
+from dragnext.config import EditConfig, build_config
 from dragnext.fingerprint import model_folder
 from dragnext.model_source import DEFAULT_MODEL, ModelSource
 from dragnext.prediction import to_epsilon
@@ -149,6 +150,17 @@ def check_model_present(source: ModelSource | str) -> None:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     if model_folder(spec) is None and (offline or spec.startswith((".", "/", "~"))):
         raise _not_found(spec, FileNotFoundError("not a local folder, and not in the Hugging Face cache"))
+
+
+def checked_config(source: ModelSource, overrides: dict | None = None) -> EditConfig:
+    """The config an edit on `source` runs with (defaults, the model's preset, `overrides`),
+    checked against the model's shape, after checking the model is there: a wrong model or
+    key costs one line before any weight is loaded."""
+    config = build_config(overrides=overrides, preset=model_preset(source.model))
+    check_model_present(source)
+    if (architecture := source_architecture(source)) is not None:
+        config.check_model(architecture)
+    return config
 
 
 def source_architecture(source: ModelSource | str) -> Architecture | None:

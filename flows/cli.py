@@ -19,7 +19,7 @@ from bench import cli as bench_cli
 from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
-from dragnext.model import ModelSource, check_model_present, model_preset, source_architecture
+from dragnext.model import ModelSource, checked_config, model_preset, source_architecture
 from fixture import FIXTURE_MODEL
 from flows import watchdog
 from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, format_output, retry_failed
@@ -157,10 +157,7 @@ def preflight(manifest: str, output: str, model: ModelSource, overrides: dict,
     folder, writable, not leased by a live run). Raises the error that names the problem."""
     for prefix in allow_prefixes:
         check_prefix(prefix)
-    config = build_config(overrides=overrides, preset=model_preset(model.model))
-    check_model_present(model)
-    if (architecture := source_architecture(model)) is not None:
-        config.check_model(architecture)
+    checked_config(model, overrides)
     problems = conform(read_table(manifest)).problems
     if problems:
         raise ManifestError(f"manifest {manifest} cannot be read: {'; '.join(problems)}")
@@ -301,18 +298,14 @@ def cmd_studio(args: argparse.Namespace) -> int:
 
     from studio.app import StudioSettings, create_app
 
-    model = ModelSource(model=str(args.model))
-    config = build_config(overrides=parse_overrides(args.set), preset=model_preset(model.model))
-    check_model_present(model)  # a wrong model is one line now, not an error at the first Edit now
-    if (architecture := source_architecture(model)) is not None:
-        config.check_model(architecture)
     settings = StudioSettings(model=str(args.model), manifest=args.manifest and absolute(args.manifest),
                               results=args.results and absolute(args.results),
                               overrides=parse_overrides(args.set), sam=args.sam or None,
                               prefect=bool(PREFECT_API_URL.value()))
     print(f"dragnext studio: http://{args.host}:{args.port}/author and /review (model {args.model})",
           flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+    app = create_app(settings)  # checks the model and the keys: a mistake is one line, not a page error
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level="warning" if args.quiet else "info")
     return 0
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from dragnext.config import ConfigError, EditConfig, build_config
 from dragnext.instruction import InvalidItemError
-from dragnext.model import DEFAULT_MODEL, ModelSource, load_model, model_preset
+from dragnext.model import DEFAULT_MODEL, ModelSource, checked_config, load_model
 from flows.selection import SelectionError
 from manifests.items import conform
 from manifests.schema import ManifestError, read_table
@@ -101,7 +101,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
     app = FastAPI(title="DragNeXt studio", docs_url=None, redoc_url=None)
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="dragnext-studio-"))
     images = Images(workdir / "images")
-    base = build_config(overrides=settings.overrides, preset=model_preset(settings.model))
+    base = checked_config(ModelSource(model=settings.model), settings.overrides)
     jobs = EditJobs(lambda: load_model(ModelSource(model=settings.model)), base)
     writer, results, segmenter = ManifestWriter(), ResultsCache(), Segmenter(settings.sam)
     app.router.on_shutdown.append(jobs.close)
@@ -208,8 +208,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
         item = ready_item(request.state)
         config_for(request.params)  # a bad key is refused before anything is written
         params = json.dumps(request.params) if request.params else None
-        problems = writer.append(request.manifest, item, params, base)
-        rows = conform(read_table(request.manifest)).table.num_rows
+        rows, problems = writer.append(request.manifest, item, params, base)
         return {"manifest": request.manifest, "rows": rows, "problems": [str(p) for p in problems]}
 
     @app.get("/api/results/facets")

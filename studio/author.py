@@ -105,10 +105,10 @@ class ManifestWriter:
         self._lock = threading.Lock()
 
     def append(self, manifest_uri: str, item: EditItem, params: str | None,
-               base: EditConfig) -> list[Problem]:
+               base: EditConfig) -> tuple[int, list[Problem]]:
         """Write the item's image and masks beside the manifest (`images/`, `masks/`) and
-        append its row; return the whole manifest's problems after the append (none for a
-        manifest that was clean). Refuses an item id the manifest already has."""
+        append its row; return the manifest's rows and its problems after the append (none
+        for a manifest that was clean). Refuses an item id the manifest already has."""
         with self._lock:
             table = self._table(manifest_uri)
             if item.item_id in table.column("item_id").to_pylist():
@@ -118,9 +118,10 @@ class ManifestWriter:
             extra = {name: None for name in table.column_names if name not in row}  # its own columns
             appended = pa.concat_tables([table, pa.Table.from_pylist([row | extra], schema=table.schema)])
             write_table(appended.replace_schema_metadata(MANIFEST.metadata), manifest_uri)
-            conformed = conform(read_table(manifest_uri))
-            return validate_rows(conformed.table.to_pylist(), base, UriPolicy(folder), "files",
-                                 row_problems=conformed.row_problems)
+            conformed = conform(read_table(manifest_uri))  # as a run will read it
+            problems = validate_rows(conformed.table.to_pylist(), base, UriPolicy(folder), "files",
+                                     row_problems=conformed.row_problems)
+            return conformed.table.num_rows, problems
 
     @staticmethod
     def _table(manifest_uri: str) -> pa.Table:

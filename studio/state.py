@@ -105,11 +105,6 @@ def _drag_index(field: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _renumbered(text: str, kept: list[int]) -> str:
-    """A message about the k-th complete drag, renamed after its place on the page."""
-    return re.sub(r"drags\[(\d+)\]", lambda m: f"drags[{kept[int(m.group(1))]}]", text)
-
-
 def _error(field: str, message: str) -> Finding:
     return Finding(drag=_drag_index(field), field=field, message=message, level="error")
 
@@ -146,10 +141,10 @@ def instruction_of(state: AuthorState, image: Image.Image) -> tuple[EditItem, li
             problems.append(_error(error.field, error.reason))
     item = EditItem(image, Instruction(drags=tuple(drags), prompt=state.prompt, editable_mask=editable),
                     state.item_id)
-    errors, warnings = findings(item) if drags or not state.drags else ([], [])
-    problems += [_error(_renumbered(e.field, kept), e.reason) for e in errors]
-    problems += [Finding(drag=_drag_index(_renumbered(w, kept)), field=_renumbered(w, kept).split(":")[0],
-                         message=_renumbered(w, kept), level="warning") for w in warnings]
+    errors, warnings = findings(item, kept) if drags or not state.drags else ([], [])
+    problems += [_error(e.field, e.reason) for e in errors]
+    problems += [Finding(drag=_drag_index(w), field=w.split(":")[0], message=w, level="warning")
+                 for w in warnings]
     return item, problems, drawable(item, problems, kept)
 
 

@@ -362,3 +362,11 @@ def test_a_store_that_is_down_answers_503_with_the_reason_and_the_studio_keeps_s
         proxy.up()
     assert answer.status_code == 503 and "unreachable" in answer.json()["error"]
     assert studio.get("/api/results/facets", params={"results_uri": remote}).json()["rows"] == 2
+
+
+def test_the_preview_timing_benchmark_runs_every_drag_kind_and_reports_against_its_bound():
+    from bench.instant_preview import BOUND_S, table, time_one
+
+    rows = [time_one(128, n, repeat=1) for n in (1, 3)]  # it asserts no drag has an error
+    assert all(r["median_s"] < BOUND_S for r in rows)
+    assert "| 128² | 3 |" in table({"rows": rows}) and "NO" not in table({"rows": rows})
