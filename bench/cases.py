@@ -11,6 +11,13 @@
 
 The dragged shape's colour is kept far from the background's and the other shapes', so
 its pixels can be found again by colour in any edited image.
+
+Every case also has one or two neighbours: shapes of at least 80 px near the drag, within 5 px of the
+path the shape sweeps (some on it), but clear of its old and new footprints by 2 px. They
+are drawn from their own seed after the rest of the case, so the scene and the drag are
+those of the cases before neighbours existed. Their colours are distinct too, so an edit
+that breaks one is seen. The editable mask M is generous, as people draw it: the swept
+path widened by 4 px, plus the neighbours.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 from dragnext.metrics import colour_mask, iou
+from dragnext.metrics.ground_truth import widened
 from synthetic.scenes import COLOURS, Scene, Shape, random_background, random_shape
 
 TYPES = ("translate", "deform", "rotate", "scale")  # appended, so earlier cases keep their seeds
@@ -31,6 +38,12 @@ MIN_COLOUR_DISTANCE = 90.0
 MAX_OVERLAP = 0.6  # IoU of the shape before and after: leaves room for the success margin
 # A 30–60% stretch overlaps its input by 0.63–0.77; the unedited input still fails the margin.
 MAX_STRETCH_OVERLAP = 0.8
+NEAR_PX, CLEAR_PX, SWEEP_POSES = 5, 2, 9
+# A neighbour is large, not thin and without sharp corners: the fixture VAE alone reconstructs such a
+# shape with IoU ≥ 0.8 (its triangles, bars and shapes under 80 px often fall short), so failing
+# the neighbour check means the edit broke it.
+NEIGHBOUR_KINDS = ("disc", "square", "rect", "ellipse")
+NEIGHBOUR_MIN_PX = 80
 
 
 @dataclass(frozen=True)
@@ -42,10 +55,15 @@ class Case:
     handle: tuple[float, float]
     target: tuple[float, float]
     center: tuple[float, float] | None
+    neighbours: int = 0  # the shapes drawn just below the dragged one
 
     @property
     def shape(self) -> Shape:
         return self.scene.shapes[-1]
+
+    @property
+    def neighbour_colours(self) -> list[tuple[int, int, int]]:
+        return [COLOURS[s.colour] for s in self.scene.shapes[len(self.scene.shapes) - 1 - self.neighbours:-1]]
 
     @property
     def colour(self) -> tuple[int, int, int]:
@@ -67,12 +85,30 @@ class Case:
         along = ((xs - first[0]) * axis[0] + (ys - first[1]) * axis[1]) / (axis @ axis)
         return mask & (along >= 0.6)  # the last 40% of its length
 
+    def swept_mask(self) -> np.ndarray:
+        """Every pixel the shape touches on its way from its old pose to its new one."""
+        return swept(self.scene, self.shape, self.expected.shapes[-1])
+
     def editable_mask(self, margin: int = 4) -> np.ndarray:
-        """M: where the shape is before and after, widened by `margin` px."""
-        last = len(self.scene.shapes) - 1
-        both = self.scene.visible_mask(last) | self.expected.visible_mask(last)
-        widened = Image.fromarray(both.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * margin + 1))
-        return np.asarray(widened) > 0
+        """M: the swept path widened by `margin` px, and the neighbours (each widened by 2)."""
+        neighbours = np.zeros((self.scene.height, self.scene.width), dtype=bool)
+        for shape in self.scene.shapes[len(self.scene.shapes) - 1 - self.neighbours:-1]:
+            neighbours |= self.scene.coverage(shape) > 0
+        return widened(self.swept_mask(), margin) | widened(neighbours, CLEAR_PX)
+
+
+def _between(a: Shape, b: Shape, f: float) -> Shape:
+    """A pose a fraction f of the way from a to b (centre, size and angle interpolated)."""
+    turn = (b.angle - a.angle + math.pi) % (2 * math.pi) - math.pi
+    lerp = lambda u, v: tuple(x + f * (y - x) for x, y in zip(u, v, strict=True))
+    return Shape(a.kind, lerp(a.center, b.center), lerp(a.half, b.half), a.angle + f * turn, a.colour)
+
+
+def swept(scene: Scene, before: Shape, after: Shape) -> np.ndarray:
+    path = np.zeros((scene.height, scene.width), dtype=bool)
+    for f in np.linspace(0, 1, SWEEP_POSES):
+        path |= scene.coverage(_between(before, after, float(f))) > 0
+    return path
 
 
 def _distance_to_segment(p, a, b) -> float:
@@ -155,4 +191,50 @@ def make_case(kind: str, seed: int, size: int = 64) -> Case:
         case = Case(f"{kind}-{seed:04d}", kind, scene, expected, handle, target, center)
         if iou(*case.object_masks()) > (MAX_STRETCH_OVERLAP if stretch else MAX_OVERLAP):
             continue  # too small a change to tell an edit from no edit
+        return with_neighbours(case, np.random.default_rng([TYPES.index(kind), seed, 1]))
+
+
+def with_neighbours(case: Case, rng: np.random.Generator, tries: int = 600) -> Case:
+    """`case` with one or two neighbours placed as the module docstring says (fewer when no
+    place or no distinct colour is found in `tries` draws)."""
+    scene, size = case.scene, case.scene.width
+    footprints = widened((scene.coverage(case.shape) > 0) | (scene.coverage(case.expected.shapes[-1]) > 0),
+                         CLEAR_PX)
+    path = case.swept_mask()
+    near = widened(path, NEAR_PX)
+    taken = np.zeros_like(footprints)
+    for other in scene.shapes[:-1]:
+        taken |= widened(scene.coverage(other) > 0, CLEAR_PX)
+    used = [COLOURS[s.colour] for s in scene.shapes]
+    ys, xs = np.mgrid[: scene.height, : scene.width]
+    neighbours, wanted = [], 1 + int(rng.integers(2))
+    free = [c for c in COLOURS if _distinct(c, used, scene.background)]
+    for attempt in range(tries):
+        if len(neighbours) == wanted or not free:
+            break
+        drawn = random_shape(rng, size, size, kind=str(rng.choice(NEIGHBOUR_KINDS)),
+                             colour=str(rng.choice(free)))
+        shrink = rng.uniform(0.7, 1.0)
+        shape = Shape(drawn.kind, drawn.center, (drawn.half[0] * shrink, max(2.0, drawn.half[1] * shrink)),
+                      drawn.angle, drawn.colour)
+        # the first third of the draws must touch the path itself: some neighbours lie on it
+        reach = path if attempt < tries // 3 else near
+        pixels = shape.inside(xs, ys)  # a pixel-centre test first: most draws fail it
+        if not (pixels & reach).any() or (pixels & (footprints | taken)).any():
+            continue
+        cover = scene.coverage(shape)
+        body = cover > 0
+        if (cover >= 0.5).sum() < NEIGHBOUR_MIN_PX or not _inside(scene, shape):
+            continue
+        if (body & (footprints | taken)).any() or not (body & reach).any():
+            continue
+        neighbours.append(shape)
+        taken |= widened(body, CLEAR_PX)
+        used.append(COLOURS[shape.colour])
+        free = [c for c in free if _distinct(c, used, scene.background)]
+    if not neighbours:
         return case
+    last = len(scene.shapes) - 1
+    add = lambda s: Scene(s.height, s.width, s.background, (*s.shapes[:last], *neighbours, s.shapes[last]))
+    return Case(case.case_id, case.type, add(case.scene), add(case.expected), case.handle, case.target,
+                case.center, len(neighbours))

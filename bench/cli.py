@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import generate, jobs, run
 from bench.cases import TYPES
 from dragnext import cli as library_cli
-from dragnext.config import build_config, read_config_file
+from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.model import load_model, model_preset
 from fixture import FIXTURE_MODEL
 
@@ -25,7 +25,13 @@ def drag_types(text: str) -> tuple[str, ...]:
 def cmd_bench(args: argparse.Namespace) -> int:
     base = build_config(read_config_file(args.config) if args.config else None, args.set,
                         preset=model_preset(args.model)).to_record()
-    methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",")]
+    methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",") if m]
+    for method in methods:  # every method's config is checked before any of them runs
+        try:
+            build_config(base, method.overrides)
+        except ConfigError as error:
+            raise ConfigError(f"method {method.label!r}: {error} (a method with several overrides "
+                              "needs ';' between methods, e.g. 'dragnext:a=1,b=2;')") from None
     cases = generate.cases(args.n, args.seed, args.types)
     out = Path(args.out)
     generate.write(cases, str(out))  # the same cases as a manifest, for `dragnext run`

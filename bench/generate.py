@@ -50,7 +50,8 @@ def write(all_cases: list[Case], out: str) -> str:
                                 "handle": _point(case.handle), "target": _point(case.target),
                                 "center": _point(case.center)}]})
         truth.append({"item_id": name, "type": case.type, "expected_uri": files["expected"],
-                      "object_colour": list(case.colour), "shape": case.shape.kind})
+                      "object_colour": list(case.colour), "shape": case.shape.kind,
+                      "neighbour_colours": [list(c) for c in case.neighbour_colours]})
     manifest = join(out, "manifest.parquet")
     write_manifest(rows, manifest)
     write_table(pa.Table.from_pylist(truth), join(out, "ground_truth.parquet"))

@@ -19,11 +19,12 @@ from bench.cases import TYPES, Case
 from dragnext.config import EditConfig, build_config, parse_overrides
 from dragnext.edit import edit
 from dragnext.instruction import Drag, EditItem, Instruction, validate_item
-from dragnext.metrics import colour_mask, image_fidelity, region_psnr, region_ssim, score_drag
+from dragnext.metrics import image_fidelity, region_psnr, region_ssim, score_edit
 from dragnext.model import DragModel
 from dragnext.preview import enlarge, overlay
 
-METRICS = ("success", "centroid_err", "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "seconds")
+METRICS = ("success", "success_object", "centroid_err", "neighbour_iou", "psnr_keep", "psnr_vacated",
+           "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "seconds")
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,10 @@ def item_of(case: Case) -> EditItem:
 
 
 def score(case: Case, item: EditItem, edited: Image.Image, seconds: float) -> dict:
-    image = np.asarray(edited)
-    original, expected = case.object_masks()
-    drag = score_drag(colour_mask(image, case.colour), expected, original)
+    image, expected = np.asarray(edited), case.expected.render()
     fidelity = image_fidelity(item.image, edited, item)
     region = item.editable
-    return {"success": float(drag.success), "centroid_err": drag.centroid_err,
+    return {**score_edit(case.scene.render(), image, expected, case.colour, case.neighbour_colours, region),
             "psnr_gt": region_psnr(image, case.expected.render(), region),
             "ssim_gt": region_ssim(image, case.expected.render(), region),
             "if_ed": fidelity["if_ed_ssim"], "if_th": fidelity["if_th_ssim"],
@@ -131,7 +130,8 @@ def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
 
 
 def table(results: dict) -> str:
-    header = f"{'method':34s} {'type':9s} {'n':>3s} {'success':>7s} {'cent_px':>7s} {'psnr_gt':>7s} " \
+    header = f"{'method':34s} {'type':9s} {'n':>3s} {'success':>7s} {'object':>7s} {'nb_iou':>6s} " \
+             f"{'cent_px':>7s} {'p_keep':>6s} {'p_vac':>6s} {'psnr_gt':>7s} " \
              f"{'IF_ed':>6s} {'IF_th':>6s} {'IF_hh':>6s} {'s/item':>7s}"
     lines = [header, "-" * len(header)]
 
@@ -140,11 +140,12 @@ def table(results: dict) -> str:
 
     for label, result in results["methods"].items():
         for kind, row in [("overall", result["overall"]), *result["by_type"].items()]:
-            success = None if row["success"] is None else 100 * row["success"]
+            success, whole = (None if row[m] is None else 100 * row[m] for m in ("success", "success_object"))
             fidelity = " ".join(fmt(row[m], "6.3f") for m in ("if_ed", "if_th", "if_hh"))
-            lines.append(f"{label:34s} {kind:9s} {row['n']:3d} {fmt(success, '6.0f')}% "
-                         f"{fmt(row['centroid_err'], '7.2f')} {fmt(row['psnr_gt'], '7.2f')} "
-                         f"{fidelity} {fmt(row['seconds'], '7.1f')}")
+            lines.append(f"{label:34s} {kind:9s} {row['n']:3d} {fmt(success, '6.0f')}% {fmt(whole, '6.0f')}% "
+                         f"{fmt(row['neighbour_iou'], '6.3f')} {fmt(row['centroid_err'], '7.2f')} "
+                         f"{fmt(row['psnr_keep'], '6.2f')} {fmt(row['psnr_vacated'], '6.2f')} "
+                         f"{fmt(row['psnr_gt'], '7.2f')} {fidelity} {fmt(row['seconds'], '7.1f')}")
     return "\n".join(lines)
 
 

@@ -70,6 +70,12 @@ class PbsiConfig(_Section):
         "pulled, in x̂₀, towards the reference background filled in from around the handle regions")
     vacate_weight: float = Field(1.0, ge=0, le=1e4,
                                  description="weight of the vacated-region term (vacate fill)")
+    x0_reference: Literal["predicted", "clean"] = Field(
+        "predicted", description="what the x̂₀ terms (loss x0 or both, vacate fill, keep) compare with: "
+        "the reference's x̂₀ at the same step, or the input's clean latent z_0")
+    keep_weight: float = Field(0.0, ge=0, le=1e4, description="weight of the keep term: inside M, "
+                               "away from the handle and target regions, x̂₀ held to the reference "
+                               "(0 = off, the paper)")
 
 
 class DragDiffusionConfig(_Section):

@@ -16,7 +16,30 @@ Options beyond the paper (`PbsiConfig`; the paper's behaviour is the default):
 - `vacate`: leave the handle region a drag vacates, V(η) = ∪ handle_i ∖ ∪ ρ_i(η), to the
   denoiser (paper), or add  w · mean_{p ∈ V(η)} |x̂₀(z_t^k)(p) − B(p)|₁  where B is the
   reference x̂₀ with the handle regions filled in from their surroundings: the object's
-  old pose is cleared towards the background instead of persisting.
+  old pose is cleared towards the background instead of persisting;
+- `x0_reference`: what the x̂₀ terms (region, vacated, keep) compare with. `predicted`:
+  the reference's own x̂₀(z_t^ref), the denoiser's guess at step t, which at PBSI's noise
+  levels is blurred and can be off in colour (a thin bar is faint in it). `clean`: the
+  input's own latent z_0 (the inversion's first state), bilinearly upsampled to F's size,
+  so the target is the object as it is, at every step;
+- `keep_weight` w_K: inside M the paper constrains only ρ(η) and leaves the rest free, so
+  whatever else lies in a generous editable mask (a neighbouring object) is re-rendered
+  from the prior. The keep term holds it:
+
+      L_keep = w_K · mean_{p ∈ K} |x̂₀(z_t^k)(p) − sg(X_t)(p)|₁,
+      K = M ∖ D(S),  S = ∪_i ∪_{η ∈ [0, 1]} ρ_i(η),
+
+  where X_t is the `x0_reference`, S the region the drags sweep (handles, targets and the
+  path between, ρ sampled at 9 values of η), and D widens a region by one feature pixel
+  (`KEEP_MARGIN`), so the outline of what moves may soften into its surroundings. K does
+  not depend on η: a keep region that shrank with ρ(η) would hold the final target to
+  the background until the last iteration, against the region term. Without
+  it the free part of M drifts further at every step: Adam moves each element of z_t by
+  about lr per iteration however small its gradient, so where no term holds a pixel it
+  random-walks: on the fixture's deform cases `python -m bench.trace` shows the keep
+  distance growing from 0.4 to 2.2 over the six PBSI steps without the term, and staying
+  at 0.1–0.3 with it. Outside M the λ term already holds the image; the handle regions
+  and ρ(η) are the region and vacated terms' own.
 """
 
 from __future__ import annotations
@@ -32,6 +55,7 @@ from dragnext.geometry import RegionDrag, eta, sample
 from dragnext.resize import resize_soft_mask
 
 Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+KEEP_MARGIN, SWEEP_POSES = 1, 9  # feature px; η samples of the swept region
 
 
 def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, drags: list[RegionDrag],
@@ -73,6 +97,25 @@ def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, handles: torch.Te
     return _masked_mean((x0_k - background).abs().sum(dim=1)[0], vacated)
 
 
+def swept_region(drags: list[RegionDrag], poses: int = SWEEP_POSES) -> torch.Tensor:
+    """S = ∪_i ∪_η ρ_i(η) over η ∈ {0, 1/(poses−1), …, 1}: all the drags pass through, on the host."""
+    return torch.stack([d.target_region(j / (poses - 1)) for d in drags for j in range(poses)]).any(0)
+
+
+def keep_region(editable: torch.Tensor, swept: torch.Tensor) -> torch.Tensor:
+    """K = M ∖ D(S): D widens by `KEEP_MARGIN` px."""
+    size = 2 * KEEP_MARGIN + 1
+    widened = F.max_pool2d(swept.float()[None, None], size, stride=1, padding=KEEP_MARGIN)[0, 0] > 0
+    return editable & ~widened
+
+
+def keep_loss(x0_k: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """mean over K of the channel-L1 distance to the reference."""
+    if not keep.any():
+        return x0_k.new_zeros(())
+    return _masked_mean((x0_k - reference).abs().sum(dim=1)[0], keep)
+
+
 def fill_in(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """x with its unknown pixels filled ring by ring, each the mean of its known 3×3
     neighbours, from the border of the known area inwards."""
@@ -97,6 +140,15 @@ def x0_at(schedule: DDIMSchedule, z_t: torch.Tensor, eps: torch.Tensor, t: int,
                          align_corners=False)
 
 
+def x0_reference(schedule: DDIMSchedule, z_ref: torch.Tensor, eps_ref: torch.Tensor, t: int,
+                 like: torch.Tensor, z_0: torch.Tensor, reference: str) -> torch.Tensor:
+    """What the x̂₀ terms compare with at step t, at F's size: the reference's own x̂₀
+    (`predicted`) or the input's clean latent z_0 (`clean`)."""
+    if reference == "clean":
+        return F.interpolate(z_0, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    return x0_at(schedule, z_ref, eps_ref, t, like)
+
+
 def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable: list[torch.Tensor],
          schedule: DDIMSchedule, config: PbsiConfig, forward: Forward,
          on_iteration: Callable[[int], None] | None = None,
@@ -118,7 +170,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     outside = 1 - M.to(trajectory[0].device)
     z_t = (trajectory[T] if z_init is None else z_init).clone()
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
-    vacate = config.vacate == "fill"
+    vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
     done = 0
     for t in range(T, T_prime - 1, -1):
@@ -126,10 +178,15 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
         with torch.no_grad():
             eps_ref, F_ref = forward(z_ref, t)
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
-            x0_ref = x0_at(schedule, z_ref, eps_ref, t, F_ref) if x0 or vacate else None
-        drags_f = [[d.at(tuple(F_ref.shape[-2:])) for d in item_drags] for item_drags in drags]
+            x0_ref = (x0_reference(schedule, z_ref, eps_ref, t, F_ref, trajectory[0], config.x0_reference)
+                      if x0 or vacate or keep else None)
+        feature_size = tuple(F_ref.shape[-2:])
+        drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
+        handles_f = [_handle_union(d) for d in drags_f]
+        if keep:
+            K_f = [keep_region(resize_soft_mask(m, feature_size) >= 0.5, swept_region(d))
+                   for m, d in zip(editable, drags_f, strict=True)]
         if vacate:
-            handles_f = [_handle_union(d) for d in drags_f]
             background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
@@ -137,7 +194,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
             progress = (eta(t, k, T, T_prime, config.iterations, config.eta_steps)
                         if config.progressive else 1.0)
             eps, F_k = forward(z_t, t)
-            x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate else None
+            x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate or keep else None
             loss = F_k.new_zeros(())
             for b in items:
                 one = slice(b, b + 1)
@@ -148,6 +205,8 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                 if vacate:
                     loss = loss + config.vacate_weight * vacated_loss(
                         x0_k[one], background[one], handles_f[b], drags_f[b], progress)
+                if keep:
+                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], K_f[b])
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

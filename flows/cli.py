@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench import cli as bench_cli
+from bench import ground_truth
 from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
@@ -280,8 +281,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = _run_flow(lambda: bulk_edit(
         str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
         workers=args.workers), args)
+    results = str(Path(args.out) / "results.parquet")
+    scored = ground_truth.score_results(str(DEMO_MANIFEST), read_results(results))
+    print("\n".join(ground_truth.lines(scored)))
+    print(f"{sum(s['success'] == 1 for s in scored)} of {len(scored)} edits succeed against the ground truth")
     sheet = Path(args.out) / "previews.png"
-    preview_sheet(str(Path(args.out) / "results.parquet")).save(sheet)
+    preview_sheet(results).save(sheet)
     print(f"previews (input | instruction | edited): {sheet}")
     return code
 

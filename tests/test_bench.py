@@ -8,10 +8,12 @@ import pytest
 from bench.cases import TYPES, make_case
 from bench.generate import cases, write
 from dragnext.config import EditConfig
-from dragnext.metrics import colour_mask, region_psnr, region_ssim, score_drag
+from dragnext.metrics import colour_mask, region_psnr, region_ssim, score_drag, score_edit
+from dragnext.metrics.ground_truth import widened
 from manifests.items import validate_rows
 from manifests.schema import read_table
 from manifests.uris import UriPolicy
+from synthetic.scenes import COLOURS
 
 CASES = cases(30, seed=0)
 
@@ -27,6 +29,50 @@ def test_the_unedited_input_scores_zero_and_the_ground_truth_scores_all(kind):
     assert len(of_kind) == 30
     assert not any(score(c, c.scene.render()).success for c in of_kind)
     assert all(score(c, c.expected.render()).success for c in of_kind)
+
+
+def scores(case, image: np.ndarray) -> dict:
+    return score_edit(case.scene.render(), image, case.expected.render(), case.colour,
+                      case.neighbour_colours, case.editable_mask())
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_with_neighbours_the_ground_truth_passes_and_the_unedited_input_fails(kind):
+    of_kind = [c for c in CASES if c.type == kind]
+    assert sum(c.neighbours > 0 for c in of_kind) >= 27  # a few scenes have no room for one
+    for case in of_kind:
+        truth, unedited = scores(case, case.expected.render()), scores(case, case.scene.render())
+        assert truth["success"] == truth["success_object"] == 1 and truth["psnr_keep"] == math.inf
+        assert unedited["success"] == unedited["success_object"] == 0
+        if case.neighbours:
+            assert truth["neighbour_iou"] == 1.0
+
+
+def test_an_edit_that_breaks_a_neighbour_fails_though_the_object_moved():
+    case = next(c for c in CASES if c.type == "translate" and c.neighbours)
+    broken = case.expected.render().copy()
+    neighbour = colour_mask(broken, case.neighbour_colours[0])
+    half = neighbour & (np.cumsum(neighbour.sum(axis=1)) > neighbour.sum() / 2)[:, None]
+    broken[half] = case.scene.background.render(*broken.shape[:2])[half].round()  # the lower half erased
+    result = scores(case, broken)
+    assert result["success_object"] == 1 and result["success"] == 0
+    assert 0.3 < result["neighbour_iou"] < 0.8 and result["psnr_keep"] < 28  # the target mean
+
+
+def test_neighbours_lie_in_the_editable_mask_clear_of_the_drag_and_in_their_own_colours():
+    touching = 0
+    for case in CASES:
+        last = len(case.scene.shapes) - 1
+        moved = case.expected.shapes[last]
+        footprints = (case.scene.coverage(case.shape) > 0) | (case.expected.coverage(moved) > 0)
+        for shape in case.scene.shapes[last - case.neighbours:last]:
+            body = case.scene.coverage(shape) > 0
+            assert not (body & widened(footprints, 1)).any()
+            assert (case.editable_mask() | ~body).all()
+            assert (body & widened(case.swept_mask(), 5)).any()
+            touching += bool((body & case.swept_mask()).any())
+            assert colour_mask(case.scene.render(), COLOURS[shape.colour]).sum() >= 12
+    assert touching >= 1  # some lie on the path the object travels
 
 
 def test_a_perfect_result_has_zero_centroid_error_and_full_overlap():
@@ -181,3 +227,33 @@ def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
     assert one == two and one["methods"]["dragnext"]["overall"]["n"] == 2
     grid = [np.asarray(Image.open(tmp_path / f"b{jobs}" / "grid.png")) for jobs in (1, 2)]
     assert np.array_equal(*grid)
+
+
+def test_the_trace_shows_x0_after_every_pbsi_step_with_its_loss_terms(tiny_model_dir, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from bench import trace
+    from tests.conftest import FAST
+
+    out = tmp_path / "trace.png"
+    trace.main(["deform-0004", "--model", str(tiny_model_dir), "--out", str(out),
+                *[a for s in FAST for a in ("--set", s)], "--set", "pbsi.keep_weight=1"])
+    steps = json.loads(out.with_suffix(".json").read_text())
+    assert list(steps) == ["deform-0004"]
+    assert [s["eta"] for s in steps["deform-0004"]] == [0.5, 1.0]  # pbsi.steps=2
+    assert all(s["keep"] > 0 and s["region_features"] > 0 for s in steps["deform-0004"])
+    sheet = Image.open(out)
+    panel = 4 * 64 + 2
+    assert sheet.size == ((3 + 2 + 1) * panel, panel)  # input, instruction, expected, 2 steps, edited
+
+
+def test_a_method_that_does_not_parse_stops_the_bench_before_anything_runs(tmp_path, capsys):
+    from flows.cli import main
+
+    # without ';' the comma splits methods, so the second override reads as a method
+    code = main(["-q", "bench", "--n", "1", "--out", str(tmp_path), "--model", str(tmp_path / "unused"),
+                 "--methods", "dragnext:pbsi.keep_weight=1,pbsi.x0_reference=clean"])
+    assert code == 2 and not (tmp_path / "manifest.parquet").exists()
+    assert "method 'pbsi.x0_reference=clean'" in capsys.readouterr().err

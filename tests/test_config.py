@@ -13,7 +13,7 @@ def test_defaults_are_the_papers():
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True,
                  "eta_steps": None, "loss": "features", "x0_weight": 1.0, "init": "inverted",
-                 "vacate": "keep", "vacate_weight": 1.0},
+                 "vacate": "keep", "vacate_weight": 1.0, "x0_reference": "predicted", "keep_weight": 0.0},
         "dragdiffusion": {"iterations": 80, "lr": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3,
                           "reached_px": 2.0},
         "features": {"blocks": None},

@@ -241,6 +241,9 @@ def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_s
     assert main(["-q", "demo", "--out", str(out), *sets]) == 0
     printed = capsys.readouterr().out
     assert "8 succeeded" in printed and "previews.png" in printed  # 2 of each drag type
+    scored = [line for line in printed.splitlines() if "neighbour IoU" in line]  # against the ground truth
+    assert len(scored) == 8 and all(" success " in line and "preview.png" in line for line in scored)
+    assert "of 8 edits succeed against the ground truth" in printed
     sheet = Image.open(out / "previews.png")
     assert sheet.height == 8 * (4 * 64 + 2)  # one strip per scene, 64 px panels enlarged to 256
 

@@ -164,3 +164,41 @@ def test_vacate_fill_clears_the_old_pose_that_keep_leaves():
         cleared, arrived, strip, editable = run("translate", progressive=progressive, vacate="fill")
         assert cleared[:, handle].abs().max() < 0.1
         assert succeeded(cleared, arrived, strip, editable)
+
+
+def test_the_keep_term_holds_a_neighbour_that_the_region_term_drags_along():
+    """Blurred features couple ρ to the pixels around it, so the region term also moves a
+    neighbouring block inside M (outside the handle and target regions). The keep term,
+    on x̂₀ (z itself here), holds it; the block still arrives."""
+    handle, goal, neighbour = (torch.zeros(SIZE, dtype=torch.bool) for _ in range(3))
+    handle[5:10, 2:7], goal[5:10, 8:13], neighbour[12:15, 4:11] = True, True, True
+    editable = torch.zeros(SIZE, dtype=torch.bool)
+    editable[2:16, 0:15] = True
+    d = RegionDrag("translate", handle, point(4, 7), point(10, 7))
+    z = (handle.float() - 0.7 * neighbour.float()).expand(1, 4, *SIZE).clone()
+
+    def drift_and_arrival(keep_weight):
+        config = PbsiConfig(steps=6, iterations=10, lr=0.1, loss="features", keep_weight=keep_weight)
+        out = pbsi([z] * 9, [[d]], [editable], flat_schedule(8), config, orientation_blind)[0]
+        return float((out - z[0])[:, neighbour].abs().max()), float(out[:, goal & ~handle].mean())
+
+    free, _ = drift_and_arrival(0.0)
+    held, arrived = drift_and_arrival(1.0)
+    assert free > 0.25 and held < 0.1 and arrived > 0.6  # blurred features alone reach about 0.62
+
+
+@pytest.mark.parametrize("reference, value", [("predicted", 0.3), ("clean", 1.0)])
+def test_the_x0_terms_aim_at_the_reference_they_are_given(reference, value):
+    """The inverted states hold a faint block (0.3) where the input's latent z_0 holds a
+    sharp one (1.0); with ᾱ = 1 and ε = 0, x̂₀ is z. The moved block takes the value of the
+    chosen reference, and the keep term holds a neighbour at that reference's value too."""
+    handle, goal, neighbour = (torch.zeros(SIZE, dtype=torch.bool) for _ in range(3))
+    handle[5:10, 2:7], goal[5:10, 8:13], neighbour[12:15, 4:11] = True, True, True
+    d = RegionDrag("translate", handle, point(4, 7), point(10, 7))
+    shapes = (handle | neighbour).float().expand(1, 4, *SIZE)
+    trajectory = [shapes.clone()] + [0.3 * shapes] * 8
+    config = PbsiConfig(steps=6, iterations=10, lr=0.1, loss="x0", keep_weight=1.0, x0_reference=reference)
+    out = pbsi(trajectory, [[d]], [torch.ones(SIZE, dtype=torch.bool)], flat_schedule(8), config,
+               latent_as_features)[0]
+    assert out[:, goal & ~handle].mean() == pytest.approx(value, abs=0.1)
+    assert out[:, neighbour].mean() == pytest.approx(value, abs=0.1)

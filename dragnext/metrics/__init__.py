@@ -10,7 +10,9 @@ from dragnext.metrics.ground_truth import (
            region_psnr,
            region_ssim,
            score_drag,
+           score_edit,
 )
 
 __all__ = ["DISTANCE", "DragScore", "centroid", "colour_mask", "image_fidelity", "iou", "region_psnr",
-           "region_ssim", "score_drag", "ssim_map"]
+           "region_ssim", "score_drag", "score_edit",
+           "ssim_map"]

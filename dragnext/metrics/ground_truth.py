@@ -6,6 +6,14 @@ A drag succeeds when the edited object's mask
 - is clearly nearer the expected placement than the original one (IoU with the expected
   mask ≥ IoU with the original mask + 0.1), so an unchanged image never counts as a
   successful small deform or rotate.
+
+`score_edit` scores a whole edit against the expected image: the drag as above
+(`success_object`), and what must not change. Each neighbour (another shape the drag must
+leave alone, found by its colour) must overlap itself in the expected image with IoU ≥ 0.8
+(`neighbour_iou` is the lowest), and `success` needs both. `psnr_keep` is the PSNR to the
+expected image inside the editable mask M but away from the object's old and new
+footprints (each widened by 2 px for its anti-aliased edge); `psnr_vacated` the PSNR on
+what the object leaves: its old footprint outside its new one (widened the same way).
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 
 from dragnext.metrics.fidelity import ssim_map
 
 IOU_MIN, CENTROID_MAX_PX, MARGIN = 0.5, 4.0, 0.1
+NEIGHBOUR_IOU_MIN = 0.8
+EDGE_PX = 2
 
 
 def _float(image: np.ndarray) -> np.ndarray:
@@ -70,3 +81,29 @@ def score_drag(edited: np.ndarray, expected: np.ndarray, original: np.ndarray) -
     success = (iou_expected >= IOU_MIN and error <= CENTROID_MAX_PX
                and iou_expected >= iou_original + MARGIN)
     return DragScore(iou_expected, iou_original, error, success)
+
+
+def widened(mask: np.ndarray, px: int = EDGE_PX) -> np.ndarray:
+    """`mask` grown by `px` pixels (a square neighbourhood)."""
+    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * px + 1))
+    return np.asarray(grown) > 0
+
+
+def score_edit(original: np.ndarray, edited: np.ndarray, expected: np.ndarray,
+               colour: tuple[int, int, int], neighbour_colours: list[tuple[int, int, int]],
+               editable: np.ndarray) -> dict:
+    """The per-case scores of the module docstring; PSNRs are nan where their region is empty."""
+    before, after = colour_mask(original, colour), colour_mask(expected, colour)
+    drag = score_drag(colour_mask(edited, colour), after, before)
+    neighbours = [iou(colour_mask(edited, c), colour_mask(expected, c)) for c in neighbour_colours]
+    neighbour_iou = min(neighbours, default=1.0)
+    keep = editable & ~widened(before | after)
+    vacated = before & ~widened(after)
+
+    def psnr(region):
+        return region_psnr(edited, expected, region) if region.any() else math.nan
+
+    return {"success": float(drag.success and neighbour_iou >= NEIGHBOUR_IOU_MIN),
+            "success_object": float(drag.success), "centroid_err": drag.centroid_err,
+            "neighbour_iou": neighbour_iou if neighbours else math.nan,
+            "psnr_keep": psnr(keep), "psnr_vacated": psnr(vacated)}
