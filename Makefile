@@ -52,7 +52,8 @@ studio: setup
 
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
 # (manifests/examples/bench: a translate, a deform, a rotate and a scale, twice) with the committed
-# fixture model (fixture/README.md) and its preset, and stacks the previews.
+# fixture model (fixture/README.md) and its preset, scores each edit against its expected image
+# (success, neighbour IoU) and stacks the previews.
 demo: setup
 	$(BIN)/dragnext demo --out $(DEMO_OUT)
 

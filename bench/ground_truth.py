@@ -4,6 +4,7 @@ succeeded item's edited image against the `ground_truth.parquet` beside the mani
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image
@@ -42,5 +43,8 @@ def lines(scored: list[dict]) -> list[str]:
     def yes(v):
         return "yes" if v else "no "
 
+    def lowest(v):
+        return "  — " if math.isnan(v) else f"{v:.2f}"
+
     return [f"{s['item_id']:14s} success {yes(s['success'])}  object {yes(s['success_object'])}  "
-            f"neighbour IoU {s['neighbour_iou']:.2f}  {s['preview_uri']}" for s in scored]
+            f"neighbour IoU {lowest(s['neighbour_iou'])}  {s['preview_uri']}" for s in scored]

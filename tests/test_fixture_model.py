@@ -45,3 +45,21 @@ def test_a_benchmark_translate_runs_offline_through_dragnext_edit_and_lands_on_t
     before = score_drag(colour_mask(case.scene.render(), case.colour), expected, original)
     after = score_drag(colour_mask(np.asarray(Image.open(out)), case.colour), expected, original)
     assert not before.success and after.success, (before, after)
+
+
+def test_the_fixture_vae_alone_keeps_the_benchmarks_neighbours():
+    """The neighbour check (IoU ≥ 0.8) is fair: encoding and decoding a scene, with no edit,
+    keeps nearly every neighbour, so a broken one means the edit broke it."""
+    from bench.generate import cases
+    from dragnext.metrics import iou
+    from dragnext.resize import image_to_tensor, tensor_to_image
+
+    model = load_model(str(FIXTURE), device="cpu")
+    kept = []
+    for case in cases(30, seed=0):
+        image = Image.fromarray(case.scene.render())
+        z_0 = model.encode(image_to_tensor(image, (64, 64)))
+        again = np.asarray(tensor_to_image(model.decode(z_0), 64, 64))
+        kept += [iou(colour_mask(again, c), colour_mask(np.asarray(image), c)) >= 0.8
+                 for c in case.neighbour_colours]
+    assert len(kept) > 120 and np.mean(kept) >= 0.95
