@@ -50,8 +50,8 @@ def score(case: Case, item: EditItem, edited: Image.Image, seconds: float) -> di
     fidelity = image_fidelity(item.image, edited, item)
     region = item.editable
     return {**score_edit(case.scene.render(), image, expected, case.colour, case.neighbour_colours, region),
-            "psnr_gt": region_psnr(image, case.expected.render(), region),
-            "ssim_gt": region_ssim(image, case.expected.render(), region),
+            "psnr_gt": region_psnr(image, expected, region),
+            "ssim_gt": region_ssim(image, expected, region),
             "if_ed": fidelity["if_ed_ssim"], "if_th": fidelity["if_th_ssim"],
             "if_hh": fidelity["if_hh_ssim"], "seconds": seconds}
 

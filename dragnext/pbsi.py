@@ -172,6 +172,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
+    K_f = None
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -182,11 +183,11 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                       if x0 or vacate or keep else None)
         feature_size = tuple(F_ref.shape[-2:])
         drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
-        handles_f = [_handle_union(d) for d in drags_f]
-        if keep:
+        if keep and K_f is None:  # the swept region does not depend on t
             K_f = [keep_region(resize_soft_mask(m, feature_size) >= 0.5, swept_region(d))
                    for m, d in zip(editable, drags_f, strict=True)]
         if vacate:
+            handles_f = [_handle_union(d) for d in drags_f]
             background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
