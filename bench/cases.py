@@ -1,8 +1,9 @@
 """Benchmark cases: a scene, one drag on its top-most shape, and the exact expected scene.
 
 - translate: the whole shape moves by d;
-- deform, even seeds: one end of a bar or rectangle moves 5–10 px; the far end stays (the
-  shape stretches and turns between them); the handle region is the moving end's 40%;
+- deform, even seeds: a bend. One end of a bar or rectangle moves 5–10 px and the far end
+  stays, given as the anchor (`center`): the shape stretches and turns between them. The
+  handle region is the whole shape, as for a stretch;
 - deform, odd seeds: a stretch along the axis, 30–60% longer, the far end fixed and given
   as the anchor (`center`); the handle region is the whole shape;
 - rotate: an asymmetric shape turns by φ about its centre or one of its ends;
@@ -75,15 +76,8 @@ class Case:
                 colour_mask(self.expected.render(), self.colour))
 
     def handle_mask(self) -> np.ndarray:
-        """ϑ: the part of the shape that is dragged (all of it, or the moving end)."""
-        mask = self.scene.visible_mask(len(self.scene.shapes) - 1)
-        if self.type != "deform" or self.center is not None:  # all of it, or an anchored stretch
-            return mask
-        ys, xs = np.mgrid[: self.scene.height, : self.scene.width]
-        first, second = self.shape.ends()
-        axis = np.array(second) - np.array(first)
-        along = ((xs - first[0]) * axis[0] + (ys - first[1]) * axis[1]) / (axis @ axis)
-        return mask & (along >= 0.6)  # the last 40% of its length
+        """ϑ: the dragged shape, all of it."""
+        return self.scene.visible_mask(len(self.scene.shapes) - 1)
 
     def swept_mask(self) -> np.ndarray:
         """Every pixel the shape touches on its way from its old pose to its new one."""
@@ -148,10 +142,10 @@ def _drag(kind: str, shape: Shape, rng: np.random.Generator, stretch: bool = Fal
         target = (anchor[0] + k * (end[0] - anchor[0]), anchor[1] + k * (end[1] - anchor[1]))
         return shape.with_end(target), end, target, anchor
     if kind == "deform":
-        _, end = shape.ends()
+        anchor, end = shape.ends()
         distance, direction = rng.uniform(5, 10), rng.uniform(-math.pi, math.pi)
         target = (end[0] + distance * math.cos(direction), end[1] + distance * math.sin(direction))
-        return shape.with_end(target), end, target, None
+        return shape.with_end(target), end, target, anchor
     first, second = shape.ends()
     if kind == "scale":
         s = float(rng.uniform(0.6, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 1.6))

@@ -22,9 +22,9 @@ from bench.run import item_of
 from dragnext.config import build_config, parse_overrides
 from dragnext.ddim import predict_x0
 from dragnext.edit import edit
-from dragnext.geometry import eta
+from dragnext.geometry import eta, swept_region
 from dragnext.model import load_model, model_preset
-from dragnext.pbsi import keep_loss, keep_region, region_loss, swept_region, x0_at, x0_reference
+from dragnext.pbsi import keep_loss, keep_region, region_loss, x0_at, x0_reference
 from dragnext.preview import enlarge, overlay
 from dragnext.resize import resize_soft_mask, tensor_to_image
 from fixture import FIXTURE_MODEL

@@ -76,6 +76,8 @@ class PbsiConfig(_Section):
     keep_weight: float = Field(0.0, ge=0, le=1e4, description="weight of the keep term: inside M, "
                                "away from the handle and target regions, x̂₀ held to the reference "
                                "(0 = off, the paper)")
+    keep_path: bool = Field(False, description="the keep term also holds the path the drags sweep, but "
+                            "where the object is now, ends and starts: no trail behind a long drag")
 
 
 class DragDiffusionConfig(_Section):
@@ -106,7 +108,11 @@ class AttentionConfig(_Section):
 
 
 class OutputConfig(_Section):
-    paste_background: bool = False
+    paste_background: bool = Field(False, description="blend the input back outside M")
+    paste_unswept: bool = Field(
+        False, description="blend the input back wherever the drags do not pass (outside the region "
+        "their target regions sweep, widened by 3% of the working size, at least 2 px): inside M too, so "
+        "what the drag does not touch comes out as it went in, not as the model re-renders it")
 
 
 class ReviewConfig(_Section):

@@ -57,7 +57,7 @@ class EditResult:
             "lora": self.lora_source,
             "batch": self.batch,
             "reused": sorted(self.reused),
-            "postprocess": ["paste_background"] if self.config.output.paste_background else [],
+            "postprocess": [name for name, on in self.config.output.model_dump().items() if on],
             "config": self.config.to_record(),
         }
 

@@ -146,6 +146,19 @@ class RegionDrag:
         return sample(self.handle_mask.float()[None, None], self.correspondence(eta))[0, 0] >= 0.5
 
 
+def swept_region(drags: list[RegionDrag], poses: int = 9) -> torch.Tensor:
+    """S = ∪_i ∪_η ρ_i(η) over η ∈ {0, 1/(poses−1), …, 1}: all the drags pass through."""
+    return torch.stack([d.target_region(j / (poses - 1)) for d in drags for j in range(poses)]).any(0)
+
+
+def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
+    """A bool (H, W) mask grown by `px` pixels (a square neighbourhood)."""
+    if px <= 0:
+        return mask
+    grown = F.max_pool2d(mask.float()[None, None], 2 * px + 1, stride=1, padding=px)[0, 0]
+    return grown > 0
+
+
 def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear sampling of (N, C, H, W) at a grid from `RegionDrag.correspondence`."""
     return F.grid_sample(x, grid.to(x.dtype).expand(x.shape[0], -1, -1, -1),

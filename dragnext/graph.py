@@ -62,7 +62,7 @@ GRAPH = (
     Stage("pbsi", optimise, reads=("drags",), config=("method", "seed", "pbsi", "dragdiffusion", "features"),
           after=("lora", "inversion"), stored=True, method=True),
     Stage("denoise", denoise_latents, reads=("prompt",), config=("attention",), after=("pbsi",), stored=True),
-    Stage("decode", decode_images, reads=("image",), config=("output",), after=("denoise",)),
+    Stage("decode", decode_images, reads=("image", "drags"), config=("output",), after=("denoise",)),
 )
 STAGES = tuple(stage.name for stage in GRAPH)
 

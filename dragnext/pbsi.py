@@ -40,6 +40,16 @@ Options beyond the paper (`PbsiConfig`; the paper's behaviour is the default):
   distance growing from 0.4 to 2.2 over the six PBSI steps without the term, and staying
   at 0.1–0.3 with it. Outside M the λ term already holds the image; the handle regions
   and ρ(η) are the region and vacated terms' own.
+- `keep_path`: K also takes in the path the drags sweep, except where the object is now,
+  where it ends and where it starts:
+
+      K(η) = M ∖ D(∪_i ρ_i(η) ∪ ρ_i(1) ∪ ϑ_i),
+
+  so what ρ(η) leaves behind on its way is held to the reference too (a rotation about an
+  end sweeps a wide arc, and the denoiser otherwise leaves a trail of the object along it).
+  The final target ρ(1) stays out of K from the first iteration, so the object is never
+  held back from where it is going; the handle regions stay out, so the vacated term
+  decides them.
 """
 
 from __future__ import annotations
@@ -51,11 +61,11 @@ import torch.nn.functional as F
 
 from dragnext.config import PbsiConfig
 from dragnext.ddim import DDIMSchedule, denoise_step, predict_x0
-from dragnext.geometry import RegionDrag, eta, sample
+from dragnext.geometry import RegionDrag, dilate, eta, sample, swept_region
 from dragnext.resize import resize_soft_mask
 
 Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-KEEP_MARGIN, SWEEP_POSES = 1, 9  # feature px; η samples of the swept region
+KEEP_MARGIN = 1  # feature px
 
 
 def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, drags: list[RegionDrag],
@@ -97,16 +107,21 @@ def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, handles: torch.Te
     return _masked_mean((x0_k - background).abs().sum(dim=1)[0], vacated)
 
 
-def swept_region(drags: list[RegionDrag], poses: int = SWEEP_POSES) -> torch.Tensor:
-    """S = ∪_i ∪_η ρ_i(η) over η ∈ {0, 1/(poses−1), …, 1}: all the drags pass through, on the host."""
-    return torch.stack([d.target_region(j / (poses - 1)) for d in drags for j in range(poses)]).any(0)
-
-
 def keep_region(editable: torch.Tensor, swept: torch.Tensor) -> torch.Tensor:
     """K = M ∖ D(S): D widens by `KEEP_MARGIN` px."""
-    size = 2 * KEEP_MARGIN + 1
-    widened = F.max_pool2d(swept.float()[None, None], size, stride=1, padding=KEEP_MARGIN)[0, 0] > 0
-    return editable & ~widened
+    return editable & ~dilate(swept, KEEP_MARGIN)
+
+
+def settled_region(drags: list[RegionDrag]) -> torch.Tensor:
+    """∪_i ρ_i(1) ∪ ϑ_i: where the drags' objects end and start, on the host."""
+    return torch.stack([r for d in drags for r in (d.target_region(1.0), d.handle_mask)]).any(0)
+
+
+def path_keep_region(editable: torch.Tensor, settled: torch.Tensor, drags: list[RegionDrag],
+                     progress: float) -> torch.Tensor:
+    """K(η) = M ∖ D(∪ ρ_i(η) ∪ settled) (`keep_path`)."""
+    now = torch.stack([settled, *(d.target_region(progress) for d in drags)]).any(0)
+    return keep_region(editable, now)
 
 
 def keep_loss(x0_k: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -172,7 +187,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
-    K_f = None
+    M_f = K_f = fixed_f = None
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -183,9 +198,11 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                       if x0 or vacate or keep else None)
         feature_size = tuple(F_ref.shape[-2:])
         drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
-        if keep and K_f is None:  # the swept region does not depend on t
-            K_f = [keep_region(resize_soft_mask(m, feature_size) >= 0.5, swept_region(d))
-                   for m, d in zip(editable, drags_f, strict=True)]
+        if keep and M_f is None:  # neither M nor the swept and settled regions depend on t
+            M_f = [resize_soft_mask(m, feature_size) >= 0.5 for m in editable]
+            fixed_f = [settled_region(d) if config.keep_path else swept_region(d) for d in drags_f]
+            K_f = [keep_region(m, region) for m, region in zip(M_f, fixed_f, strict=True)
+                   ] if not config.keep_path else None
         if vacate:
             handles_f = [_handle_union(d) for d in drags_f]
             background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
@@ -207,7 +224,9 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                     loss = loss + config.vacate_weight * vacated_loss(
                         x0_k[one], background[one], handles_f[b], drags_f[b], progress)
                 if keep:
-                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], K_f[b])
+                    K = (path_keep_region(M_f[b], fixed_f[b], drags_f[b], progress) if config.keep_path
+                         else K_f[b])
+                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], K)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

@@ -20,11 +20,11 @@ import torch
 from PIL import Image, ImageFilter
 
 from dragnext.conditioning import Conditioning
-from dragnext.config import EditConfig
+from dragnext.config import EditConfig, OutputConfig
 from dragnext.ddim import DDIMSchedule, invert
 from dragnext.denoise import denoise_edited
 from dragnext.features import feature_hooks
-from dragnext.geometry import RegionDrag
+from dragnext.geometry import RegionDrag, dilate, swept_region
 from dragnext.instruction import EditItem
 from dragnext.lora import lora_applied, train_lora
 from dragnext.model import DragModel
@@ -35,6 +35,9 @@ from dragnext.peers.warp import warp_latent
 from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, tensor_to_image, working_size
 
 Callback = Callable[[str, int, int], None]  # (stage, done, total)
+# `output.paste_unswept` widens the swept region by this share of the working size (at least the px):
+# the moved object's soft edge and the denoiser's blur around it stay the edit's.
+UNSWEPT_MARGIN, UNSWEPT_MARGIN_PX = 0.03, 2
 Outputs = list[dict[str, Any]]  # per item: stage name → its output
 
 
@@ -187,10 +190,22 @@ def denoise_latents(batch: Batch, done: Outputs) -> list[torch.Tensor]:
     return list(z_0.split(1))
 
 
-def paste_background(edited: Image.Image, original: Image.Image, editable: np.ndarray) -> Image.Image:
-    """Blend the original back outside M, feathered so no seam shows."""
+def edited_region(prepared: Prepared, output: OutputConfig) -> torch.Tensor | None:
+    """Where the edit is kept, at the working size: all of it but what `output` pastes back
+    (outside M, outside the widened swept region); None when nothing is pasted."""
+    if not (output.paste_background or output.paste_unswept):
+        return None
+    region = prepared.editable if output.paste_background else torch.ones_like(prepared.editable)
+    if output.paste_unswept:
+        margin = max(UNSWEPT_MARGIN_PX, round(UNSWEPT_MARGIN * max(prepared.size)))
+        region = region & dilate(swept_region(prepared.drags), margin)
+    return region
+
+
+def paste_outside(edited: Image.Image, original: Image.Image, region: np.ndarray) -> Image.Image:
+    """Blend the original back outside `region`, feathered so no seam shows."""
     radius = max(1.0, 0.01 * max(original.size))
-    alpha = Image.fromarray(editable.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
+    alpha = Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
     return Image.composite(edited, original.convert("RGB"), alpha)
 
 
@@ -199,7 +214,7 @@ def decode_images(batch: Batch, done: Outputs) -> list[Image.Image | EditFailed]
     (non-finite, or flat where the input is not)."""
     x = batch.model.decode(_stack(done, "denoise"))
     images: list[Image.Image | EditFailed] = []
-    for item, x_b in zip(batch.items, x.split(1), strict=True):
+    for item, x_b, d in zip(batch.items, x.split(1), done, strict=True):
         try:
             check_latent(x_b, "the decoded image")
             edited = tensor_to_image(x_b, *item.size)
@@ -207,8 +222,10 @@ def decode_images(batch: Batch, done: Outputs) -> list[Image.Image | EditFailed]
         except EditFailed as failed:
             images.append(failed)
             continue
-        if batch.config.output.paste_background:
-            edited = paste_background(edited, item.image, item.editable)
+        region = edited_region(d["prepare"], batch.config.output)
+        if region is not None:
+            width, height = item.size
+            edited = paste_outside(edited, item.image, resize_mask(region.cpu(), (height, width)).numpy())
         images.append(edited)
     batch.notify("decode", 1, 1)
     return images

@@ -13,12 +13,13 @@ def test_defaults_are_the_papers():
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True,
                  "eta_steps": None, "loss": "features", "x0_weight": 1.0, "init": "inverted",
-                 "vacate": "keep", "vacate_weight": 1.0, "x0_reference": "predicted", "keep_weight": 0.0},
+                 "vacate": "keep", "vacate_weight": 1.0, "x0_reference": "predicted", "keep_weight": 0.0,
+                 "keep_path": False},
         "dragdiffusion": {"iterations": 80, "lr": 0.01, "lam": 0.1, "r_m": 1, "r_p": 3,
                           "reached_px": 2.0},
         "features": {"blocks": None},
         "attention": {"mutual": True, "start_layer": None},
-        "output": {"paste_background": False},
+        "output": {"paste_background": False, "paste_unswept": False},
         "review": {"min_drag_gap": -0.0918, "min_if_ed": 0.9229},  # tuned: docs/review-thresholds.json
         "runtime": {"batch_size": None},
     }

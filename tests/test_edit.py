@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from dragnext.attention import MutualSelfAttention
 from dragnext.cli import main
@@ -59,6 +59,28 @@ def test_pasting_the_background_keeps_the_input_outside_the_editable_mask(tiny_m
     assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
     assert result.to_record()["postprocess"] == ["paste_background"]
     assert result.lora_source == "disabled"
+
+
+def test_pasting_the_unswept_keeps_the_input_inside_m_away_from_the_drag(tiny_model, scene):
+    folder, spec = scene
+    spec["drags"] = spec["drags"][:1]
+    image, instruction = load_scene(folder, spec)
+    config = build_config(overrides=FAST + ["output.paste_unswept=true", "lora.enabled=false"])
+    result = edit(image, instruction, tiny_model, config)
+    plain = edit(image, instruction, tiny_model, build_config(overrides=FAST + ["lora.enabled=false"]))
+    [drag] = instruction.drags
+    edited, original, unpasted = (np.asarray(i.image if hasattr(i, "image") else i).astype(int)
+                                  for i in (result, image, plain))
+    swept = drag.handle_mask.copy()  # a translate sweeps its handle region along h → g
+    for f in np.linspace(0, 1, 9):
+        dx, dy = (f * (g - h) for g, h in zip(drag.target, drag.handle, strict=True))
+        swept |= np.roll(drag.handle_mask, (round(dy), round(dx)), axis=(0, 1))
+    near = np.asarray(Image.fromarray(swept).filter(ImageFilter.MaxFilter(21)))
+    far = ~near & result.item.editable  # inside M, away from the drag: the input's own pixels
+    assert far.sum() > 100 and np.array_equal(edited[far], original[far])
+    assert not np.array_equal(unpasted[far], original[far])  # without the paste, the model re-renders it
+    assert np.array_equal(edited[swept], unpasted[swept])  # where the drag passes, the edit is kept
+    assert result.to_record()["postprocess"] == ["paste_unswept"]
 
 
 def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene, tmp_path):

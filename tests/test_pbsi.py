@@ -202,3 +202,28 @@ def test_the_x0_terms_aim_at_the_reference_they_are_given(reference, value):
                latent_as_features)[0]
     assert out[:, goal & ~handle].mean() == pytest.approx(value, abs=0.1)
     assert out[:, neighbour].mean() == pytest.approx(value, abs=0.1)
+
+
+def test_keep_path_leaves_no_trail_behind_a_long_drag():
+    """A block dragged 10 px passes through the cells between: the region term fills each
+    as ρ(η) reaches it, and nothing empties it after, so without `keep_path` a trail stays.
+    With it, the cells the block has left are held to the reference (0) again; the block
+    still arrives and its old place is cleared (`vacate=fill`)."""
+    handle, goal = (torch.zeros(SIZE, dtype=torch.bool) for _ in range(2))
+    handle[5:10, 1:4], goal[5:10, 11:14] = True, True
+    between = torch.zeros(SIZE, dtype=torch.bool)
+    between[5:10, 5:10] = True
+    d = RegionDrag("translate", handle, point(2, 7), point(12, 7))
+    z = handle.float().expand(1, 4, *SIZE).clone()
+
+    def trail_and_arrival(keep_path):
+        config = PbsiConfig(steps=6, iterations=10, lr=0.1, loss="features", vacate="fill",
+                            keep_weight=1.0, keep_path=keep_path)
+        out = pbsi([z] * 9, [[d]], [torch.ones(SIZE, dtype=torch.bool)], flat_schedule(8), config,
+                   latent_as_features)[0]
+        return float(out[:, between].mean()), float(out[:, goal].mean()), float(out[:, handle].abs().max())
+
+    trail, arrived, left = trail_and_arrival(False)
+    assert trail > 0.4 and arrived > 0.75 and left < 0.15
+    held, arrived_held, left = trail_and_arrival(True)
+    assert held < 0.15 and arrived_held > arrived - 0.02 and left < 0.15
