@@ -201,8 +201,8 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
         if keep and M_f is None:  # neither M nor the swept and settled regions depend on t
             M_f = [resize_soft_mask(m, feature_size) >= 0.5 for m in editable]
             fixed_f = [settled_region(d) if config.keep_path else swept_region(d) for d in drags_f]
-            K_f = [keep_region(m, region) for m, region in zip(M_f, fixed_f, strict=True)
-                   ] if not config.keep_path else None
+            K_f = None if config.keep_path else [
+                keep_region(m, region) for m, region in zip(M_f, fixed_f, strict=True)]
         if vacate:
             handles_f = [_handle_union(d) for d in drags_f]
             background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
