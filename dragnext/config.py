@@ -56,8 +56,9 @@ class PbsiConfig(_Section):
     lam: float = Field(0.1, ge=0, le=1e4, description="weight of the background term")
     progressive: bool = True
     eta_steps: int | None = Field(
-        None, ge=1, description="PBSI steps over which η grows to 1 and is then held; None = all "
-        "of them (the paper: η reaches 1 at the last iteration of the last step)")
+        None, ge=1, description="PBSI steps over which η grows to 1 and is then held (all of them when "
+        "pbsi.steps is fewer); None = all of them (the paper: η reaches 1 at the last iteration of the "
+        "last step)")
     loss: Literal["features", "x0", "both"] = Field(
         "features", description="what the region term compares: the UNet features F (the paper), "
         "the predicted clean latent x̂₀ upsampled to F's size, or both")
@@ -113,6 +114,11 @@ class OutputConfig(_Section):
         False, description="blend the input back wherever the drags do not pass (outside the region "
         "their target regions sweep, widened by 3% of the working size, at least 2 px): inside M too, so "
         "what the drag does not touch comes out as it went in, not as the model re-renders it")
+    paste_path: bool = Field(
+        False, description="blend the input back on the path between where the drags' objects start and "
+        "end too: the edit is kept only on their handle and final target regions, widened as for "
+        "paste_unswept. The path is background once the object has passed, so what the denoiser left "
+        "along it (a trail, a smear of an object turned part-way) is replaced by the input")
 
 
 class ReviewConfig(_Section):
@@ -159,8 +165,6 @@ class EditConfig(_Section):
             raise ValueError(
                 f"pbsi.steps={pbsi.steps} exceeds the inverted steps "
                 f"T=round(inversion.num_steps*inversion.strength)={inversion.start_step}")
-        if pbsi.eta_steps is not None and pbsi.eta_steps > pbsi.steps:
-            raise ValueError(f"pbsi.eta_steps={pbsi.eta_steps} exceeds pbsi.steps={pbsi.steps}")
         return pbsi
 
     @property

@@ -37,9 +37,10 @@ from dragnext.resize import Size, resize_mask, scale_point
 
 def eta(t: int, k: int, T: int, T_prime: int, K: int, steps: int | None = None) -> float:
     """Progress of iteration k (1..K) at denoising step t (T..T'), paper Eq. 5. With `steps`,
-    η grows over that many steps only, reaching 1 at the last iteration of step T − steps + 1,
-    and is held at 1 after."""
-    return min(1.0, (K * (T - t) + k) / (K * (steps or T - T_prime + 1)))
+    η grows over that many steps only (all of them when there are fewer), reaching 1 at the
+    last iteration of step T − steps + 1, and is held at 1 after."""
+    pbsi_steps = T - T_prime + 1
+    return min(1.0, (K * (T - t) + k) / (K * min(steps or pbsi_steps, pbsi_steps)))
 
 
 SCALE_RANGE = (0.25, 4.0)
@@ -149,6 +150,11 @@ class RegionDrag:
 def swept_region(drags: list[RegionDrag], poses: int = 9) -> torch.Tensor:
     """S = ∪_i ∪_η ρ_i(η) over η ∈ {0, 1/(poses−1), …, 1}: all the drags pass through."""
     return torch.stack([d.target_region(j / (poses - 1)) for d in drags for j in range(poses)]).any(0)
+
+
+def settled_region(drags: list[RegionDrag]) -> torch.Tensor:
+    """∪_i ρ_i(1) ∪ ϑ_i: where the drags' objects end and start."""
+    return torch.stack([r for d in drags for r in (d.target_region(1.0), d.handle_mask)]).any(0)
 
 
 def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:

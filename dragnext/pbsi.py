@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from dragnext.config import PbsiConfig
 from dragnext.ddim import DDIMSchedule, denoise_step, predict_x0
-from dragnext.geometry import RegionDrag, dilate, eta, sample, swept_region
+from dragnext.geometry import RegionDrag, dilate, eta, sample, settled_region, swept_region
 from dragnext.resize import resize_soft_mask
 
 Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -110,11 +110,6 @@ def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, handles: torch.Te
 def keep_region(editable: torch.Tensor, swept: torch.Tensor) -> torch.Tensor:
     """K = M ∖ D(S): D widens by `KEEP_MARGIN` px."""
     return editable & ~dilate(swept, KEEP_MARGIN)
-
-
-def settled_region(drags: list[RegionDrag]) -> torch.Tensor:
-    """∪_i ρ_i(1) ∪ ϑ_i: where the drags' objects end and start, on the host."""
-    return torch.stack([r for d in drags for r in (d.target_region(1.0), d.handle_mask)]).any(0)
 
 
 def path_keep_region(editable: torch.Tensor, settled: torch.Tensor, drags: list[RegionDrag],

@@ -24,7 +24,7 @@ from dragnext.config import EditConfig, OutputConfig
 from dragnext.ddim import DDIMSchedule, invert
 from dragnext.denoise import denoise_edited
 from dragnext.features import feature_hooks
-from dragnext.geometry import RegionDrag, dilate, swept_region
+from dragnext.geometry import RegionDrag, dilate, settled_region, swept_region
 from dragnext.instruction import EditItem
 from dragnext.lora import lora_applied, train_lora
 from dragnext.model import DragModel
@@ -35,8 +35,8 @@ from dragnext.peers.warp import warp_latent
 from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, tensor_to_image, working_size
 
 Callback = Callable[[str, int, int], None]  # (stage, done, total)
-# `output.paste_unswept` widens the swept region by this share of the working size (at least the px):
-# the moved object's soft edge and the denoiser's blur around it stay the edit's.
+# `output.paste_unswept` and `paste_path` widen the region they keep by this share of the working
+# size (at least the px): the moved object's soft edge and the denoiser's blur around it stay the edit's.
 UNSWEPT_MARGIN, UNSWEPT_MARGIN_PX = 0.03, 2
 Outputs = list[dict[str, Any]]  # per item: stage name → its output
 
@@ -192,13 +192,16 @@ def denoise_latents(batch: Batch, done: Outputs) -> list[torch.Tensor]:
 
 def edited_region(prepared: Prepared, output: OutputConfig) -> torch.Tensor | None:
     """Where the edit is kept, at the working size: all of it but what `output` pastes back
-    (outside M, outside the widened swept region); None when nothing is pasted."""
-    if not (output.paste_background or output.paste_unswept):
+    (outside M, outside the widened swept region, outside the widened handle and final target
+    regions); None when nothing is pasted."""
+    if not (output.paste_background or output.paste_unswept or output.paste_path):
         return None
     region = prepared.editable if output.paste_background else torch.ones_like(prepared.editable)
+    margin = max(UNSWEPT_MARGIN_PX, round(UNSWEPT_MARGIN * max(prepared.size)))
     if output.paste_unswept:
-        margin = max(UNSWEPT_MARGIN_PX, round(UNSWEPT_MARGIN * max(prepared.size)))
         region = region & dilate(swept_region(prepared.drags), margin)
+    if output.paste_path:
+        region = region & dilate(settled_region(prepared.drags), margin)
     return region
 
 

@@ -19,7 +19,7 @@ def test_defaults_are_the_papers():
                           "reached_px": 2.0},
         "features": {"blocks": None},
         "attention": {"mutual": True, "start_layer": None},
-        "output": {"paste_background": False, "paste_unswept": False},
+        "output": {"paste_background": False, "paste_unswept": False, "paste_path": False},
         "review": {"min_drag_gap": -0.0918, "min_if_ed": 0.9229},  # tuned: docs/review-thresholds.json
         "runtime": {"batch_size": None},
     }
@@ -92,7 +92,6 @@ def test_a_model_preset_sits_between_the_defaults_and_the_users_keys(tmp_path):
     assert model_preset(tmp_path / "none") == {} and model_preset("org/hub-model") == {}
 
 
-def test_an_eta_schedule_longer_than_pbsi_is_refused():
-    with pytest.raises(ConfigError, match="pbsi.eta_steps=7 exceeds pbsi.steps=6"):
-        build_config(overrides=["pbsi.eta_steps=7"])
-    assert build_config(overrides=["pbsi.eta_steps=3"]).pbsi.eta_steps == 3
+def test_a_preset_eta_schedule_composes_with_fewer_pbsi_steps():
+    preset = {"pbsi": {"eta_steps": 4}}  # the fixture's: η reaches 1 two steps before the end
+    assert build_config(overrides=["pbsi.steps=2"], preset=preset).pbsi.eta_steps == 4

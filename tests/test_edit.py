@@ -83,6 +83,29 @@ def test_pasting_the_unswept_keeps_the_input_inside_m_away_from_the_drag(tiny_mo
     assert result.to_record()["postprocess"] == ["paste_unswept"]
 
 
+def test_pasting_the_path_keeps_only_where_the_object_starts_and_ends(tiny_model, scene):
+    folder, spec = scene
+    spec["drags"] = [spec["drags"][0] | {"target": [100, 44]}]  # a long translate: a path between
+    image, instruction = load_scene(folder, spec)
+    base = FAST + ["output.paste_unswept=true", "lora.enabled=false"]
+    result = edit(image, instruction, tiny_model, build_config(overrides=base + ["output.paste_path=true"]))
+    unswept = edit(image, instruction, tiny_model, build_config(overrides=base))
+    [drag] = instruction.drags
+    edited, original, kept = (np.asarray(i.image if hasattr(i, "image") else i).astype(int)
+                              for i in (result, image, unswept))
+    target = np.roll(drag.handle_mask, (4, 60), axis=(0, 1))
+    settled = Image.fromarray(drag.handle_mask | target)
+    near = np.asarray(settled.filter(ImageFilter.MaxFilter(17)))  # the margin and the feather's tail
+    path = np.zeros_like(near)
+    path[32:49, 40:100] = True
+    path &= ~near  # between the disc's old and new places, clear of both
+    assert path.sum() > 30 and np.array_equal(edited[path], original[path])
+    assert not np.array_equal(kept[path], original[path])  # paste_unswept alone keeps the edit there
+    inner = ~np.asarray(Image.fromarray(~target).filter(ImageFilter.MaxFilter(9)))
+    assert inner.sum() > 50 and np.array_equal(edited[inner], kept[inner])  # where it ends: the edit
+    assert result.to_record()["postprocess"] == ["paste_unswept", "paste_path"]
+
+
 def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene, tmp_path):
     folder, spec = scene
     (folder / "drag.json").write_text(json.dumps(spec))

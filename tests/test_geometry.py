@@ -33,6 +33,14 @@ def test_an_early_eta_schedule_reaches_one_at_the_stated_step_and_holds_it():
     assert eta(36, K, T, T_prime, K, steps=None) == pytest.approx(0.5)  # the paper's: halfway
 
 
+def test_an_eta_schedule_longer_than_pbsi_spans_all_of_it():
+    T, T_prime, K = 38, 35, 5  # 4 PBSI steps
+    for t in range(T, T_prime - 1, -1):
+        for k in range(1, K + 1):
+            assert eta(t, k, T, T_prime, K, steps=6) == eta(t, k, T, T_prime, K)
+    assert eta(T_prime, K, T, T_prime, K, steps=6) == 1.0  # the object still arrives
+
+
 def test_rotating_by_theta_then_minus_theta_is_the_identity():
     mask = np.zeros((32, 32), dtype=bool)
     mask[5:9, 5:20] = True
