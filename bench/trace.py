@@ -22,9 +22,9 @@ from bench.run import item_of
 from dragnext.config import build_config, parse_overrides
 from dragnext.ddim import predict_x0
 from dragnext.edit import edit
-from dragnext.geometry import eta, swept_region
+from dragnext.geometry import eta
 from dragnext.model import load_model, model_preset
-from dragnext.pbsi import keep_loss, keep_region, region_loss, x0_at, x0_reference
+from dragnext.pbsi import held_out, keep_at, keep_loss, region_loss, x0_at, x0_reference
 from dragnext.preview import enlarge, overlay
 from dragnext.resize import resize_soft_mask, tensor_to_image
 from fixture import FIXTURE_MODEL
@@ -61,8 +61,8 @@ def steps_of(record: list, model, size: tuple[int, int]) -> tuple[list[Image.Ima
         drags_f = [d.at(tuple(ref["F"].shape[-2:])) for d in drags[0]]
         x0_k = x0_at(schedule, last["z"], last["eps"], t, ref["F"])
         x0_ref = x0_reference(schedule, ref["z"], ref["eps"], t, ref["F"], trajectory[0], config.x0_reference)
-        K_f = keep_region(resize_soft_mask(editable[0], tuple(ref["F"].shape[-2:])) >= 0.5,
-                          swept_region(drags_f))
+        K_f = keep_at(resize_soft_mask(editable[0], tuple(ref["F"].shape[-2:])) >= 0.5,
+                      held_out(drags_f, config.keep_path), drags_f, progress, config.keep_path)
         terms.append({"t": t, "eta": progress,
                       "region_features": float(region_loss(last["F"], ref["F"], drags_f, progress)),
                       "region_x0": float(region_loss(x0_k, x0_ref, drags_f, progress)),

@@ -112,11 +112,18 @@ def keep_region(editable: torch.Tensor, swept: torch.Tensor) -> torch.Tensor:
     return editable & ~dilate(swept, KEEP_MARGIN)
 
 
-def path_keep_region(editable: torch.Tensor, settled: torch.Tensor, drags: list[RegionDrag],
-                     progress: float) -> torch.Tensor:
-    """K(η) = M ∖ D(∪ ρ_i(η) ∪ settled) (`keep_path`)."""
-    now = torch.stack([settled, *(d.target_region(progress) for d in drags)]).any(0)
-    return keep_region(editable, now)
+def held_out(drags: list[RegionDrag], keep_path: bool) -> torch.Tensor:
+    """The part of what K leaves out that does not depend on η: the swept region S, or with
+    `keep_path` where the objects start and end."""
+    return settled_region(drags) if keep_path else swept_region(drags)
+
+
+def keep_at(editable: torch.Tensor, fixed: torch.Tensor, drags: list[RegionDrag], progress: float,
+            keep_path: bool) -> torch.Tensor:
+    """K at η: M ∖ D(S), or with `keep_path` M ∖ D(∪ ρ_i(η) ∪ ρ_i(1) ∪ ϑ_i); `fixed` is `held_out`."""
+    if not keep_path:
+        return keep_region(editable, fixed)
+    return keep_region(editable, torch.stack([fixed, *(d.target_region(progress) for d in drags)]).any(0))
 
 
 def keep_loss(x0_k: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -182,7 +189,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
-    M_f = K_f = fixed_f = None
+    M_f = fixed_f = None
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -195,9 +202,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
         drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
         if keep and M_f is None:  # neither M nor the swept and settled regions depend on t
             M_f = [resize_soft_mask(m, feature_size) >= 0.5 for m in editable]
-            fixed_f = [settled_region(d) if config.keep_path else swept_region(d) for d in drags_f]
-            K_f = None if config.keep_path else [
-                keep_region(m, region) for m, region in zip(M_f, fixed_f, strict=True)]
+            fixed_f = [held_out(d, config.keep_path) for d in drags_f]
         if vacate:
             handles_f = [_handle_union(d) for d in drags_f]
             background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
@@ -219,8 +224,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                     loss = loss + config.vacate_weight * vacated_loss(
                         x0_k[one], background[one], handles_f[b], drags_f[b], progress)
                 if keep:
-                    K = (path_keep_region(M_f[b], fixed_f[b], drags_f[b], progress) if config.keep_path
-                         else K_f[b])
+                    K = keep_at(M_f[b], fixed_f[b], drags_f[b], progress, config.keep_path)
                     loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], K)
             if config.lam:
                 loss = loss + config.lam * background_loss(

@@ -37,7 +37,7 @@ from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, ten
 Callback = Callable[[str, int, int], None]  # (stage, done, total)
 # `output.paste_unswept` and `paste_path` widen the region they keep by this share of the working
 # size (at least the px): the moved object's soft edge and the denoiser's blur around it stay the edit's.
-UNSWEPT_MARGIN, UNSWEPT_MARGIN_PX = 0.03, 2
+PASTE_MARGIN, PASTE_MARGIN_PX = 0.03, 2
 Outputs = list[dict[str, Any]]  # per item: stage name → its output
 
 
@@ -197,7 +197,7 @@ def edited_region(prepared: Prepared, output: OutputConfig) -> torch.Tensor | No
     if not (output.paste_background or output.paste_unswept or output.paste_path):
         return None
     region = prepared.editable if output.paste_background else torch.ones_like(prepared.editable)
-    margin = max(UNSWEPT_MARGIN_PX, round(UNSWEPT_MARGIN * max(prepared.size)))
+    margin = max(PASTE_MARGIN_PX, round(PASTE_MARGIN * max(prepared.size)))
     if output.paste_unswept:
         region = region & dilate(swept_region(prepared.drags), margin)
     if output.paste_path:
