@@ -108,8 +108,9 @@ def score_cases(model: DragModel, cases: list[Case], methods: list[Method], base
 
 
 def results_of(scored: Scored, cases: list[Case], methods: list[Method], base: dict) -> dict:
-    """The results JSON: {"methods": {label: {"overall", "by_type", "config", "cases"}}}, where
-    `cases` holds each case's own scores (what the review flags are tuned on)."""
+    """The results JSON: {"methods": {label: {"overall", "by_type", "config", "cases"}},
+    "paired_keep": [...]}, where `cases` holds each case's own scores (what the review flags
+    are tuned on) and `paired_keep` is `paired_keep`'s."""
     results = {}
     for method in methods:
         scores, _ = scored[method.label]
@@ -119,7 +120,23 @@ def results_of(scored: Scored, cases: list[Case], methods: list[Method], base: d
             "config": build_config(base, method.overrides).to_record(),
             "cases": scores,
         }
-    return {"methods": results}
+    return {"methods": results, "paired_keep": paired_keep(results)}
+
+
+def paired_keep(methods: dict) -> list[dict]:
+    """`psnr_keep` of the first method and of each other plain method over the cases both
+    edited successfully. An edit that leaves the object where it was leaves the rest of the
+    picture as it was too, so a mean over every case rewards a method for failing."""
+    first, *peers = [label for label in methods if ":" not in label] or [None]
+    pairs = []
+    for peer in peers:
+        theirs = {case["case_id"]: case for case in methods[peer]["cases"]}
+        cases = [(a, theirs[a["case_id"]]) for a in methods[first]["cases"]
+                 if a["success"] and theirs[a["case_id"]]["success"]]
+        pairs.append({"methods": [first, peer], "n": len(cases),
+                      first: _mean([a["psnr_keep"] for a, _ in cases]),
+                      peer: _mean([b["psnr_keep"] for _, b in cases])})
+    return pairs
 
 
 def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
@@ -146,6 +163,10 @@ def table(results: dict) -> str:
                          f"{fmt(row['neighbour_iou'], '6.3f')} {fmt(row['centroid_err'], '7.2f')} "
                          f"{fmt(row['psnr_keep'], '6.2f')} {fmt(row['psnr_vacated'], '6.2f')} "
                          f"{fmt(row['psnr_gt'], '7.2f')} {fidelity} {fmt(row['seconds'], '7.1f')}")
+    for pair in results.get("paired_keep", []):
+        first, peer = pair["methods"]
+        lines.append(f"psnr_keep where {first} and {peer} both succeed (n = {pair['n']}): "
+                     f"{fmt(pair[first], '5.2f')} vs {fmt(pair[peer], '5.2f')} dB")
     return "\n".join(lines)
 
 

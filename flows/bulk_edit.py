@@ -46,7 +46,7 @@ from tasks.pool import AUTO_WORKERS
 
 # A lease whose holder has not beaten for this long belongs to a run that died.
 LEASE_STALE_AFTER_S = 60.0
-# A shard's run that has not beaten for this long is lost.
+# A shard's run that has shown no sign of life (a beat, a change of state) for this long is lost.
 LOST_AFTER_S = 300.0
 
 
@@ -100,7 +100,7 @@ def bulk_edit(manifest_uri: str, output_uri: str, model: str = DEFAULT_MODEL,
             "bulk-edit-shard/bulk-edit-shard" on the `gpu` pool; empty runs them here.
         retries: retries of an item's transient failures (store outages, CUDA out of memory).
         retry_delay_s: the first retry's delay in seconds; it doubles each time.
-        lost_after_s: a shard's run that stops beating this long is declared lost.
+        lost_after_s: a shard's run that neither beats nor changes state this long is declared lost.
         lease_stale_after_s: another run's lease on the output whose heartbeat is this old is
             taken over (that run died); a fresher one makes this run refuse.
         profile: a measured profile (docs/gpu-profile.json, docs/throughput.json) for the

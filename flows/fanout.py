@@ -60,8 +60,11 @@ def launch(shards: list[Shard], deployment: str, parent_run_id: str) -> str:
 
 def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
     """Until every shard's run has ended, or was claimed by a worker (Pending, Running) and
-    has not beaten for `lost_after_s`. Scheduled runs just wait for a free worker."""
-    last_beat: dict[int, tuple[bytes | None, float]] = {}
+    has shown no sign of life for `lost_after_s`. Scheduled runs just wait for a free worker.
+
+    A sign of life is a heartbeat or a change of state (a run claimed but still starting its
+    process has not beaten yet), so a slow start is not taken for a dead worker."""
+    last_sign: dict[int, tuple[tuple, float]] = {}  # shard → (its last sign, when it was new)
     pending = list(shards)
     with get_client(sync_client=True) as client:
         while pending:
@@ -76,11 +79,12 @@ def wait(shards: list[Shard], output_uri: str, lost_after_s: float) -> None:
                 elif run.state and (run.state.is_running() or run.state.is_pending()):
                     # Pending too: a worker that claimed the run and died leaves it there
                     beat = _heartbeat(output_uri, shard.index)
-                    if shard.index not in last_beat or last_beat[shard.index][0] != beat:
-                        last_beat[shard.index] = (beat, time.monotonic())
-                    elif time.monotonic() - last_beat[shard.index][1] > lost_after_s:
-                        shard.lost = f"flow run {run.name} ({run.id}) stopped beating for " \
-                                     f"{lost_after_s:.0f} s: its worker is gone"
+                    sign = (run.state.type, beat)
+                    if shard.index not in last_sign or last_sign[shard.index][0] != sign:
+                        last_sign[shard.index] = (sign, time.monotonic())
+                    elif time.monotonic() - last_sign[shard.index][1] > lost_after_s:
+                        shard.lost = f"flow run {run.name} ({run.id}) has not beaten or left " \
+                                     f"{run.state.type.value} for {lost_after_s:.0f} s: its worker is gone"
                         client.set_flow_run_state(run.id, Crashed(message=shard.lost), force=True)
                         pending.remove(shard)
             if pending:

@@ -169,8 +169,15 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
     `INTERRUPT_GRACE_S` to finish (their rows are stored), ends the workers and re-raises.
     `stopped` (an earlier shard found the output full) or `guarded` (an earlier shard's run
     guard tripped, `tasks.guard`) starts none at all."""
-    log = get_run_logger()
     plan = json.loads(read_bytes(plan_uri))
+    # Beating before anything slow (torch's import, the worker processes): the parent takes a
+    # run that shows no sign of life for `lost_after_s` for lost (`flows.fanout.wait`).
+    with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), heartbeat_s()):
+        return _edit_shard(plan, workers, stopped, guarded)
+
+
+def _edit_shard(plan: dict, workers: int | None, stopped: str | None, guarded: str | None) -> ShardOutcome:
+    log = get_run_logger()
     contexts = _contexts(plan)
     run_id, retries = str(flow_run.id), plan["retries"]
     delays = exponential_backoff(plan["retry_delay_s"])(retries) if retries else []
@@ -183,8 +190,7 @@ def run_shard(plan_uri: str, workers: int | None = None, stopped: str | None = N
         runner.stop(stopped or guarded)
     finished = _Rows(plan, run_id, runner, len(contexts))
     try:
-        with heartbeat(join(shard_dir(plan["output_uri"], plan["shard"]), "heartbeat.json"), heartbeat_s()), \
-                ThreadPoolTaskRunner(max_workers=max(1, n_workers)) as pool:
+        with ThreadPoolTaskRunner(max_workers=max(1, n_workers)) as pool:
             futures = {pool.submit(edit_batch_task, parameters={
                 "contexts": batch, "runner": runner, "retries": retries, "delays_s": delays,
                 "label": _label(batch)}): batch for batch in batches}

@@ -258,3 +258,21 @@ def test_a_method_that_does_not_parse_stops_the_bench_before_anything_runs(tmp_p
                  "--methods", "dragnext:pbsi.keep_weight=1,pbsi.x0_reference=clean"])
     assert code == 2 and not (tmp_path / "manifest.parquet").exists()
     assert "method 'pbsi.x0_reference=clean'" in capsys.readouterr().err
+
+
+def test_psnr_keep_is_paired_on_the_cases_both_methods_get_right():
+    from bench.run import paired_keep, table
+
+    def method(rows):
+        return {"overall": {}, "by_type": {}, "cases": [
+            {"case_id": f"c{i}", "success": ok, "psnr_keep": keep} for i, (ok, keep) in enumerate(rows)]}
+
+    # the peer leaves the picture untouched where it fails, so its mean over every case is the higher
+    methods = {"dragnext": method([(1, 40.0), (1, 42.0), (1, 41.0), (0, 30.0)]),
+               "warp": method([(0, 50.0), (1, 39.0), (1, 40.0), (0, 50.0)]),
+               "dragnext:pbsi.lr=1": method([(0, 0.0)] * 4)}
+    pairs = paired_keep(methods)
+    assert pairs == [{"methods": ["dragnext", "warp"], "n": 2, "dragnext": 41.5, "warp": 39.5}]
+    printed = table({"methods": {}, "paired_keep": pairs})
+    assert "psnr_keep where dragnext and warp both succeed (n = 2): 41.50 vs 39.50 dB" in printed
+    assert paired_keep({"dragnext": methods["dragnext"]}) == []

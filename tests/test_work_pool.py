@@ -241,7 +241,7 @@ def test_a_gpu_worker_killed_mid_shard_fails_its_items_and_retry_failed_complete
     results = read_results(str(out / "results.parquet"))
     assert len(results) == 8 and len({r["item_id"] for r in results}) == 8
     failed = [r for r in results if r["status"] == "failed"]
-    assert failed and all(victim.name in r["error"] and "stopped beating" in r["error"] for r in failed)
+    assert failed and all(victim.name in r["error"] and "has not beaten" in r["error"] for r in failed)
     assert client.read_flow_run(victim.id).state.is_crashed()
 
     retry = run_deployment_and_wait(client, "retry-failed/retry-failed",
