@@ -124,10 +124,12 @@ class OutputConfig(_Section):
 class ReviewConfig(_Section):
     """When a succeeded item is flagged `needs_review`: its own metrics (`dragnext.review`)
     say the drag probably did not happen or hurt the picture. The defaults are tuned on the
-    benchmark's tuning seeds (docs/review-thresholds.json); None turns a flag off. Left out
-    of every digest: a flag judges an output, it does not change it."""
+    benchmark's tuning seeds (docs/review-thresholds.json; `min_if_ed` from the derivation
+    before the preset pasted the input back outside the drags, which makes IF_ed 1 there and
+    leaves that flag nothing to be tuned on); None turns a flag off. Left out of every digest:
+    a flag judges an output, it does not change it."""
     min_drag_gap: float | None = Field(
-        -0.0918, ge=-1, le=1, description="flag when IF_th - IF_hh is below this: the content looks more "
+        -0.0644, ge=-1, le=1, description="flag when IF_th - IF_hh is below this: the content looks more "
         "like it stayed at the handle than arrived at the target")
     min_if_ed: float | None = Field(
         0.9229, ge=0, le=1, description="flag when IF_ed (fidelity outside the editable mask) is below "

@@ -20,7 +20,7 @@ def test_defaults_are_the_papers():
         "features": {"blocks": None},
         "attention": {"mutual": True, "start_layer": None},
         "output": {"paste_background": False, "paste_unswept": False, "paste_path": False},
-        "review": {"min_drag_gap": -0.0918, "min_if_ed": 0.9229},  # tuned: docs/review-thresholds.json
+        "review": {"min_drag_gap": -0.0644, "min_if_ed": 0.9229},  # tuned: docs/review-thresholds.json
         "runtime": {"batch_size": None},
     }
     assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
