@@ -10,11 +10,16 @@ several polygons is the region.
 
 The run-length string is parsed here, not by pycocotools' C decoder: that decoder trusts the
 runs to add up to height × width and writes past its buffer when a string says otherwise,
-and a manifest's strings are untrusted. The format (pycocotools' `rleToString`): each run
-is a signed delta from the run two before (from the fourth run on), written 5 bits per
-character, least significant first, offset by 48; bit 5 set means more characters follow,
-bit 4 of the last is the sign. Runs alternate 0s and 1s, starting with 0s, in column-major
-(Fortran) order.
+and a manifest's strings are untrusted. The parse is vectorised (numpy) and every number is
+bounded before the runs are summed, so no string can wrap the sum around to height × width.
+A polygon's cost to rasterise is bounded before pycocotools sees it: its memory and time
+grow with the length of the outline (it walks every edge at 5× resolution), not with the
+vertex count alone, so a zig-zag of long edges is refused by its perimeter.
+
+The format (pycocotools' `rleToString`): each run is a signed delta from the run two before
+(from the fourth run on), written 5 bits per character, least significant first, offset by
+48; bit 5 set means more characters follow, bit 4 of the last is the sign. Runs alternate
+0s and 1s, starting with 0s, in column-major (Fortran) order.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ from pydantic import BaseModel, ConfigDict, model_validator
 # thousands; a million is no mask, it is an attempt to stall the validator.
 MAX_POLYGON_VERTICES = 100_000
 MAX_RLE_CHARS = 4_000_000
+# The outline pycocotools walks, in image pixels (Σ max(|Δx|, |Δy|) over every edge): about
+# 60 bytes each at its 5× resolution, so this bounds one mask's rasterisation near 60 MB.
+# A traced outline of a 4096² photo is a few tens of thousands of pixels long.
+MAX_POLYGON_PERIMETER = 1_000_000
+# A run's number, as characters: 7 hold 34 bits and a sign, past any run of a 4096² mask,
+# and keep the running sums of 4 M numbers well inside int64.
+MAX_NUMBER_CHARS = 7
 
 
 class InvalidMask(ValueError):
@@ -76,6 +88,10 @@ def check(mask: InlineMask, size: tuple[int, int] | None = None) -> None:
                 raise InvalidMask(f"polygons[{i}]", "coordinates must be finite numbers")
             if size is not None:
                 _check_on_image(i, polygon, size)
+        outline = sum(perimeter(polygon) for polygon in mask.polygons)
+        if outline > MAX_POLYGON_PERIMETER:
+            raise InvalidMask("polygons", f"outlines {outline:,.0f} pixels long; at most "
+                              f"{MAX_POLYGON_PERIMETER:,} (a mask this jagged should be given as RLE)")
         return
     _runs(mask.rle, size)
 
@@ -91,10 +107,22 @@ def _runs(rle: Rle, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and (width, height) != tuple(size):
         raise InvalidMask("rle.size", f"the mask is {width}x{height}, the image is {size[0]}x{size[1]}")
     runs = runs_of(rle.counts)
-    if int(runs.sum()) != height * width:
-        raise InvalidMask("rle.counts", f"the runs cover {int(runs.sum()):,} pixels, the mask has "
-                          f"{height * width:,} ({width}x{height})")
+    pixels = height * width  # a Python int: no side can overflow it
+    if len(runs) and int(runs.max()) > pixels:
+        raise InvalidMask("rle.counts", f"run {int(runs.argmax())} is {int(runs.max()):,} pixels long, the "
+                          f"mask has {pixels:,} ({width}x{height})")
+    covered = int(runs.sum())  # each run at most `pixels`, at most 4 M runs: no wrap
+    if covered != pixels:
+        raise InvalidMask("rle.counts", f"the runs cover {covered:,} pixels, the mask has "
+                          f"{pixels:,} ({width}x{height})")
     return runs
+
+
+def perimeter(polygon: list[float]) -> float:
+    """The closed outline's length as pycocotools walks it: Σ max(|Δx|, |Δy|) per edge."""
+    xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    steps = np.abs(np.roll(xy, -1, axis=0) - xy)
+    return float(steps.max(axis=1).sum())
 
 
 def _check_on_image(i: int, polygon: list[float], size: tuple[int, int]) -> None:
@@ -125,29 +153,41 @@ def _rasterised(polygons: list[list[float]], height: int, width: int) -> str:
 
 def runs_of(counts: str) -> np.ndarray:
     """The run lengths of a compressed COCO RLE string (the module docstring gives the format)."""
-    runs: list[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position == len(counts):
-                raise InvalidMask("rle.counts", "the string ends inside a number")
-            c = ord(counts[position]) - 48
-            if not 0 <= c < 64:
-                raise InvalidMask("rle.counts", f"character {position} ({counts[position]!r}) is not "
-                                  "in COCO's alphabet")
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            position += 1
-            shift += 5
-            if not more and c & 0x10:
-                value |= -1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise InvalidMask("rle.counts", f"run {len(runs)} has a negative length")
-        runs.append(value)
-    return np.asarray(runs, dtype=np.int64)
+    c = _digits(counts)
+    more = (c & 0x20) != 0
+    if len(c) and more[-1]:
+        raise InvalidMask("rle.counts", "the string ends inside a number")
+    ends = np.flatnonzero(~more)  # each number's last character
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    chars = ends - starts + 1
+    if len(chars) and chars.max() > MAX_NUMBER_CHARS:
+        raise InvalidMask("rle.counts", f"run {int(chars.argmax())} is a number of {int(chars.max())} "
+                          f"characters; at most {MAX_NUMBER_CHARS}")
+    place = np.arange(len(c)) - np.repeat(starts, chars)  # 5-bit digit position in its number
+    value = np.add.reduceat((c & 0x1F) << (5 * place), starts) if len(c) else np.zeros(0, np.int64)
+    negative = (c[ends] & 0x10) != 0
+    value[negative] -= np.left_shift(1, 5 * chars[negative])  # the sign bit extended
+    # From the fourth run on, each is a delta from the run two before: a running sum over
+    # the odd runs and over the even runs from the third.
+    runs = value.copy()
+    runs[1::2] = np.cumsum(value[1::2])
+    runs[2::2] = np.cumsum(value[2::2])
+    if len(runs) and runs.min() < 0:
+        raise InvalidMask("rle.counts", f"run {int(np.argmax(runs < 0))} has a negative length")
+    return runs
+
+
+def _digits(counts: str) -> np.ndarray:
+    """Each character's 6-bit value, refused unless every one is in COCO's alphabet."""
+    data = counts.encode("utf-8", "surrogatepass")
+    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    bad = (c < 0) | (c >= 64)
+    if bad.any():
+        at = int(bad.argmax())
+        position = len(data[:at].decode("utf-8", "surrogatepass"))  # in characters, not bytes
+        raise InvalidMask("rle.counts", f"character {position} ({counts[position]!r}) is not "
+                          "in COCO's alphabet")
+    return c
 
 
 def encode(mask: np.ndarray) -> InlineMask:

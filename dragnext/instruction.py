@@ -45,6 +45,9 @@ MAX_ASPECT_RATIO = 8.0
 # What one item may ask for: its masks are image-sized, so drags cost memory in proportion.
 MAX_DRAGS = 16
 MAX_MASK_PIXELS = 8 * MAX_IMAGE_PIXELS
+# The run-length strings of one item's inline masks together: each may hold up to
+# `inline_mask.MAX_RLE_CHARS`, but an item of 17 masks that large is an attack on the parser.
+MAX_ITEM_RLE_CHARS = 8_000_000
 
 
 class InvalidItemError(ValueError):
@@ -234,6 +237,8 @@ def build_instruction(spec: InstructionSpec, item: str, read: Callable[[str, str
     def mask(ref: MaskRef, field: str) -> np.ndarray:
         return read(ref, field) if isinstance(ref, str) else decode_inline(ref, size, item, field)
 
+    _check_rle_budget(spec, item)
+
     drags = tuple(
         Drag(type=d.type, handle=d.handle, target=d.target, center=d.center, axis=d.axis,
              handle_mask=mask(d.handle_mask, f"drags[{i}].handle_mask"))
@@ -241,6 +246,14 @@ def build_instruction(spec: InstructionSpec, item: str, read: Callable[[str, str
     )
     editable = None if spec.editable_mask is None else mask(spec.editable_mask, "editable_mask")
     return Instruction(drags=drags, prompt=spec.prompt, editable_mask=editable)
+
+
+def _check_rle_budget(spec: InstructionSpec, item: str) -> None:
+    chars = sum(len(ref.rle.counts) for ref in spec.masks().values()
+                if isinstance(ref, InlineMask) and ref.rle is not None)
+    if chars > MAX_ITEM_RLE_CHARS:
+        raise InvalidItemError(item, "drags", f"inline RLE masks of {chars:,} characters in all; at most "
+                               f"{MAX_ITEM_RLE_CHARS:,} per item (give large masks as files)")
 
 
 def decode_inline(mask: InlineMask, size: tuple[int, int], item: str, field: str) -> np.ndarray:
@@ -371,6 +384,7 @@ def check_spec(spec: InstructionSpec, item: str, size: tuple[int, int] | None = 
         if masks * size[0] * size[1] > MAX_MASK_PIXELS:
             raise InvalidItemError(item, "drags", f"{masks} masks of {size[0]}x{size[1]} are "
                                    f"{masks * size[0] * size[1]:,} mask pixels; at most {MAX_MASK_PIXELS:,}")
+    _check_rle_budget(spec, item)
     for name, ref in spec.masks().items():
         if not isinstance(ref, str):
             try:

@@ -37,8 +37,7 @@ from flows.results import (
 )
 from flows.selection import read_selection
 from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
-from manifests.items import conform
-from manifests.schema import read_table
+from manifests.items import read_manifest
 from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
@@ -243,7 +242,7 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int =
         get_run_logger().info("retrying the %d selected items of run %s (selection %s, overrides %s)",
                               len(ids), summary["run_id"], selection_uri, selection.overrides or "none")
     else:
-        manifest = conform(read_table(summary["manifest_uri"])).table.column("item_id").to_pylist()
+        manifest = read_manifest(summary["manifest_uri"]).table.column("item_id").to_pylist()
         earlier = previous_rows(output_uri)
         keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
         ids = [i for i in manifest if i is not None and earlier.get(i, {}).get("status") not in keep]

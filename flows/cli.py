@@ -31,8 +31,8 @@ from flows.selection import SelectionError, read_selection
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
 from manifests.examples import DEMO_MANIFEST
-from manifests.items import conform, validate_rows
-from manifests.schema import ManifestError, read_table
+from manifests.items import read_manifest, validate_rows
+from manifests.schema import ManifestError
 from manifests.storage import (
     OutputUnwritable,
     StoreUnavailable,
@@ -159,7 +159,7 @@ def preflight(manifest: str, output: str, model: ModelSource, overrides: dict,
     for prefix in allow_prefixes:
         check_prefix(prefix)
     checked_config(model, overrides)
-    problems = conform(read_table(manifest)).problems
+    problems = read_manifest(manifest).problems
     if problems:
         raise ManifestError(f"manifest {manifest} cannot be read: {'; '.join(problems)}")
     if format_output(output, "DATE", "RUN") != output:
@@ -197,7 +197,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    conformed = conform(read_table(args.manifest))
+    conformed = read_manifest(args.manifest)
     if conformed.problems:
         for problem in conformed.problems:
             print(f"{args.manifest}: {problem}")

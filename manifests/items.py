@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dragnext.architecture import Architecture
 from dragnext.config import ConfigError, EditConfig, build_config, output_keys
@@ -30,7 +31,14 @@ from dragnext.instruction import (
     validate_item,
 )
 from manifests.digest import file_identity, input_digest
-from manifests.schema import MANIFEST, RESERVED_COLUMNS, SCHEMA_VERSION, VERSION_KEY
+from manifests.schema import (
+    MANIFEST,
+    RESERVED_COLUMNS,
+    SCHEMA_VERSION,
+    VERSION_KEY,
+    ManifestError,
+    read_table,
+)
 from manifests.storage import (
     HEADER_BYTES,
     NotARegularFile,
@@ -51,6 +59,14 @@ MAX_PARAMS_CHARS = 16_384
 VALIDATION_THREADS = 16
 # A file larger than this is no image or mask this project edits (and would fill a worker).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# What a manifest's inline masks may hold in all, decoded. Parquet's dictionary and run
+# encodings make a repeated value free on disk, so a small file can stand for gigabytes of
+# mask strings: both are counted before anything is decoded.
+MAX_MANIFEST_RLE_CHARS = 256_000_000
+MAX_MANIFEST_POLYGON_NUMBERS = 32_000_000
+_RLE_COUNTS = ("editable_mask.rle.counts", "drags.list.element.handle_mask.rle.counts")
+_POLYGON_NUMBERS = ("editable_mask.polygons.list.element.list.element",
+                    "drags.list.element.handle_mask.polygons.list.element.list.element")
 # A mask field of the instruction, as an error names it (`drags[2].handle_mask`).
 _MASK_FIELD = re.compile(r"(?:drags\[(\d+)\]\.)?(handle_mask|editable_mask)")
 
@@ -355,6 +371,52 @@ def conform(table: pa.Table) -> Conformed:
             problems.append(f"column {field.name}: expected {field.type} ({error})")
     names = MANIFEST.names + [n for n in table.column_names if n not in MANIFEST.names]
     return Conformed(pa.Table.from_arrays([columns[n] for n in names], names=names), problems, row_problems)
+
+
+def _check_polygon_numbers(uri: str, metadata: pq.FileMetaData) -> None:
+    """Polygon coordinates counted from the file's metadata, before a column is read."""
+    numbers = sum(metadata.row_group(g).column(c).num_values
+                  for g in range(metadata.num_row_groups) for c in range(metadata.num_columns)
+                  if metadata.row_group(g).column(c).path_in_schema in _POLYGON_NUMBERS)
+    if numbers > MAX_MANIFEST_POLYGON_NUMBERS:
+        raise ManifestError(f"{uri}: inline polygons hold {numbers:,} coordinates in all; at most "
+                            f"{MAX_MANIFEST_POLYGON_NUMBERS:,} per manifest (give large masks as files)")
+
+
+def _rle_chars(table: pa.Table) -> int:
+    """The characters of every inline RLE string, counted on their dictionaries (not decoded)."""
+    total = 0
+    for name in ("editable_mask", "drags"):
+        if name not in table.column_names:
+            continue
+        column = table[name].combine_chunks()
+        masks = column.flatten().field("handle_mask") if name == "drags" else column
+        if not pa.types.is_struct(masks.type) or masks.type.get_field_index("rle") < 0:
+            continue
+        rle = masks.field("rle")
+        if not pa.types.is_struct(rle.type) or rle.type.get_field_index("counts") < 0:
+            continue
+        counts = rle.field("counts")
+        if pa.types.is_dictionary(counts.type):
+            counts = pc.binary_length(counts.dictionary).take(counts.indices)
+        elif pa.types.is_string(counts.type) or pa.types.is_binary(counts.type):
+            counts = pc.binary_length(counts)
+        else:
+            continue
+        total += pc.sum(counts).as_py() or 0
+    return total
+
+
+def read_manifest(uri: str) -> Conformed:
+    """The manifest at `uri`, conformed, refused whole (`ManifestError`) when its inline
+    masks exceed the per-manifest budget."""
+    table = read_table(uri, check=lambda metadata: _check_polygon_numbers(uri, metadata),
+                       read_dictionary=list(_RLE_COUNTS))
+    chars = _rle_chars(table)
+    if chars > MAX_MANIFEST_RLE_CHARS:
+        raise ManifestError(f"{uri}: inline RLE masks hold {chars:,} characters in all; at most "
+                            f"{MAX_MANIFEST_RLE_CHARS:,} per manifest (give large masks as files)")
+    return conform(table)
 
 
 Depth = Literal["rows", "headers", "files"]

@@ -6,6 +6,7 @@ Documented column by column in `manifests/README.md`.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,11 +83,16 @@ class ManifestError(ValueError):
     """A file that cannot be read as a manifest (or results) table at all."""
 
 
-def read_table(uri: str) -> pa.Table:
+def read_table(uri: str, check: Callable[[pq.FileMetaData], None] | None = None,
+               read_dictionary: list[str] | None = None) -> pa.Table:
+    """The table at `uri`; `check(metadata)` may refuse it (raising `ManifestError`) before
+    any column is decoded, and the `read_dictionary` columns stay dictionary-encoded."""
     # Always through fsspec: pyarrow's own S3 client would ignore the configured endpoint.
     data = read_bytes(uri)
     try:
-        return pq.read_table(io.BytesIO(data))
+        if check is not None:
+            check(pq.read_metadata(io.BytesIO(data)))
+        return pq.read_table(io.BytesIO(data), read_dictionary=read_dictionary)
     except (pa.ArrowInvalid, OSError) as error:
         raise ManifestError(f"{uri}: not a Parquet file ({error})") from None
 

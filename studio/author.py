@@ -20,8 +20,8 @@ from dragnext.instruction import EditItem, InvalidItemError, read_image
 from dragnext.peers.warp import warp_latent
 from dragnext.preview import overlay
 from dragnext.stages import region_drags
-from manifests.items import Problem, conform, load_item, validate_rows
-from manifests.schema import MANIFEST, ManifestError, read_table, write_table
+from manifests.items import Problem, load_item, read_manifest, validate_rows
+from manifests.schema import MANIFEST, ManifestError, write_table
 from manifests.storage import exists, join, parent, write_bytes
 from manifests.uris import UriPolicy
 from studio.state import AuthorState, DragState, Region
@@ -118,7 +118,7 @@ class ManifestWriter:
             extra = {name: None for name in table.column_names if name not in row}  # its own columns
             appended = pa.concat_tables([table, pa.Table.from_pylist([row | extra], schema=table.schema)])
             write_table(appended.replace_schema_metadata(MANIFEST.metadata), manifest_uri)
-            conformed = conform(read_table(manifest_uri))  # as a run will read it
+            conformed = read_manifest(manifest_uri)  # as a run will read it
             problems = validate_rows(conformed.table.to_pylist(), base, UriPolicy(folder), "files",
                                      row_problems=conformed.row_problems)
             return conformed.table.num_rows, problems
@@ -128,7 +128,7 @@ class ManifestWriter:
         """The manifest so far (every column it has, the project's and its own), or none."""
         if not exists(manifest_uri):
             return MANIFEST.empty_table()
-        conformed = conform(read_table(manifest_uri))
+        conformed = read_manifest(manifest_uri)
         if conformed.problems:
             raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(conformed.problems)}")
         return conformed.table

@@ -22,13 +22,13 @@ from dragnext.model_source import ModelSource
 from manifests.items import (
     VALIDATION_THREADS,
     Problem,
-    conform,
     item_config,
     item_input_digest,
+    read_manifest,
     validate_rows,
     with_params,
 )
-from manifests.schema import MANIFEST, ManifestError, read_table
+from manifests.schema import MANIFEST, ManifestError
 from manifests.storage import Once, exists, is_transient, parent
 from manifests.uris import UriPolicy
 from tasks.stages import ItemContext, result_row
@@ -123,7 +123,7 @@ def make_plan(manifest_uri: str, output_uri: str, model: ModelSource | str, mode
     """Validate the manifest and decide every row (see the module's docstring); `item_params`
     go over the named rows' own `params` (`flows.selection`). Raises `ManifestError` when
     the manifest as a whole cannot be read."""
-    conformed = conform(read_table(manifest_uri))
+    conformed = read_manifest(manifest_uri)
     if conformed.problems:
         raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(conformed.problems)}")
     table = conformed.table

@@ -4,6 +4,7 @@ manifests written before them still read."""
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from dragnext.config import EditConfig
-from dragnext.inline_mask import MAX_POLYGON_VERTICES, InlineMask, InvalidMask, Rle, decode, encode
+from dragnext.inline_mask import MAX_POLYGON_VERTICES, InlineMask, InvalidMask, Rle, check, decode, encode
 from dragnext.instruction import EditItem, read_instruction, validate_item
 from flows.cli import main
 from manifests.dragbench import import_dragbench
@@ -162,3 +163,100 @@ def test_the_dragbench_importer_writes_inline_masks_that_equal_its_pngs(tmp_path
     rle = load_item(rle_rows[0], UriPolicy(str(tmp_path / "rle"))).instruction
     assert (png.editable_mask == rle.editable_mask).all()
     assert all((a.handle_mask == b.handle_mask).all() for a, b in zip(png.drags, rle.drags, strict=True))
+
+
+# Runs of 2**62 written 13 characters long: added in int64 they wrap to exactly 64 x 64, so
+# a check that sums them in numpy passed it and the decoder wrote past its buffer (SIGSEGV).
+WRAPPING_RLE = {"size": [64, 96], "counts": "PPPPPPPPPPPP4PPPPPPPPPPPP4PPPPPPPPPPPP4PP4"}
+
+
+def _zigzag(width: int, height: int, vertices: int) -> list[float]:
+    """A polygon of `vertices` edges each a whole image wide: a perimeter pycocotools walks
+    at 5x resolution, gigabytes for 100 000 vertices."""
+    return [float(v) for i in range(vertices) for v in (i % 2 * (width - 1), i * (height - 1) / vertices)]
+
+
+@pytest.mark.parametrize("mask, part, reason", [
+    (InlineMask(rle=Rle(size=(64, 64), counts=WRAPPING_RLE["counts"])), "rle.counts", "at most 7"),
+    (InlineMask(rle=Rle(size=(64, 64), counts="PPPPPP1" * 3)), "rle.counts", "run 0 is 1,073,741,824 pixels"),
+    (InlineMask(polygons=[_zigzag(64, 64, 40_000)]), "polygons", "outlines 2,520,000 pixels long"),
+])
+def test_a_mask_that_would_crash_or_stall_the_decoder_is_refused_by_its_check(mask, part, reason):
+    for call in (lambda: check(mask, (64, 64)), lambda: decode(mask, (64, 64))):
+        with pytest.raises(InvalidMask) as caught:
+            call()
+        assert caught.value.part == part and reason in caught.value.reason
+
+
+def test_a_long_run_length_string_parses_in_well_under_a_second():
+    rng = np.random.default_rng(0)
+    mask = rng.random((2000, 2000)) < 0.5  # about 2 M runs: near the 4 M character bound
+    rle = encode(mask).rle
+    start = time.perf_counter()
+    assert (decode(InlineMask(rle=rle), (2000, 2000)) == mask).all()
+    assert time.perf_counter() - start < 1.0  # the Python parser took 3.3 s per 4 M characters
+
+
+def _killer_rows(folder):
+    good = inline_rows(folder)[2]
+    drag = good["drags"][0]
+    return good, [
+        {**good, "item_id": "rle-wrap", "drags": [{**drag, "handle_mask": {"polygons": None,
+                                                   "rle": WRAPPING_RLE}}]},
+        {**good, "item_id": "polygon-bomb", "editable_mask": {"polygons": [_zigzag(96, 64, 100_000)],
+                                                             "rle": None}},
+        {**good, "item_id": "rle-heavy", "editable_mask": {"polygons": None, "rle": {
+            "size": [64, 96], "counts": "0" * 3_000_000}},
+         "drags": [{**drag, "handle_mask": {"polygons": None, "rle": {"size": [64, 96],
+                                                                     "counts": "0" * 3_000_000}}}] * 2},
+    ]
+
+
+def test_manifest_validate_refuses_masks_that_would_crash_the_decoder_as_invalid_rows(tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(SYNTHETIC.parent, folder)
+    good, killers = _killer_rows(folder)
+    write_manifest([good, *killers], str(folder / "manifest.parquet"))
+    start = time.perf_counter()
+    assert main(["manifest", "validate", str(folder / "manifest.parquet")]) == 1
+    assert time.perf_counter() - start < 30
+    out = capsys.readouterr().out
+    expected = [("rle-wrap", "drags[0].handle_mask.rle.counts: run 0 is a number of 13 characters"),
+                ("polygon-bomb", "editable_mask.polygons: outlines"),
+                ("rle-heavy", "drags: inline RLE masks of 9,000,000 characters in all; at most 8,000,000")]
+    for item, text in expected:
+        assert any(f"'{item}'" in line and text in line for line in out.splitlines()), (item, out)
+    assert "4 rows, 3 invalid" in out and "Traceback" not in out
+
+
+def test_a_manifest_whose_repeated_masks_decode_to_gigabytes_is_refused_before_decoding(tmp_path):
+    """Parquet's dictionary makes 400 copies of a 4 M character string a file of a few kB;
+    decoded they are 1.6 GB. The manifest is refused from the dictionary's lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import resource
+
+    from manifests.items import read_manifest
+    from manifests.schema import MANIFEST, ManifestError
+
+    rows = 400
+    counts = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["0" * 4_000_000]))
+    rle = pa.StructArray.from_arrays([pa.array([[64, 96]] * rows, pa.list_(pa.int64())), counts],
+                                     names=["size", "counts"])
+    editable = pa.StructArray.from_arrays([pa.nulls(rows, MANIFEST.field("editable_mask").type[0].type), rle],
+                                          names=["polygons", "rle"])
+    table = pa.table({"item_id": [f"r{i}" for i in range(rows)], "image_uri": ["image.png"] * rows,
+                      "editable_mask": editable, "drags": pa.array([[]] * rows, MANIFEST.field("drags").type)})
+    path = tmp_path / "manifest.parquet"
+    pq.write_table(table, path)
+    assert path.stat().st_size < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ManifestError, match="1,600,000,000 characters in all; at most 256,000,000"):
+        read_manifest(str(path))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # kB: nothing decoded
+    polygons = pa.table({"item_id": ["p"], "image_uri": ["image.png"], "editable_mask": pa.array(
+        [{"polygons": [[0.0, 1.0, 2.0] * 11_000_000], "rle": None}], MANIFEST.field("editable_mask").type),
+        "drags": pa.array([[]], MANIFEST.field("drags").type)})
+    pq.write_table(polygons, path)
+    with pytest.raises(ManifestError, match="polygons hold 33,000,00[0-9] coordinates in all; at most 32,000,000"):
+        read_manifest(str(path))
