@@ -23,11 +23,19 @@ from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import ModelSource, checked_config, model_preset, source_architecture
 from fixture import FIXTURE_MODEL
 from flows import watchdog
-from flows.bulk_edit import LEASE_STALE_AFTER_S, OutputPathError, bulk_edit, format_output, retry_failed
+from flows.bulk_edit import (
+    LEASE_STALE_AFTER_S,
+    OutputPathError,
+    bulk_edit,
+    checked_selection,
+    format_output,
+    retry_failed,
+    run_source,
+)
 from flows.lease import OutputInUse, check_free
 from flows.local_api import local_api
 from flows.results import MAX_LISTED, previous_rows, read_profile, read_results, read_summary
-from flows.selection import SelectionError, read_selection
+from flows.selection import SelectionError
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
 from manifests.examples import DEMO_MANIFEST
@@ -185,12 +193,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     summary = read_summary(parent(absolute(args.results)))
-    source = ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
-                         lora_scale=summary.get("lora_scale", 1.0))
+    source = run_source(summary)
     preflight(summary["manifest_uri"], summary["output_uri"], source, summary["overrides"],
               summary["allow_prefixes"])
-    if args.selection:
-        read_selection(args.selection, args.results)  # a bad file is one line, before any flow starts
+    if args.selection:  # a bad file is one line, before any flow starts
+        checked_selection(args.selection, args.results, summary)
     return _run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
         retries=args.retries, selection_uri=args.selection or ""), args)
@@ -302,14 +309,20 @@ def cmd_studio(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
     from studio.app import StudioSettings, create_app
+    from studio.roots import Roots
 
-    settings = StudioSettings(model=str(args.model), manifest=args.manifest and absolute(args.manifest),
-                              results=args.results and absolute(args.results),
+    manifest, results = args.manifest and absolute(args.manifest), args.results and absolute(args.results)
+    settings = StudioSettings(model=str(args.model), manifest=manifest, results=results,
                               overrides=parse_overrides(args.set), sam=args.sam or None,
-                              prefect=bool(PREFECT_API_URL.value()))
-    print(f"dragnext studio: http://{args.host}:{args.port}/author and /review (model {args.model})",
-          flush=True)
+                              prefect=bool(PREFECT_API_URL.value()),
+                              roots=Roots.of(manifest, results, args.allow_prefix, args.write_prefix),
+                              host=args.host, port=args.port, insecure=args.insecure)
     app = create_app(settings)  # checks the model and the keys: a mistake is one line, not a page error
+    token = f"?token={app.state.token}" if app.state.token else ""
+    print(f"dragnext studio: http://{args.host}:{args.port}/author{token} and /review (model {args.model})",
+          flush=True)
+    print(f"  reads under: {', '.join(settings.roots.read) or 'nothing but uploads'}; writes manifests "
+          f"under: {', '.join(settings.roots.write) or 'nowhere (give --write-prefix)'}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port,
                 log_level="warning" if args.quiet else "info")
     return 0
@@ -328,8 +341,17 @@ def add_commands(commands) -> None:
                         "(default: the fixture model)")
     studio.add_argument("--manifest", help="the manifest Author opens rows of and adds rows to")
     studio.add_argument("--results", help="a run's results.parquet for Review to open")
-    studio.add_argument("--host", default="127.0.0.1")
+    studio.add_argument("--allow-prefix", action="append", default=[], metavar="URI",
+                        help="also read results, manifests, images and masks under this prefix "
+                        "(repeatable; default: only the folders of --manifest and --results)")
+    studio.add_argument("--write-prefix", action="append", default=[], metavar="URI",
+                        help="Add to manifest may write manifests under this prefix (repeatable; "
+                        "default: only the --manifest itself)")
+    studio.add_argument("--host", default="127.0.0.1", help="bound to anything but loopback, the "
+                        "studio asks for the token in the URL it prints")
     studio.add_argument("--port", type=int, default=7860)
+    studio.add_argument("--insecure", action="store_true", help="no token off loopback: only behind "
+                        "a proxy that authenticates")
     studio.add_argument("--sam", default=DEFAULT_SAM, help="a SAM model in the local cache for box "
                         f"segmentation (default {DEFAULT_SAM}; GrabCut without it; '' for GrabCut)")
     library_cli.add_set_argument(studio)

@@ -1,6 +1,7 @@
 """Edit now: the full method on the studio's model, one edit at a time in a worker thread,
 so the pages stay responsive (a second tab can review while an edit runs). Each job
-reports its stage and the stage's progress for the page's bars."""
+reports its stage and the stage's progress for the page's bars. The queue is bounded and
+any job can be cancelled: a queued one never starts, a running one stops at its next step."""
 
 from __future__ import annotations
 
@@ -20,13 +21,24 @@ from dragnext.preview import preview
 
 # Finished jobs kept for the pages to fetch; the oldest go first.
 KEEP_JOBS = 32
+# Jobs queued or running at once: one more Edit now waits its turn, past that it is refused.
+MAX_PENDING = 2
+PENDING = ("queued", "loading model", "running")
+
+
+class QueueFull(RuntimeError):
+    """Edit now already has MAX_PENDING jobs (answered 429)."""
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback: the edit stops at its next step."""
 
 
 @dataclass
 class Job:
     id: str
     item_id: str
-    status: str = "queued"  # queued | loading model | running | succeeded | failed
+    status: str = "queued"  # queued | loading model | running | succeeded | failed | cancelled
     stage: str = ""
     done: int = 0
     total: int = 0
@@ -36,8 +48,11 @@ class Job:
     sheet: Image.Image | None = None  # input | instruction | edited
     edited: Image.Image | None = None
     started: float = field(default_factory=time.time)
+    cancel_asked: bool = False
 
     def progress(self, stage: str, done: int, total: int) -> None:
+        if self.cancel_asked:
+            raise Cancelled
         if stage != self.stage and self.stage:
             self.stages_done.append(self.stage)
         self.status, self.stage, self.done, self.total = "running", stage, done, total
@@ -62,6 +77,9 @@ class EditJobs:
     def submit(self, item, config: EditConfig | None = None) -> Job:
         job = Job(id=uuid.uuid4().hex, item_id=item.item_id)
         with self._lock:
+            if sum(j.status in PENDING for j in self._jobs.values()) >= MAX_PENDING:
+                raise QueueFull(f"Edit now already has {MAX_PENDING} edits queued or running: "
+                                "wait for one or cancel it")
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-KEEP_JOBS]:
                 del self._jobs[old]
@@ -72,7 +90,17 @@ class EditJobs:
         with self._lock:
             return self._jobs[job_id]
 
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.status in PENDING:
+            job.cancel_asked = True
+            if job.status == "queued":  # it never starts (_run looks first)
+                job.status = "cancelled"
+        return job
+
     def _run(self, job: Job, item, config: EditConfig) -> None:
+        if job.cancel_asked:
+            return
         try:
             if self._model is None:
                 job.status = "loading model"
@@ -80,6 +108,9 @@ class EditJobs:
             config.check_model(self._model.architecture)
             result: EditResult = edit(item.image, item.instruction, self._model, config, item_id=item.item_id,
                                       callback=job.progress)
+        except Cancelled:
+            job.status = "cancelled"
+            return
         except Exception as error:  # shown on the page: the studio keeps serving
             job.status, job.error = "failed", f"{type(error).__name__}: {error}"
             return

@@ -1,26 +1,43 @@
 """The Review page's work: a run's results.parquet as a filtered, sorted, paged list (read
 once, 10 000 rows stay cheap: only a page's rows become dicts and only a page's previews
-are fetched), one item's record, and sending a selection back as a retry."""
+are fetched), one item's record and files, and sending a selection back as a retry.
+
+A results file is untrusted input like a manifest: a row's `preview_uri`, `image_uri` and
+`record_uri` are read only where the studio's roots allow (`studio/roots.py`), and served
+only as what they are (a PNG, JPEG, WebP or GIF image; a JSON record)."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from dragnext.config import build_config
 from flows.results import read_summary, table_rows
 from flows.selection import Selection
+from manifests.items import MAX_FILE_BYTES
 from manifests.schema import read_table
-from manifests.storage import absolute, join, parent, read_bytes, write_bytes
+from manifests.storage import join, parent, read_bytes, regular_file_size, write_bytes
+from manifests.uris import UriPolicy
+from studio.roots import Refused
 
 FILE_KINDS = ("preview_uri", "image_uri", "record_uri")
 PLAIN_SORTS = ("item_id", "status", "attempts")
+SERVED_IMAGES = ("PNG", "JPEG", "WEBP", "GIF")  # what a browser shows as an <img>
+# Results files kept open; the least recently used is dropped.
+OPEN_RESULTS = 8
+
+
+class NotServable(ValueError):
+    """A row's file that is not what its kind says (answered 415)."""
 
 
 class Query(BaseModel):
@@ -40,8 +57,9 @@ class Query(BaseModel):
 class Results:
     """One results file, read once."""
 
-    def __init__(self, uri: str):
-        self.uri = absolute(uri)
+    def __init__(self, uri: str, policy: UriPolicy):
+        """`uri` already allowed by the studio's roots; `policy` says what its rows may name."""
+        self.uri, self.policy = uri, policy
         table = read_table(self.uri)
         self.table = table
         self.ids = table.column("item_id").to_pylist()
@@ -115,36 +133,78 @@ class Results:
         return row
 
     def file_uri(self, item_id: str, kind: str) -> str | None:
-        """One of the item's own output files (never an arbitrary path)."""
+        """One of the item's own output files (never an arbitrary path), where the roots
+        allow it; `Refused` otherwise."""
         if kind not in FILE_KINDS:
-            raise KeyError(kind)
-        return self.row(item_id).get(kind)
+            raise KeyError(f"kind: one of {', '.join(FILE_KINDS)}")
+        named = self.row(item_id).get(kind)
+        if not named:
+            return None
+        found = self.policy.resolve(named)
+        if found is None:
+            raise Refused(f"{kind}: item '{item_id}' names a file outside the run's folder and the "
+                          "studio's read prefixes (--allow-prefix)")
+        return found
+
+    def file(self, item_id: str, kind: str) -> tuple[bytes, str] | None:
+        """The file's bytes and its real content type, or None when the row names none."""
+        uri = self.file_uri(item_id, kind)
+        if uri is None:
+            return None
+        if regular_file_size(uri) > MAX_FILE_BYTES:
+            raise NotServable(f"{kind}: item '{item_id}' names a file over {MAX_FILE_BYTES // 2**20} MiB")
+        data = read_bytes(uri)
+        return data, served_type(kind, item_id, data)
 
     def item(self, item_id: str) -> dict:
         row = self.row(item_id)
         record = None
         if row.get("record_uri"):
             try:
-                record = json.loads(read_bytes(row["record_uri"]))
+                record = json.loads(self.file(item_id, "record_uri")[0])
             except (OSError, ValueError) as error:
-                record = {"error": f"the record {row['record_uri']} cannot be read ({error})"}
+                record = {"error": f"the record cannot be read ({type(error).__name__})"}
         return {"row": {k: v for k, v in row.items() if k != "drags"} | {"drags": row.get("drags")},
                 "record": record}
 
 
-class ResultsCache:
-    """Results files by URI; reopened when asked to (a run still writing changes them)."""
+def served_type(kind: str, item_id: str, data: bytes) -> str:
+    """The content type of a row's file as its bytes say; `NotServable` when they are not
+    what the kind promises (a record that is not JSON, an image that is not one)."""
+    if kind == "record_uri":
+        try:
+            json.loads(data)
+        except ValueError:
+            raise NotServable(f"record_uri: item '{item_id}' names a file that is not JSON") from None
+        return "application/json"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = image.format
+    except (OSError, ValueError):
+        found = None
+    if found not in SERVED_IMAGES:
+        raise NotServable(f"{kind}: item '{item_id}' names a file that is not a PNG, JPEG, WebP or GIF image")
+    return Image.MIME[found]
 
-    def __init__(self) -> None:
-        self._open: dict[str, Results] = {}
+
+class ResultsCache:
+    """Results files by URI, the last OPEN_RESULTS used; reopened when asked to (a run still
+    writing changes them)."""
+
+    def __init__(self, policy_for) -> None:
+        self._policy_for = policy_for  # a run's folder -> what its rows may name
+        self._open: OrderedDict[str, Results] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, uri: str, reload: bool = False) -> Results:
-        key = absolute(uri)
+        """`uri`: absolute, already allowed by the studio's roots."""
         with self._lock:
-            if reload or key not in self._open:
-                self._open[key] = Results(key)
-            return self._open[key]
+            if reload or uri not in self._open:
+                self._open[uri] = Results(uri, self._policy_for(parent(uri)))
+            self._open.move_to_end(uri)
+            while len(self._open) > OPEN_RESULTS:
+                self._open.popitem(last=False)
+            return self._open[uri]
 
 
 def send_back(results: Results, items: list[str], overrides: dict,

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dragnext.inline_mask import InlineMask, InvalidMask, Rle, decode
 from dragnext.instruction import (
@@ -29,16 +29,23 @@ from dragnext.instruction import (
     parse_instruction,
     validate_item,
 )
+from manifests.items import ITEM_ID
 
 Point = tuple[float, float]
-# A stroke or polygon list longer than this is not drawn by hand.
+# A region's polygon vertices and brush points in all: more is not drawn by hand (the page
+# keeps a stroke's points a fraction of the brush apart).
 MAX_VERTICES = 20_000
+MAX_BRUSH_RADIUS = 256
+# What one region's strokes may paint, in px (points x diameter^2): about a second of
+# drawing, so no request can cost minutes of CPU.
+MAX_PAINTED_PX = 400_000_000
+ITEM_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots"  # manifest validate's
 
 
 class Stroke(BaseModel):
     model_config = ConfigDict(extra="forbid")
     points: list[Point] = Field(min_length=1, max_length=MAX_VERTICES)
-    radius: float = Field(gt=0, le=1024)
+    radius: float = Field(gt=0, le=MAX_BRUSH_RADIUS)
 
 
 class Region(BaseModel):
@@ -46,6 +53,16 @@ class Region(BaseModel):
     polygons: list[list[Point]] = Field(default_factory=list, max_length=256)
     strokes: list[Stroke] = Field(default_factory=list, max_length=4096)
     rle: Rle | None = None  # from a segmenter, or a manifest row's mask
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Region:
+        vertices = sum(map(len, self.polygons)) + sum(len(s.points) for s in self.strokes)
+        if vertices > MAX_VERTICES:
+            raise ValueError(f"{vertices:,} polygon vertices and brush points; at most {MAX_VERTICES:,}")
+        painted = sum(len(s.points) * (2 * s.radius + 1) ** 2 for s in self.strokes)
+        if painted > MAX_PAINTED_PX:
+            raise ValueError("the brush strokes are too many or too wide to paint; fewer or a smaller brush")
+        return self
 
     @property
     def empty(self) -> bool:
@@ -121,6 +138,8 @@ def instruction_of(state: AuthorState, image: Image.Image) -> tuple[EditItem, li
     (complete or not); and the item to preview (`drawable`). The first is ready to edit when
     no finding is an error."""
     problems: list[Finding] = []
+    if not ITEM_ID.match(state.item_id):  # ids name output paths: refused before anything is written
+        problems.append(_error("item_id", ITEM_ID_RULE))
     drags, kept = [], []
     for i, d in enumerate(state.drags):
         given = {"handle": d.handle, "target": d.target, "center": d.center, "axis": d.axis}
@@ -151,7 +170,7 @@ def instruction_of(state: AuthorState, image: Image.Image) -> tuple[EditItem, li
 def drawable(item: EditItem, found: list[Finding], kept: list[int]) -> EditItem:
     """The item with only its drags that have no error, validated (masks cut to M): what the
     instant preview can draw while other drags are still being fixed."""
-    if any(f.level == "error" and f.drag is None for f in found):
+    if any(f.level == "error" and f.drag is None and f.field != "item_id" for f in found):
         return replace(item, instruction=Instruction(drags=()))
     bad = {f.drag for f in found if f.level == "error"}
     drags = tuple(d for d, i in zip(item.instruction.drags, kept, strict=True) if i not in bad)

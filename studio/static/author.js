@@ -100,36 +100,29 @@ function draw() {
 }
 
 function renderDrags() {
-  const box = $("drags");
-  box.innerHTML = "";
-  (state ? state.drags : []).forEach((d, i) => {
-    const div = document.createElement("div");
-    div.className = "drag" + (i === active ? " active" : "");
-    div.dataset.drag = i;
-    div.innerHTML = `<b style="color:${COLOURS[i % COLOURS.length]}">drags[${i}]</b>
-      <select class="type">${["translate", "deform", "rotate", "scale"].map((t) =>
-        `<option${t === d.type ? " selected" : ""}>${t}</option>`).join("")}</select>
-      <select class="axis" ${d.type === "scale" ? "" : "hidden"}>${["uniform", "free"].map((a) =>
-        `<option${a === (d.axis || "uniform") ? " selected" : ""}>${a}</option>`).join("")}</select>
-      <button class="select">Select</button><button class="remove">Remove</button>
-      <div class="findings"></div>`;
-    div.querySelector(".type").onchange = (e) => {
+  $("drags").replaceChildren(...(state ? state.drags : []).map((d, i) => {
+    const type = el("select", { className: "type", onchange: (e) => {
       d.type = e.target.value; d.axis = d.type === "scale" ? d.axis : null;
       if (d.type === "translate") d.center = null;
       renderDrags(); changed();
-    };
-    div.querySelector(".axis").onchange = (e) => { d.axis = e.target.value === "uniform" ? null : e.target.value; changed(); };
-    div.querySelector(".select").onclick = () => { active = i; renderDrags(); draw(); };
-    div.querySelector(".remove").onclick = () => {
-      state.drags.splice(i, 1); active = state.drags.length - 1; renderDrags(); changed();
-    };
-    box.appendChild(div);
-  });
+    } });
+    setOptions(type, ["translate", "deform", "rotate", "scale"], d.type);
+    const axis = el("select", { className: "axis", hidden: d.type !== "scale",
+      onchange: (e) => { d.axis = e.target.value === "uniform" ? null : e.target.value; changed(); } });
+    setOptions(axis, ["uniform", "free"], d.axis || "uniform");
+    return el("div", { className: "drag" + (i === active ? " active" : ""), dataset: { drag: i } },
+      el("b", { style: { color: COLOURS[i % COLOURS.length] }, textContent: `drags[${i}]` }), " ", type, " ", axis,
+      el("button", { className: "select", textContent: "Select", onclick: () => { active = i; renderDrags(); draw(); } }),
+      el("button", { className: "remove", textContent: "Remove", onclick: () => {
+        state.drags.splice(i, 1); active = state.drags.length - 1; renderDrags(); changed();
+      } }),
+      el("div", { className: "findings" }));
+  }));
 }
 
 function showFindings(findings) {
-  document.querySelectorAll("#drags .findings").forEach((f) => (f.innerHTML = ""));
-  $("item-findings").innerHTML = "";
+  document.querySelectorAll("#drags .findings").forEach((f) => f.replaceChildren());
+  $("item-findings").replaceChildren();
   findings.forEach((f) => {
     const line = document.createElement("div");
     line.className = `finding ${f.level}`;
@@ -182,7 +175,10 @@ $("canvas").addEventListener("mousedown", (event) => {
   } else if (mode === "box") { boxStart = p; boxEnd = p; }
 });
 $("canvas").addEventListener("mousemove", (event) => {
-  if (stroke) { stroke.points.push(toImage(event)); draw(); }
+  if (stroke) {
+    const p = toImage(event), last = stroke.points[stroke.points.length - 1];
+    if (Math.hypot(p[0] - last[0], p[1] - last[1]) >= Math.max(1, stroke.radius / 3)) { stroke.points.push(p); draw(); }
+  }
   if (boxStart) { boxEnd = toImage(event); draw(); }
 });
 window.addEventListener("mouseup", async () => {
@@ -241,7 +237,7 @@ $("upload").onchange = () => {
 $("list-rows").onclick = async () => {
   try {
     const answer = await api(`/api/manifest/rows?manifest=${encodeURIComponent($("manifest-uri").value)}`);
-    $("rows").innerHTML = answer.items.map((i) => `<option>${i}</option>`).join("");
+    setOptions($("rows"), answer.items);
   } catch (error) { $("canvas-help").textContent = error.message; }
 };
 $("open-row").onclick = async () => {
@@ -252,29 +248,36 @@ $("open-row").onclick = async () => {
 };
 
 $("edit-now").onclick = async () => {
-  $("sheet").style.display = "none"; $("record").style.display = "none";
+  $("sheet").hidden = true; $("record").hidden = true;
   let job;
   try { job = await api("/api/edit", { state }); } catch (error) { $("job-status").textContent = error.message; return; }
   currentJob = job.id;
+  $("cancel-edit").hidden = false;
   const poll = async () => {
-    job = await api(`/api/jobs/${job.id}`);
+    try { job = await api(`/api/jobs/${job.id}`); } catch (error) { $("job-status").textContent = error.message; return; }
     $("job-status").textContent = `${job.status}${job.stage ? " · " + job.stage : ""} · ${job.elapsed_s} s`;
     $("job-status").dataset.status = job.status;
-    $("stages").innerHTML = job.stages.map((s) => {
+    $("stages").replaceChildren(...job.stages.map((s) => {
       const done = job.stages_done.includes(s), now = s === job.stage && !done;
       const value = done ? 1 : now && job.total ? job.done / job.total : 0;
       const skipped = job.status === "succeeded" && !done ? " (skipped)" : "";  // e.g. LoRA off
-      return `<div class="stage"><span>${s}${skipped}</span><progress max="1" value="${value}"></progress></div>`;
-    }).join("");
+      return el("div", { className: "stage" }, el("span", { textContent: s + skipped }),
+                el("progress", { max: 1, value }));
+    }));
+    const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+    if (finished && job.id === currentJob) $("cancel-edit").hidden = true;
     if (job.status === "succeeded") {
-      $("sheet").src = `/api/jobs/${job.id}/sheet.png`; $("sheet").style.display = "block";
+      $("sheet").src = `/api/jobs/${job.id}/sheet.png`; $("sheet").hidden = false;
       $("record").textContent = JSON.stringify({ timings_s: job.record.timings_s, unet_passes: job.record.unet_passes,
         device: job.record.device, lora: job.record.lora, item: job.record.item }, null, 1);
-      $("record").style.display = "block";
+      $("record").hidden = false;
     } else if (job.status === "failed") $("job-status").textContent = `failed: ${job.error}`;
-    else setTimeout(poll, 300);
+    else if (!finished) setTimeout(poll, 300);
   };
   poll();
+};
+$("cancel-edit").onclick = async () => {
+  try { await api(`/api/jobs/${currentJob}/cancel`, {}); } catch (error) { $("job-status").textContent = error.message; }
 };
 
 $("append").onclick = async () => {
@@ -290,6 +293,9 @@ $("append").onclick = async () => {
 (async () => {
   const settings = await api("/api/settings");
   $("model").textContent = `model: ${settings.model}`;
-  if (settings.manifest) { $("manifest-uri").value = settings.manifest; $("target-manifest").value = settings.manifest; }
+  if (settings.manifest) $("manifest-uri").value = settings.manifest;
+  if (settings.write.length) $("target-manifest").placeholder = `a manifest under ${settings.write.join(" or ")}`;
+  else $("target-manifest").placeholder = "the studio may write no manifest (start it with --write-prefix)";
+  $("where").textContent = `relative paths are under ${settings.cwd}`;
   setMode("polygon");
 })();

@@ -3,7 +3,6 @@
 let results = null, facets = null, page = 0, total = 0;
 const perPage = 24;
 const selected = new Set();
-const SHOWN_METRICS = ["IF_ed", "IF_hh", "IF_th", "drag_gap"];
 
 const fileUrl = (item, kind) =>
   `/api/results/file?results_uri=${encodeURIComponent(results)}&item_id=${encodeURIComponent(item)}&kind=${kind}`;
@@ -29,11 +28,11 @@ async function open(reload) {
   } catch (error) { $("facets").textContent = error.message; return; }
   $("facets").textContent = `${facets.rows} items: ` +
     Object.entries(facets.statuses).map(([s, n]) => `${n} ${s}`).join(", ") + `; ${facets.needs_review} need review`;
-  $("statuses").innerHTML = Object.keys(facets.statuses).map((s) =>
-    `<label><input type="checkbox" value="${s}"> ${s} (${facets.statuses[s]})</label>`).join("");
-  $("drag-type").innerHTML = `<option value="">any</option>` + facets.drag_types.map((t) => `<option>${t}</option>`).join("");
-  $("metric").innerHTML = `<option value="">—</option>` + facets.metrics.map((m) => `<option>${m}</option>`).join("");
-  $("sort").innerHTML = ["item_id", "status", "attempts", ...facets.metrics].map((m) => `<option>${m}</option>`).join("");
+  $("statuses").replaceChildren(...Object.entries(facets.statuses).map(([s, n]) =>
+    el("label", {}, el("input", { type: "checkbox", value: s }), ` ${s} (${n})`)));
+  setOptions($("drag-type"), [["", "any"], ...facets.drag_types]);
+  setOptions($("metric"), [["", "—"], ...facets.metrics]);
+  setOptions($("sort"), ["item_id", "status", "attempts", ...facets.metrics]);
   $("flag").value = facets.needs_review ? "true" : "";  // the flagged items first
   selected.clear(); page = 0;
   await show();
@@ -46,32 +45,32 @@ async function show() {
   total = answer.total;
   $("shown").textContent = `${total} shown`;
   $("page-label").textContent = `page ${page + 1} of ${Math.max(1, Math.ceil(total / perPage))}`;
-  $("grid").innerHTML = "";
-  answer.rows.forEach((row) => {
-    const card = document.createElement("div");
-    card.className = "card" + (row.needs_review ? " flagged" : "");
-    card.dataset.item = row.item_id;
-    const metrics = SHOWN_METRICS.filter((m) => m in row.metrics).map((m) => `${m} ${number(row.metrics[m])}`).join(" · ");
-    card.innerHTML = `<label><input type="checkbox" class="pick" ${selected.has(row.item_id) ? "checked" : ""}>
-      <a href="#" class="open-item"></a></label>
-      <span class="badge ${row.status}">${row.status}</span> <span class="muted">attempts ${row.attempts}</span>
-      ${row.has.preview_uri ? `<img loading="lazy" src="${fileUrl(row.item_id, "preview_uri")}" alt="">` : ""}
-      <div class="muted">${row.drag_types.join(", ")} ${metrics}</div>
-      ${row.needs_review ? `<div class="finding warning">needs review: ${row.review_reasons}</div>` : ""}
-      ${row.error ? `<div class="finding error"></div>` : ""}`;
-    card.querySelector(".open-item").textContent = row.item_id;
-    if (row.error) card.querySelector(".finding.error").textContent = row.error;
-    card.querySelector(".pick").onchange = (e) => {
+  $("grid").replaceChildren(...answer.rows.map(card));
+}
+
+// One item's card; every value from the results file goes in as text.
+function card(row) {
+  const metrics = Object.entries(row.metrics).filter(([, v]) => typeof v === "number").slice(0, 4)
+    .map(([m, v]) => `${m} ${number(v)}`).join(" · ");
+  const pick = el("input", { type: "checkbox", className: "pick", checked: selected.has(row.item_id),
+    onchange: (e) => {
       e.target.checked ? selected.add(row.item_id) : selected.delete(row.item_id);
       $("selected-count").textContent = selected.size;
-    };
-    card.querySelector(".open-item").onclick = (e) => { e.preventDefault(); detail(row.item_id); };
-    $("grid").appendChild(card);
-  });
+    } });
+  const opener = el("a", { href: "#", className: "open-item", textContent: row.item_id,
+    onclick: (e) => { e.preventDefault(); detail(row.item_id); } });
+  return el("div", { className: "card" + (row.needs_review ? " flagged" : ""), dataset: { item: row.item_id } },
+    el("label", {}, pick, " ", opener), " ",
+    el("span", { className: `badge ${String(row.status).replace(/[^a-z]/g, "")}`, textContent: row.status }), " ",
+    el("span", { className: "muted", textContent: `attempts ${row.attempts}` }),
+    row.has.preview_uri && el("img", { loading: "lazy", src: fileUrl(row.item_id, "preview_uri"), alt: "" }),
+    el("div", { className: "muted", textContent: `${row.drag_types.join(", ")} ${metrics}` }),
+    row.needs_review && el("div", { className: "finding warning", textContent: `needs review: ${row.review_reasons}` }),
+    row.error && el("div", { className: "finding error", textContent: row.error }));
 }
 
 function keyValues(table, entries) {
-  table.innerHTML = "";
+  table.replaceChildren();
   entries.forEach(([k, v]) => {
     const tr = table.insertRow();
     tr.insertCell().textContent = k;
@@ -80,9 +79,11 @@ function keyValues(table, entries) {
 }
 
 async function detail(item) {
-  const answer = await api(`/api/results/item?results_uri=${encodeURIComponent(results)}&item_id=${encodeURIComponent(item)}`);
-  $("detail").style.display = "block";
+  $("detail").hidden = false;
   $("detail-title").textContent = item;
+  let answer;
+  try { answer = await api(`/api/results/item?results_uri=${encodeURIComponent(results)}&item_id=${encodeURIComponent(item)}`); }
+  catch (error) { $("detail-record").textContent = error.message; return; }
   $("detail-preview").src = answer.row.preview_uri ? fileUrl(item, "preview_uri") : "";
   const row = answer.row;
   keyValues($("detail-row"), ["status", "error", "attempts", "needs_review", "review_reasons", "device",
