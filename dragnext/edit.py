@@ -91,15 +91,15 @@ def _edit_group(items: list[EditItem], model: DragModel, config: EditConfig, cac
 def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | list[EditConfig] | None = None,
                *, cache: StageCache | None = None, model_fingerprint: str | None = None,
                lora_weights: list[Weights | None] | None = None, callback: Callback | None = None,
-               item_mb: float | None = None) -> list[EditResult | BaseException]:
+               item_mb_at_512: float | None = None) -> list[EditResult | BaseException]:
     """Edit `items` in batches (one config, one working size, `runtime.batch_size` at a time).
 
     `config` is one for all or one per item. Returns per item its `EditResult` or the
     exception it failed with: `InvalidItemError` for input that cannot be edited,
     `EditFailed` for an output that cannot be right, or what its stage raised. `cache`
     keeps the stored stages' outputs, keyed by `model_fingerprint` (default: the model
-    source's) and the item; `lora_weights` (per item) skip the finetune. `item_mb`, the peak
-    memory per item measured before, sizes the batches on CUDA (`dragnext.batching`).
+    source's) and the item; `lora_weights` (per item) skip the finetune. `item_mb_at_512`, the
+    peak memory per 512² item measured before, sizes the batches on CUDA (`dragnext.batching`).
     """
     configs = config if isinstance(config, list) else [config or EditConfig()] * len(items)
     weights = lora_weights or [None] * len(items)
@@ -115,7 +115,7 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
         for warning in items[i].instruction.warnings:
             log.warning("item '%s': %s", item.item_id, warning)
         valid.append(i)
-    for members in batches([items[i] for i in valid], [configs[i] for i in valid], model, item_mb):
+    for members in batches([items[i] for i in valid], [configs[i] for i in valid], model, item_mb_at_512):
         group = [valid[m] for m in members]
         results = _edit_group([items[i] for i in group], model, configs[group[0]], cache,
                               model_fingerprint or model.source.fingerprint(), [weights[i] for i in group],

@@ -35,7 +35,7 @@ from flows.results import (
     write_final,
     write_summary,
 )
-from flows.selection import read_selection
+from flows.selection import Selection, check_selection, read_selection
 from flows.shard import ItemsFailed, heartbeat_s, run_shard, shard_dir
 from manifests.items import read_manifest
 from manifests.storage import OutputUnwritable, absolute, join, parent, write_bytes
@@ -195,9 +195,12 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
     lost = {i: f"shard {shard.index}'s {shard.lost or 'run ended without its row'}"
             for shard in shards for i in shard.item_ids}
     results = plan.merge(finished, lost)
+    if plan.kept:
+        log.warning("%d re-edited items did not succeed and keep their earlier succeeded rows: %s",
+                    len(plan.kept), "; ".join(f"{i}: {why}" for i, why in plan.kept.items()))
 
     summary.update(status="finished", counts=counts(results), needs_review=flagged(results),
-                   resumed=plan.resumed, shards=len(shards),
+                   resumed=plan.resumed, shards=len(shards), kept_succeeded=plan.kept,
                    wall_s=round(time.time() - started, 2), guard=guard.model_dump(), guard_stopped=guarded)
     table = results_table(results, plan.extra_columns)
     if stopped:
@@ -213,6 +216,24 @@ def _bulk_edit(manifest_uri: str, output_uri: str, model: ModelSource, overrides
                           f"with `dragnext retry {summary['results_uri']}` or the retry-failed deployment",
                           summary)
     return summary
+
+
+def run_source(summary: dict) -> ModelSource:
+    """The model a run's summary says it edited with."""
+    return ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
+                       lora_scale=summary.get("lora_scale", 1.0))
+
+
+def checked_selection(selection_uri: str, results_uri: str, summary: dict) -> Selection:
+    """The retry selection, checked against its run before anything runs or is written: its
+    items are the run's, its overrides valid for each of them (`flows.selection`)."""
+    selection = read_selection(selection_uri, results_uri)
+    source = run_source(summary)
+    base = build_config(overrides=summary["overrides"], preset=model_preset(source.model))
+    rows = read_manifest(summary["manifest_uri"]).table.to_pylist()
+    check_selection(selection, selection_uri, list(previous_rows(parent(absolute(results_uri)))), rows, base,
+                    source_architecture(source))
+    return selection
 
 
 @flow(name="retry-failed")
@@ -236,7 +257,7 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int =
     summary = read_summary(output_uri)
     item_params = None
     if selection_uri:
-        selection = read_selection(selection_uri, results_uri)
+        selection = checked_selection(selection_uri, results_uri, summary)
         ids = list(dict.fromkeys(selection.items))
         item_params = {i: selection.overrides for i in ids} if selection.overrides else None
         get_run_logger().info("retrying the %d selected items of run %s (selection %s, overrides %s)",
@@ -247,8 +268,7 @@ def retry_failed(results_uri: str, include_invalid: bool = False, workers: int =
         keep = {"succeeded", "skipped"} | (set() if include_invalid else {"invalid"})
         ids = [i for i in manifest if i is not None and earlier.get(i, {}).get("status") not in keep]
         get_run_logger().info("retrying %d items of run %s", len(ids), summary["run_id"])
-    source = ModelSource(model=summary["model"], vae=summary.get("vae"), lora=summary.get("lora"),
-                         lora_scale=summary.get("lora_scale", 1.0))
+    source = run_source(summary)
     guard = RunGuard.model_validate(summary.get("guard") or {})
     return run_bulk(summary["manifest_uri"], output_uri, source, summary["overrides"], ids,
                     summary["allow_prefixes"], workers, None, summary["shard_deployment"], retries,

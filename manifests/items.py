@@ -52,7 +52,8 @@ from manifests.storage import (
 from manifests.uris import UriPolicy
 
 # An id names output paths: `.` and `..` would name the folders above the item's own.
-ITEM_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
+# `fullmatch`, never `match` with `$`: `$` also matches before a final newline.
+ITEM_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,128}")
 # A row's config overrides are a handful of keys; anything longer is a mistake or an attack.
 MAX_PARAMS_CHARS = 16_384
 # Rows whose files are checked at once (each mostly waits on a ranged read).
@@ -204,7 +205,7 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
     model's architecture when known) and (with a policy) where each file may come from.
     Raises `InvalidItemError`."""
     item = row.get("item_id")
-    if not item or not ITEM_ID.match(item):
+    if not isinstance(item, str) or not ITEM_ID.fullmatch(item):
         raise InvalidItemError(str(item), "item_id",
                                "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots")
     if not row.get("image_uri"):
@@ -383,6 +384,13 @@ def _check_polygon_numbers(uri: str, metadata: pq.FileMetaData) -> None:
                             f"{MAX_MANIFEST_POLYGON_NUMBERS:,} per manifest (give large masks as files)")
 
 
+def _field(array: pa.Array | None, name: str) -> pa.Array | None:
+    """A struct array's child, or None where the array has no such field (an older manifest)."""
+    if array is None or not pa.types.is_struct(array.type) or array.type.get_field_index(name) < 0:
+        return None
+    return array.field(name)
+
+
 def _rle_chars(table: pa.Table) -> int:
     """The characters of every inline RLE string, counted on their dictionaries (not decoded)."""
     total = 0
@@ -390,19 +398,19 @@ def _rle_chars(table: pa.Table) -> int:
         if name not in table.column_names:
             continue
         column = table[name].combine_chunks()
-        masks = column.flatten().field("handle_mask") if name == "drags" else column
-        if not pa.types.is_struct(masks.type) or masks.type.get_field_index("rle") < 0:
+        if name == "drags":
+            if not pa.types.is_list(column.type):
+                continue
+            column = _field(column.flatten(), "handle_mask")
+        counts = _field(_field(column, "rle"), "counts")
+        if counts is None:
             continue
-        rle = masks.field("rle")
-        if not pa.types.is_struct(rle.type) or rle.type.get_field_index("counts") < 0:
-            continue
-        counts = rle.field("counts")
         if pa.types.is_dictionary(counts.type):
             counts = pc.binary_length(counts.dictionary).take(counts.indices)
         elif pa.types.is_string(counts.type) or pa.types.is_binary(counts.type):
             counts = pc.binary_length(counts)
         else:
-            continue
+            continue  # conform reports the column's type
         total += pc.sum(counts).as_py() or 0
     return total
 

@@ -50,6 +50,9 @@ class Plan:
     configs: dict[str, dict] = field(default_factory=dict)  # item id → its resolved config
     digests: dict[str, str | None] = field(default_factory=dict)  # item id → its input digest
     previous: dict[str, dict] = field(default_factory=dict)  # what an earlier run left
+    # A retry selection's run: a succeeded row is replaced only by a re-edit that succeeds.
+    keep_succeeded: bool = False
+    kept: dict[str, str] = field(default_factory=dict)  # item id → why its re-edit did not replace it
 
     @property
     def resumed(self) -> int:
@@ -89,8 +92,17 @@ class Plan:
                 earlier = self.previous.get(item_id)
                 row = result_row(self.context(item_id), "failed", earlier["attempts"] if earlier else 0,
                                  error=f"not finished: {lost.get(item_id, 'the run ended without its row')}")
-            merged[index] = row
+            merged[index] = self.kept_or(row)
         return merged
+
+    def kept_or(self, row: dict) -> dict:
+        """`row`, or the item's earlier succeeded row where a retry's re-edit did not succeed."""
+        earlier = self.previous.get(row["item_id"])
+        worse = row["status"] != "succeeded" and earlier and earlier["status"] == "succeeded"
+        if self.keep_succeeded and worse:
+            self.kept[row["item_id"]] = f"{row['status']}: {row['error']}"
+            return earlier
+        return row
 
     def estimate(self, profile: dict | None) -> dict:
         return estimate(len(self.to_run), self.base, profile)
@@ -135,7 +147,7 @@ def make_plan(manifest_uri: str, output_uri: str, model: ModelSource | str, mode
                                                 architecture=architecture, once=once)}
     plan = Plan(manifest_uri, output_uri, ModelSource.of(model), model_fingerprint, base, prefixes, rows,
                 {n: table[n].to_pylist() for n in table.column_names if n not in MANIFEST.names},
-                invalid, [None] * len(rows), {}, previous=previous)
+                invalid, [None] * len(rows), {}, previous=previous, keep_succeeded=item_params is not None)
     valid = [i for i in range(len(rows)) if i not in invalid]
     base_record = base.to_record()  # one dict shared by every row without params: 100 000 rows stay small
     plan.configs = {rows[i]["item_id"]: item_config(rows[i], base).to_record() if rows[i].get("params")
@@ -150,8 +162,9 @@ def make_plan(manifest_uri: str, output_uri: str, model: ModelSource | str, mode
         if index in invalid:
             p = invalid[index]
             placeholder = {**row, "item_id": item_id or f"<row {index}>"}
-            plan.results[index] = result_row(plan.context(placeholder["item_id"], placeholder), "invalid", 0,
-                                             error=f"item '{p.item_id}': {p.field}: {p.reason}")
+            plan.results[index] = plan.kept_or(result_row(
+                plan.context(placeholder["item_id"], placeholder), "invalid", 0,
+                error=f"item '{p.item_id}': {p.field}: {p.reason}"))
         elif wanted is not None and item_id not in wanted:
             skipped = previous.get(item_id) or result_row(plan.context(item_id, row), "skipped", 0)
             plan.results[index] = skipped

@@ -6,7 +6,8 @@ interpreter) costs that item, not the run. `workers=0` edits in the run's own pr
 Each worker process keeps its own model (`WorkerState`) and serves one batch of items at a
 time over a pipe: the items' contexts go in, their outcomes (rows, and errors) come back,
 as plain data. A worker that dies (OOM killer, segfault, SIGKILL) fails only the batch it
-was running, with `WorkerLost`; a fresh process takes its place and the other batches go on.
+was running, with `WorkerLost`; a fresh process takes its place and the other batches go on
+(`tasks.batch_task` re-runs the lost batch, bisecting it until it finds the item that kills).
 A worker whose parent is gone (the run was killed) exits by itself.
 
 A worker's own log lines (the project's loggers at INFO and above: which device it uses,
@@ -54,7 +55,22 @@ class _PipeHandler(logging.Handler):
 
 
 class WorkerLost(RuntimeError):
-    """The worker process running an item died before it answered."""
+    """The worker process running a batch died before it answered."""
+
+    def __init__(self, message: str, exitcode: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    @property
+    def cause(self) -> str:
+        """How it died: the signal that killed it, or its exit code."""
+        code = self.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit code {code}"
 
 
 CLOSING = "the run is stopping"
@@ -119,6 +135,7 @@ def _serve(conn: Connection, parent_pid: int, log_level: int, threads: int | Non
     worker = WorkerState()
     while (message := conn.recv()) is not None:
         contexts, attempt = message
+        log.info("editing %s (attempt %d)", ", ".join(c.item_id for c in contexts), attempt)
         try:
             conn.send(("outcomes", _picklable(edit_items(contexts, worker, attempt))))
         except Exception as error:  # sent back as data: the item fails, the worker goes on
@@ -154,7 +171,7 @@ class _Slot:
     def _lost(self) -> WorkerLost:
         self.process.join(5)
         return WorkerLost(f"worker process {self.process.pid} died (exit code {self.process.exitcode}) "
-                          "while editing this item's batch")
+                          "while editing this item's batch", self.process.exitcode)
 
     def run(self, contexts: list[ItemContext], attempt: int) -> list[Outcome]:
         try:

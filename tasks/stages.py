@@ -53,6 +53,7 @@ class ItemContext:
     model_fingerprint: str = ""  # `dragnext.fingerprint`: which weights, not which name
     input_digest: str | None = None  # `manifests.digest`: recorded in the row, checked on resume
     previous_attempts: int = 0
+    worker_losses: tuple[str, ...] = ()  # the workers that died editing it (`tasks.batch_task`)
 
     @property
     def item_id(self) -> str:
@@ -115,6 +116,7 @@ def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, at
         **result.to_record(), "model_fingerprint": ctx.model_fingerprint,
         "input_digest": ctx.input_digest, "config_hash": ctx.config_hash, "metrics": metrics,
         "attempts": attempt, "warnings": list(item.instruction.warnings),
+        "worker_losses": list(ctx.worker_losses),
         "review": {"needs_review": bool(reasons), "reasons": reasons},
         "worker": {"pid": os.getpid(), "parent_pid": os.getppid(), "models_loaded": worker.loads,
                    # the run's process's parent: on a work pool, the Prefect worker that took the shard
@@ -145,7 +147,7 @@ def edit_items(contexts: list[ItemContext], worker: WorkerState, attempt: int) -
         model = worker.model(first.model)
         results = edit_batch([item for _, item in loaded], model, [ctx.edit_config for ctx, _ in loaded],
                              cache=StageStore(first.output_uri), model_fingerprint=first.model_fingerprint,
-                             item_mb=worker.item_mb)
+                             item_mb_at_512=worker.item_mb_at_512)
         for (ctx, _), result in zip(loaded, results, strict=True):
             if isinstance(result, torch.OutOfMemoryError):
                 worker.free_memory()
@@ -153,7 +155,7 @@ def edit_items(contexts: list[ItemContext], worker: WorkerState, attempt: int) -
             if isinstance(result, BaseException):
                 outcomes[ctx.item_id] = failed_outcome(ctx, attempt, result)
                 continue
-            worker.measured(result.peak_memory, result.batch["size"])
+            worker.measured(result.peak_memory, result.batch, result.working_size)
             try:
                 outcomes[ctx.item_id] = _write_outputs(ctx, result, worker, attempt), None
             except Exception as error:  # a full disk, an unreachable store: this item's row says so

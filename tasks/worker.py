@@ -16,6 +16,7 @@ from typing import IO
 
 import torch
 
+from dragnext.batching import item_mb_at_512
 from dragnext.model import DragModel, ModelSource, load_model
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ class WorkerState:
         self._lock: IO | None = None  # held open for the life of the process
         self._models: dict[ModelSource, DragModel] = {}
         self.loads = 0
-        self.item_mb: float | None = None  # CUDA: the largest peak per item of its batches so far
+        # CUDA: the largest peak per 512² item of its batches so far (`dragnext.batching`)
+        self.item_mb_at_512: float | None = None
 
-    def measured(self, peak_memory: dict, batch_size: int) -> None:
+    def measured(self, peak_memory: dict, batch: dict, working_size: tuple[int, int]) -> None:
         """Learn the per-item memory from a batch's peak above the models, to size the next batches."""
-        if peak_memory.get("kind") == "cuda_max_allocated":
-            per_item = (peak_memory["mb"] - peak_memory["before_mb"]) / batch_size
-            self.item_mb = max(self.item_mb or 0.0, per_item)
+        found = item_mb_at_512(peak_memory, batch, working_size)
+        if found is not None:
+            self.item_mb_at_512 = max(self.item_mb_at_512 or 0.0, found)
 
     @property
     def device(self) -> torch.device:

@@ -150,19 +150,57 @@ def test_a_config_section_no_stage_names_counts_for_the_method_and_after(scene, 
     assert {s for s in STAGES if a[s] != b[s]} == {"pbsi", "denoise", "decode"}
 
 
+def fake_cuda(monkeypatch, free_gb: float, reserved_gb: float = 0.0, allocated_gb: float = 0.0) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gb * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved_gb * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated_gb * 2**30)
+
+
 def test_the_default_batch_fits_the_free_cuda_memory_at_the_measured_item_peak(monkeypatch):
     from dragnext.batching import CPU_BATCH_SIZE, default_batch_size
-    from tasks.worker import WorkerState
 
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
+    fake_cuda(monkeypatch, free_gb=80)
     cuda, config = torch.device("cuda"), build_config()
     side = (512, 512)
     assert default_batch_size(cuda, config, side) == 16  # the estimate: 4 GB per 512² item, at most 16
     assert default_batch_size(cuda, config, (1024, 1024)) == 4  # 16 GB per 1024² item (SDXL): 0.8 · 80 / 16
-    assert default_batch_size(cuda, config, side, item_mb=8192) == 8  # 0.8 · 80 GB / 8 GB
-    assert default_batch_size(cuda, build_config(overrides=["runtime.batch_size=3"]), side, item_mb=8192) == 3
+    assert default_batch_size(cuda, config, side, item_mb_at_512=8192) == 8  # 0.8 · 80 GB / 8 GB
+    assert default_batch_size(cuda, build_config(overrides=["runtime.batch_size=3"]), side,
+                              item_mb_at_512=8192) == 3
     assert default_batch_size(torch.device("cpu"), config, side) == CPU_BATCH_SIZE
+
+
+def test_a_peak_learnt_on_small_items_is_scaled_to_large_ones(monkeypatch):
+    from dragnext.batching import default_batch_size
+    from tasks.worker import WorkerState
+
+    fake_cuda(monkeypatch, free_gb=80)
     worker = WorkerState()
-    worker.measured({"kind": "cuda_max_allocated", "mb": 2500.0 + 4 * 6000.0, "before_mb": 2500.0}, 4)
-    worker.measured({"kind": "process_peak_rss", "mb": 99999.0}, 1)  # the CPU teaches nothing
-    assert worker.item_mb == 6000.0
+    # 16 items of 64² peaked at 16 x 64 MB above the models: 4 096 MB per 512² item
+    worker.measured({"kind": "cuda_max_allocated", "mb": 2500.0 + 16 * 64.0, "before_mb": 2500.0},
+                    {"size": 16, "stage_sizes": {"lora": 16, "pbsi": 16}}, (64, 64))
+    assert worker.item_mb_at_512 == 4096.0
+    # a 1024² item needs 16 GB: 4 fit in 0.8 · 80 GB (not the 16 an unscaled 64 MB says), 3 in 0.8 · 60
+    assert default_batch_size(torch.device("cuda"), build_config(), (1024, 1024), worker.item_mb_at_512) == 4
+    fake_cuda(monkeypatch, free_gb=60)
+    assert default_batch_size(torch.device("cuda"), build_config(), (1024, 1024), worker.item_mb_at_512) == 3
+    worker.measured({"kind": "process_peak_rss", "mb": 99999.0}, {"size": 1}, (512, 512))  # the CPU: nothing
+    assert worker.item_mb_at_512 == 4096.0
+
+
+def test_a_split_batch_s_peak_is_divided_by_the_items_that_ran_together():
+    from tasks.worker import WorkerState
+
+    worker = WorkerState()
+    # handed 8, split to 2 by an out-of-memory: the 12 GB peak is 2 items', not 8 items'
+    worker.measured({"kind": "cuda_max_allocated", "mb": 2000.0 + 12288.0, "before_mb": 2000.0},
+                    {"size": 8, "stage_sizes": {"lora": 2, "inversion": 2, "pbsi": 2}}, (512, 512))
+    assert worker.item_mb_at_512 == 6144.0
+
+
+def test_memory_the_allocator_holds_cached_counts_as_free(monkeypatch):
+    from dragnext.batching import default_batch_size
+
+    # 8 GB free on the device, but the allocator caches 40 GB of which 8 GB are in use
+    fake_cuda(monkeypatch, free_gb=8, reserved_gb=40, allocated_gb=8)
+    assert default_batch_size(torch.device("cuda"), build_config(), (512, 512), 4096.0) == 8  # 0.8 · 40 / 4

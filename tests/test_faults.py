@@ -5,11 +5,11 @@ or duplicated, and what failed is retried to success."""
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -19,8 +19,8 @@ import pytest
 from flows.cli import DEMO_MANIFEST, main
 from flows.results import read_results
 from flows.shard import progress_log
-from infra.faults import item_workers, store_behind_proxy
-from manifests.schema import read_table
+from infra.faults import store_behind_proxy
+from manifests.schema import read_table, write_manifest
 from tests.conftest import FAST, wait_for
 from tests.scenes import SYNTHETIC
 
@@ -43,39 +43,84 @@ def assert_one_row_per_item(results: list[dict], n: int) -> None:
     assert len(results) == n and len({r["item_id"] for r in results}) == n
 
 
-def test_a_killed_worker_fails_only_its_batch_and_a_retry_completes_it(tmp_path, tiny_model_dir, capsys):
+class KillWorkers(logging.Handler):
+    """SIGKILLs a worker as it starts a batch that holds `item` (its forwarded "editing …"
+    line), at most `times` times: an item that kills every worker that edits it, as a crash
+    in a native library or the kernel's OOM killer does, or a one-off kill."""
+
+    def __init__(self, item: str | None = None, times: int = 1_000):
+        super().__init__()
+        self.item, self.times, self.killed = item, times, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.match(r"\[worker (\d+)\] tasks\.pool: editing (.*) \(attempt", record.getMessage())
+        if found and len(self.killed) < self.times and (self.item is None
+                                                         or self.item in found[2].split(", ")):
+            self.killed.append((int(found[1]), found[2]))
+            os.kill(int(found[1]), signal.SIGKILL)
+
+
+@pytest.fixture
+def kill_workers():
+    handlers = []
+
+    def attach(**kwargs) -> KillWorkers:
+        handlers.append(KillWorkers(**kwargs))
+        logging.getLogger("tasks.pool.worker").addHandler(handlers[-1])
+        return handlers[-1]
+
+    yield attach
+    for handler in handlers:
+        logging.getLogger("tasks.pool.worker").removeHandler(handler)
+
+
+def synthetic_job(tmp_path, ids: list[str]) -> Path:
+    """The synthetic scenes' folder with a manifest of its translate row under each id."""
+    folder = tmp_path / "job"
+    shutil.copytree(SYNTHETIC.parent, folder)
+    row = read_table(str(SYNTHETIC)).to_pylist()[0]
+    write_manifest([{**row, "item_id": item_id} for item_id in ids], str(folder / "manifest.parquet"))
+    return folder / "manifest.parquet"
+
+
+def test_a_worker_killed_once_mid_batch_costs_no_item(tmp_path, tiny_model_dir, kill_workers, capsys):
     out = tmp_path / "out"
-    # batches long enough to be killed mid-way, four of them for the two workers
-    slow = [*SETS, "--set", "pbsi.iterations=25", "--set", "runtime.batch_size=2"]
-    killed = {}
-
-    def kill_a_busy_worker() -> None:
-        wait_for(lambda: rows_written(out) >= 1, 300, "the first finished item")
-        time.sleep(1.0)
-        workers = item_workers()
-        killed["pid"] = workers[0].pid
-        workers[0].send_signal(signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
-    killer.start()
+    killer = kill_workers(times=1)
     code = main(["run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
-                 "--workers", "2", *slow])
-    killer.join()
-    assert code == 1
+                 "--workers", "2", *SETS, "--set", "runtime.batch_size=2"])
+    assert len(killer.killed) == 1
+    assert code == 0, capsys.readouterr()
     results = read_results(str(out / "results.parquet"))
     assert_one_row_per_item(results, DEMO_ITEMS)
-    failed = [r for r in results if r["status"] == "failed"]
-    assert 1 <= len(failed) <= 2, results  # only the batch the worker was editing
-    assert all(f"WorkerLost: worker process {killed['pid']} died" in r["error"] for r in failed)
-    assert all(r["attempts"] == 1 for r in failed)
-    assert sum(r["status"] == "succeeded" for r in results) == DEMO_ITEMS - len(failed)  # the others went on
-    assert f"dragnext retry {out / 'results.parquet'}" in capsys.readouterr().out
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 for r in results), results
+    pid, batch = killer.killed[0]
+    for item_id in batch.split(", "):  # the lost batch was edited again, on a fresh worker
+        record = json.loads((out / "items" / item_id / "record.json").read_text())
+        assert record["worker_losses"] == [f"worker died (signal SIGKILL) editing {batch}"]
+        assert record["worker"]["pid"] != pid
 
-    assert main(["-q", "retry", str(out / "results.parquet"), "--workers", "2"]) == 0
-    after = {r["item_id"]: r for r in read_results(str(out / "results.parquet"))}
-    assert_one_row_per_item(list(after.values()), DEMO_ITEMS)
-    assert all(r["status"] == "succeeded" for r in after.values())
-    assert after[failed[0]["item_id"]]["attempts"] == 2
+
+def test_an_item_that_kills_every_worker_fails_alone_and_its_batch_mates_succeed(tmp_path, tiny_model_dir,
+                                                                                kill_workers, capsys):
+    manifest, out = synthetic_job(tmp_path, ["good-a", "poison", "good-b"]), tmp_path / "out"
+    killer = kill_workers(item="poison")
+    code = main(["run", str(manifest), "--output", str(out), "--model", str(tiny_model_dir),
+                 "--workers", "2", "--retries", "2", *SETS, "--set", "runtime.batch_size=3"])
+    assert code == 1
+    rows = {r["item_id"]: r for r in read_results(str(out / "results.parquet"))}
+    assert rows["good-a"]["status"] == rows["good-b"]["status"] == "succeeded", rows
+    poison = rows["poison"]
+    assert poison["status"] == "failed" and poison["attempts"] == 1  # not retried: it is the item
+    assert poison["error"].startswith(f"WorkerKilled: killed its worker {len(killer.killed)} times "
+                                      "(signal SIGKILL), the last editing it alone"), poison["error"]
+    # the batch twice, then halves until the item was alone: [a] [poison, b] then [poison] [b]
+    lost = [batch for _, batch in killer.killed]
+    assert lost == ["good-a, poison, good-b"] * 2 + ["poison, good-b", "poison"], lost
+    for item_id, lost in (("good-a", 2), ("good-b", 3)):  # every loss it was part of, recorded
+        record = json.loads((out / "items" / item_id / "record.json").read_text())
+        assert record["worker_losses"] == [f"worker died (signal SIGKILL) editing {batch}"
+                                           for _, batch in killer.killed[:lost]], record["worker_losses"]
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.fixture
