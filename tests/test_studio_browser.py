@@ -37,6 +37,7 @@ from tests.scenes import dragnext_command
 pytestmark = pytest.mark.ui
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = os.environ.get("DRAGNEXT_SCREENSHOTS")
+REBOUND = "rebind.test"
 
 
 @pytest.fixture
@@ -68,7 +69,9 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1150"):
+    # `rebind.test` resolves to 127.0.0.1: a name an attacker re-pointed at the studio (DNS rebinding)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1150",
+                     f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
@@ -119,7 +122,8 @@ def demo_results(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_results):
     home = tmp_path_factory.mktemp("studio")
-    server = Studio(home, "--results", demo_results)
+    server = Studio(home, "--results", demo_results, "--write-prefix", str(home / "authored"))
+    server.authored = home / "authored"
     yield server
     server.stop()
 
@@ -218,7 +222,7 @@ def test_author_a_drag_edit_it_now_and_add_it_to_a_manifest_that_runs(browser, s
     assert "timings_s" in by_id(browser, "record").text
     screenshot(browser, "studio-author.png")
 
-    manifest = tmp_path / "authored" / "manifest.parquet"
+    manifest = studio.authored / "manifest.parquet"
     by_id(browser, "item-id").clear()
     by_id(browser, "item-id").send_keys("authored-translate")
     by_id(browser, "target-manifest").send_keys(str(manifest))
@@ -349,7 +353,8 @@ def test_the_prefect_form_launches_a_run_whose_artifact_links_open_and_the_studi
             href = links[0].get_attribute("href")
             assert href.startswith(stack.env["DRAGNEXT_STUDIO_URL"] + "/api/results/file?")
 
-            studio = Studio(tmp_path, env=clean_env(tmp_path, PREFECT_API_URL=stack.url), port=studio_port)
+            studio = Studio(tmp_path, "--allow-prefix", str(out), env=clean_env(tmp_path, PREFECT_API_URL=stack.url),
+                            port=studio_port)
             browser.get(href)  # the link from the artifact opens the image
             wait.until(lambda d: d.execute_script("return document.images.length === 1 && "
                                                   "document.images[0].naturalWidth > 0"))
@@ -375,3 +380,174 @@ def test_the_prefect_form_launches_a_run_whose_artifact_links_open_and_the_studi
             studio.stop()
         stack.stop()
         stack_database.close()
+
+
+# The attacks of issue 31, each in the browser against a studio on loopback, with a second
+# local server (tests/attacker.py) standing in for the attacker's site. Each must fail
+# safely: nothing read, fetched, written or run, and the page says why in one sentence.
+SCRIPT = "<img src=x onerror=window.pwned=1;alert(1)>"
+
+
+def crafted_results(folder: Path) -> str:
+    """A run whose first row names /etc/passwd and whose text fields carry a script."""
+    import pyarrow as pa
+
+    from manifests.schema import write_table
+    from tests.test_studio import results_file
+
+    uri = results_file(folder, 2)
+    rows = read_table(uri).to_pylist()
+    rows[0] |= {"status": SCRIPT, "error": SCRIPT, "review_reasons": SCRIPT, "needs_review": True,
+                "preview_uri": "/etc/passwd", "record_uri": "/etc/passwd", "metrics": [(SCRIPT, 1.0)],
+                "drags": [{"type": SCRIPT}]}
+    write_table(pa.Table.from_pylist(rows, schema=read_table(uri).schema), uri)
+    return uri
+
+
+def scripted_manifest(folder: Path) -> str:
+    """The demo manifest with an item id that is a script (the API refuses such an id, so it
+    is written here as another tool could)."""
+    from manifests.schema import write_table
+
+    table = read_table(str(DEMO_MANIFEST))
+    ids = [SCRIPT] + table.column("item_id").to_pylist()[1:]
+    manifest = folder / "manifest.parquet"
+    write_table(table.set_column(table.schema.get_field_index("item_id"), "item_id", [ids]), str(manifest))
+    return str(manifest)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """A studio that reads a crafted run and a scripted manifest and writes under `authored`."""
+    home = tmp_path_factory.mktemp("target")
+    (home / "run").mkdir()
+    (home / "manifests").mkdir()
+    server = Studio(home, "--results", crafted_results(home / "run"), "--manifest",
+                    scripted_manifest(home / "manifests"), "--write-prefix", str(home / "authored"))
+    server.home = home
+    yield server
+    server.stop()
+
+
+def no_script_ran(driver) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text
+    assert driver.execute_script("return window.pwned === undefined")
+
+
+def page_text(driver) -> str:
+    return driver.find_element("tag name", "body").text
+
+
+def test_review_shows_a_stored_script_as_text_and_serves_no_file_outside_the_run(browser, target, evidence):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{target.url}/review")
+    wait.until(lambda d: "2 items" in by_id(d, "facets").text)
+    wait.until(lambda d: len(d.find_elements("css selector", ".card")) >= 1)
+    card = browser.find_element("css selector", ".card.flagged")
+    assert SCRIPT in card.text and card.find_elements("css selector", "img[src*='preview_uri']")
+    assert not card.find_elements("css selector", "img[src='x']")  # the script's markup is text
+    assert SCRIPT in [o.text for o in browser.find_elements("css selector", "#metric option")]
+    wait.until(lambda d: d.execute_script(  # the preview /etc/passwd: refused, so no image
+        "const i = document.querySelector('.card.flagged img'); return i.complete && i.naturalWidth === 0"))
+    card.find_element("css selector", ".open-item").click()
+    wait.until(lambda d: "record cannot be read" in by_id(d, "detail-record").text)
+    assert "root:" not in page_text(browser)
+    no_script_ran(browser)
+
+    # the file link itself, opened as a page: one sentence, not the file
+    run = target.home / "run" / "results.parquet"
+    browser.get(f"{target.url}/api/results/file?results_uri={run}&item_id=item-00000&kind=preview_uri")
+    text = page_text(browser)
+    assert "root:" not in text and "preview_uri: item 'item-00000' names a file outside" in text
+
+
+def test_http_and_file_results_are_refused_with_one_sentence_and_never_fetched(browser, target, evidence):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.attacker import Attacker
+
+    wait = WebDriverWait(browser, 30)
+    with Attacker() as other:
+        for uri in (f"{other.url}/results.parquet", "file:///etc/passwd"):
+            browser.get(f"{target.url}/review?results={uri}")
+            wait.until(lambda d: "may not read" in by_id(d, "facets").text)
+            assert "results_uri: the studio may not read" in by_id(browser, "facets").text
+        assert other.seen == []
+
+
+def test_author_lists_a_stored_script_id_as_text_and_refuses_to_add_it(browser, target, evidence):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{target.url}/author")
+    wait.until(lambda d: by_id(d, "manifest-uri").get_attribute("value").endswith("manifest.parquet"))
+    by_id(browser, "list-rows").click()
+    wait.until(lambda d: len(d.find_elements("css selector", "#rows option")) > 1)
+    assert browser.find_elements("css selector", "#rows option")[0].text == SCRIPT
+    no_script_ran(browser)
+
+    row = demo_row("translate-0100")
+    by_id(browser, "upload").send_keys(str(DEMO_MANIFEST.parent / row["image_uri"]))
+    wait.until(lambda d: d.execute_script("return state !== null && picture.complete"))
+    size = tuple(browser.execute_script("return size"))
+    by_id(browser, "add-drag").click()
+    draw_drag(browser, row, size)
+    by_id(browser, "item-id").clear()
+    by_id(browser, "item-id").send_keys(SCRIPT)
+    wait.until(lambda d: "item_id: must be 1-128 characters" in by_id(d, "item-findings").text)
+    by_id(browser, "target-manifest").send_keys(str(target.home / "authored" / "manifest.parquet"))
+    by_id(browser, "append").click()
+    wait.until(lambda d: "item_id: must be 1-128 characters" in by_id(d, "append-result").text)
+    assert by_id(browser, "append-result").text.startswith("not added: ")
+    assert not (target.home / "authored").exists()
+    no_script_ran(browser)
+
+
+def attacker_page(studio_url: str, attacker_url: str, run: Path, folder: Path) -> bytes:
+    """One click on this page: forged posts to the studio (a fetch and a form), then the
+    studio's Review sent to the attacker's results file, whose script would post on."""
+    append = json.dumps({"manifest": str(folder / "evil" / "manifest.parquet"), "state": {}})
+    send = json.dumps({"results": str(run), "items": ["item-00001"], "pad": ""})[:-2]
+    return f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{studio_url}/api/results/send-back" enctype="text/plain">
+<input type="hidden" name='{send}' value='"}}'></form>
+<script>
+fetch("{studio_url}/api/manifest/append", {{method: "POST", mode: "no-cors",
+  headers: {{"Content-Type": "text/plain"}}, body: {json.dumps(append)}}}).finally(() => {{
+  if (location.hash === "#form") document.getElementById("f").submit();
+  else location = "{studio_url}/review?results={attacker_url}/results.parquet";
+}});
+</script></body></html>""".encode()
+
+
+def test_the_cross_origin_one_click_chain_is_broken_at_every_link(browser, target, tmp_path, evidence):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.attacker import Attacker
+
+    wait = WebDriverWait(browser, 30)
+    run = target.home / "run" / "results.parquet"
+    with Attacker() as other:
+        other.pages["/"] = ("text/html", attacker_page(target.url, other.url, run, target.home))
+        other.pages["/results.parquet"] = ("application/octet-stream", run.read_bytes())
+        browser.get(f"{other.url}/")
+        wait.until(lambda d: d.current_url.startswith(target.url))
+        wait.until(lambda d: "may not read" in by_id(d, "facets").text)
+        no_script_ran(browser)
+        browser.get(f"{other.url}/#form")  # the forged form posts to send-back
+        wait.until(lambda d: d.current_url.startswith(target.url))
+        assert "refused: a request from another site cannot change the studio" in page_text(browser)
+        # only its own page was asked for: nothing fetched from it, nothing sent to it
+        assert {s.path for s in other.seen} <= {"/", "/favicon.ico"} and all(not s.body for s in other.seen)
+    assert not (target.home / "evil").exists() and not (target.home / "run" / "retries").exists()
+
+
+def test_a_rebound_host_name_is_misdirected(browser, target, evidence):
+    browser.get(f"http://{REBOUND}:{target.port}/author")
+    assert f"misdirected request: this studio answers only at 127.0.0.1:{target.port}" in page_text(browser)
+    assert not browser.find_elements("id", "canvas")
