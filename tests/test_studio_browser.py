@@ -353,8 +353,8 @@ def test_the_prefect_form_launches_a_run_whose_artifact_links_open_and_the_studi
             href = links[0].get_attribute("href")
             assert href.startswith(stack.env["DRAGNEXT_STUDIO_URL"] + "/api/results/file?")
 
-            studio = Studio(tmp_path, "--allow-prefix", str(out), env=clean_env(tmp_path, PREFECT_API_URL=stack.url),
-                            port=studio_port)
+            studio = Studio(tmp_path, "--allow-prefix", str(out), port=studio_port,
+                            env=clean_env(tmp_path, PREFECT_API_URL=stack.url))
             browser.get(href)  # the link from the artifact opens the image
             wait.until(lambda d: d.execute_script("return document.images.length === 1 && "
                                                   "document.images[0].naturalWidth > 0"))
@@ -433,7 +433,7 @@ def no_script_ran(driver) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
+        driver.switch_to.alert.accept()
     assert driver.execute_script("return window.pwned === undefined")
 
 
