@@ -6,8 +6,9 @@ The default on the CPU is what `make throughput` measured best on 2 cores
 PyTorch's allocator holds cached and would reuse) at the per-item peak measured on this
 worker's earlier batches, or before any at a conservative estimate. Peaks are kept per
 item at 512² (`item_mb_at_512`) and scaled by the working size's pixels: an item's
-activations grow with its latent's area; one that is too high costs throughput, one that is too low costs nothing worse
-than a split: a batch that runs out of memory is halved and run again (`dragnext.graph`).
+activations grow with its latent's area. A size that is too high costs throughput, one
+that is too low costs nothing worse than a split: a batch that runs out of memory is
+halved and run again (`dragnext.graph`).
 """
 
 from __future__ import annotations

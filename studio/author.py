@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -20,8 +19,9 @@ from dragnext.instruction import EditItem, InvalidItemError, read_image
 from dragnext.peers.warp import warp_latent
 from dragnext.preview import overlay
 from dragnext.stages import region_drags
+from manifests.append import appended, locked
 from manifests.items import Problem, load_item, read_manifest, validate_rows
-from manifests.schema import MANIFEST, ManifestError, write_table
+from manifests.schema import ManifestError, write_table
 from manifests.storage import exists, join, parent, write_bytes
 from manifests.uris import UriPolicy
 from studio.state import AuthorState, DragState, Region
@@ -98,40 +98,32 @@ def _point(p: tuple[float, float] | None) -> dict | None:
 
 
 class ManifestWriter:
-    """Appends items to manifests. One append at a time per studio: a manifest is a single
-    Parquet file, rewritten whole."""
+    """Appends items to manifests: only the new row changes (`manifests.append`), under the
+    manifest's own lock, so studios in several processes or on several hosts all land."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.owner = f"studio-{uuid.uuid4().hex[:12]}"
 
     def append(self, manifest_uri: str, item: EditItem, params: str | None,
                base: EditConfig) -> tuple[int, list[Problem]]:
         """Write the item's image and masks beside the manifest (`images/`, `masks/`) and
         append its row; return the manifest's rows and its problems after the append (none
         for a manifest that was clean). Refuses an item id the manifest already has."""
-        with self._lock:
-            table = self._table(manifest_uri)
-            if item.item_id in table.column("item_id").to_pylist():
-                raise InvalidItemError(item.item_id, "item_id", f"the manifest {manifest_uri} already has it")
+        with locked(manifest_uri, self.owner) as table:
+            if exists(manifest_uri):
+                conformed = read_manifest(manifest_uri)  # as a run will read it
+                if conformed.problems:
+                    raise ManifestError(f"manifest {manifest_uri} cannot be read: "
+                                        f"{'; '.join(conformed.problems)}")
+                if item.item_id in conformed.table.column("item_id").to_pylist():
+                    raise InvalidItemError(item.item_id, "item_id",
+                                           f"the manifest {manifest_uri} already has it")
             folder = parent(manifest_uri)
-            row = self._write_files(folder, item, params)
-            extra = {name: None for name in table.column_names if name not in row}  # its own columns
-            appended = pa.concat_tables([table, pa.Table.from_pylist([row | extra], schema=table.schema)])
-            write_table(appended.replace_schema_metadata(MANIFEST.metadata), manifest_uri)
-            conformed = read_manifest(manifest_uri)  # as a run will read it
-            problems = validate_rows(conformed.table.to_pylist(), base, UriPolicy(folder), "files",
-                                     row_problems=conformed.row_problems)
-            return conformed.table.num_rows, problems
-
-    @staticmethod
-    def _table(manifest_uri: str) -> pa.Table:
-        """The manifest so far (every column it has, the project's and its own), or none."""
-        if not exists(manifest_uri):
-            return MANIFEST.empty_table()
+            write_table(appended(table, [self._write_files(folder, item, params)]), manifest_uri)
         conformed = read_manifest(manifest_uri)
-        if conformed.problems:
-            raise ManifestError(f"manifest {manifest_uri} cannot be read: {'; '.join(conformed.problems)}")
-        return conformed.table
+        problems = validate_rows(conformed.table.to_pylist(), base, UriPolicy(folder), "files",
+                                 row_problems=conformed.row_problems)
+        return conformed.table.num_rows, problems
 
     @staticmethod
     def _write_files(folder: str, item: EditItem, params: str | None) -> dict:

@@ -49,7 +49,7 @@ def test_an_item_that_kills_every_worker_is_bisected_out_and_fails_alone(poison,
     done = dict(zip("abcd", edit_with_retries(contexts(*"abcd"), workers, retries=2, delays_s=[0.0]),
                     strict=True))
     assert [ids for ids, _ in workers.batches] == batches  # no retry of the blamed item either
-    for item, (row, error) in done.items():
+    for item, (row, _) in done.items():
         assert row["status"] == ("failed" if item == poison else "succeeded"), (item, row)
     row, error = done[poison]
     assert type(error).__name__ == "WorkerKilled" and row["attempts"] == 1
