@@ -25,18 +25,19 @@ block holds `layers_per_block` (+1 in the decoder) transformers, each
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from dragnext.model_files import ModelFileError, SchedulerFields, UnetFields, VaeFields, fields, read_config
 
 UNET_CLASS = "UNet2DConditionModel"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIME_IDS = 6  # SDXL's added time ids: original (h, w), crop (top, left), target (h, w)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ModelFileError):
     """A model folder of a family the method does not support; says what was found."""
 
 
@@ -74,14 +75,14 @@ def _depth(value: Any, transformers: int) -> int:
     return sum(value) if isinstance(value, (list, tuple)) else value * transformers
 
 
-def self_attention_counts(unet: Mapping[str, Any]) -> tuple[list[int], int, list[int]]:
+def self_attention_counts(unet: UnetFields) -> tuple[list[int], int, list[int]]:
     """Self-attention layers per down block, in the mid block, and per up block."""
-    down_types, up_types = unet["down_block_types"], unet["up_block_types"]
-    layers = _per_block(unet.get("layers_per_block", 2), len(down_types))
-    depth = _per_block(unet.get("transformer_layers_per_block", 1), len(down_types))
-    reverse_depth = unet.get("reverse_transformer_layers_per_block") or depth[::-1]
+    down_types, up_types = unet.down_block_types, unet.up_block_types
+    layers = _per_block(unet.layers_per_block, len(down_types))
+    depth = _per_block(unet.transformer_layers_per_block, len(down_types))
+    reverse_depth = unet.reverse_transformer_layers_per_block or depth[::-1]
     down = [_depth(depth[i], layers[i]) if "CrossAttn" in t else 0 for i, t in enumerate(down_types)]
-    mid_type = unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    mid_type = unet.mid_block_type
     mid = _depth(depth[-1], 1) if mid_type and "CrossAttn" in mid_type else 0
     up = [_depth(reverse_depth[i], layers[::-1][i] + 1) if "CrossAttn" in t else 0
           for i, t in enumerate(up_types)]
@@ -94,17 +95,16 @@ def _unsupported(found: str) -> UnsupportedModelError:
         "folders in diffusers format (a 4-channel UNet2DConditionModel with a KL VAE).")
 
 
-def _check_unet(unet: Mapping[str, Any], text_encoders: int) -> None:
-    name = unet.get("_class_name", UNET_CLASS)
-    if name != UNET_CLASS:
-        raise _unsupported(f"its unet is a {name}, not a {UNET_CLASS}")
-    if unet.get("in_channels", 4) != 4 or unet.get("out_channels", 4) != 4:
-        raise _unsupported(f"a UNet with {unet.get('in_channels')} input and {unet.get('out_channels')} "
+def _check_unet(unet: UnetFields, text_encoders: int) -> None:
+    if unet.class_name != UNET_CLASS:
+        raise _unsupported(f"its unet is a {unet.class_name}, not a {UNET_CLASS}")
+    if unet.in_channels != 4 or unet.out_channels != 4:
+        raise _unsupported(f"a UNet with {unet.in_channels} input and {unet.out_channels} "
                            "output channels (an inpainting, depth or upscaling model)")
-    if unet.get("class_embed_type") is not None:
-        raise _unsupported(f"a UNet with class_embed_type={unet['class_embed_type']!r} (an upscaling "
+    if unet.class_embed_type is not None:
+        raise _unsupported(f"a UNet with class_embed_type={unet.class_embed_type!r} (an upscaling "
                            "or image-variation model)")
-    added = unet.get("addition_embed_type")
+    added = unet.addition_embed_type
     if added not in (None, "text_time"):
         raise _unsupported(f"a UNet with addition_embed_type={added!r}")
     if added == "text_time" and text_encoders != 2:
@@ -112,42 +112,44 @@ def _check_unet(unet: Mapping[str, Any], text_encoders: int) -> None:
                            "conditions on one encoder and an aesthetic score)")
     if added is None and text_encoders != 1:
         raise _unsupported(f"{text_encoders} text encoders for a UNet without added conditioning")
-    if len(unet["up_block_types"]) < 2:
-        raise _unsupported("a UNet with fewer than two decoder stages")
 
 
 def describe(unet: Mapping[str, Any], vae: Mapping[str, Any], scheduler: Mapping[str, Any],
-             text_encoders: int) -> Architecture:
+             text_encoders: int, names: tuple[str, str, str] = ("unet config", "vae config",
+                                                               "scheduler config")) -> Architecture:
     """The architecture of a model from its component configs (dicts or diffusers
-    `FrozenDict`s): what `dragnext.model` and the stages read instead of assuming SD1.5."""
+    `FrozenDict`s, checked field by field, `names` naming them in errors): what
+    `dragnext.model` and the stages read instead of assuming SD1.5."""
+    unet = fields(UnetFields, unet, names[0])
+    vae = fields(VaeFields, vae, names[1])
+    scheduler = fields(SchedulerFields, scheduler, names[2])
     _check_unet(unet, text_encoders)
-    if vae.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-        raise _unsupported(f"its VAE is a {vae['_class_name']}, not an AutoencoderKL")
-    if vae.get("latent_channels", 4) != unet.get("in_channels", 4):
-        raise _unsupported(f"a VAE with {vae.get('latent_channels')} latent channels for a UNet that takes "
-                           f"{unet.get('in_channels', 4)}")
-    prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in PREDICTION_TYPES:
-        raise _unsupported(f"prediction_type={prediction!r} (supported: {', '.join(PREDICTION_TYPES)})")
-    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    if vae.class_name != "AutoencoderKL":
+        raise _unsupported(f"its VAE is a {vae.class_name}, not an AutoencoderKL")
+    if vae.latent_channels != unet.in_channels:
+        raise _unsupported(f"a VAE with {vae.latent_channels} latent channels for a UNet that takes "
+                           f"{unet.in_channels}")
+    if scheduler.prediction_type not in PREDICTION_TYPES:
+        raise _unsupported(f"prediction_type={scheduler.prediction_type!r} (supported: "
+                           f"{', '.join(PREDICTION_TYPES)})")
+    vae_factor = 2 ** (len(vae.block_out_channels) - 1)
     down, mid, up = self_attention_counts(unet)
     feature_block = len(up) - 2
     if up[-2] + up[-1] == 0:
         raise _unsupported("a UNet whose last two decoder stages have no self-attention")
-    added = unet.get("addition_embed_type") == "text_time"
-    linear = unet.get("use_linear_projection", False)  # SD2's transformers project linearly
+    added = unet.addition_embed_type == "text_time"
     return Architecture(
-        family="sdxl" if added else "sd2" if linear else "sd1",
-        prediction_type=prediction,
-        vae_scaling=float(vae.get("scaling_factor", 0.18215)),
+        family="sdxl" if added else "sd2" if unet.use_linear_projection else "sd1",  # SD2 projects linearly
+        prediction_type=scheduler.prediction_type,
+        vae_scaling=vae.scaling_factor,
         vae_factor=vae_factor,
-        native_size=int(unet["sample_size"]) * vae_factor,
-        size_multiple=vae_factor * 2 ** (len(unet["block_out_channels"]) - 1),
+        native_size=unet.native_latent * vae_factor,
+        size_multiple=vae_factor * 2 ** (len(unet.block_out_channels) - 1),
         text_encoders=text_encoders,
         added_time_ids=added,
         up_blocks=len(up),
         feature_block=feature_block,
-        feature_channels=int(unet["block_out_channels"][::-1][feature_block]),
+        feature_channels=unet.block_out_channels[::-1][feature_block],
         self_attention_layers=sum(down) + mid + sum(up),
         mutual_start_layer=sum(down) + mid + sum(up[:feature_block]),
     )
@@ -155,11 +157,9 @@ def describe(unet: Mapping[str, Any], vae: Mapping[str, Any], scheduler: Mapping
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return read_config(path)
     except FileNotFoundError:
         raise _unsupported(f"no {path.parent.name}/{path.name} in {path.parent.parent}") from None
-    except ValueError as error:
-        raise _unsupported(f"{path} is not valid JSON ({error})") from None
 
 
 def read_architecture(folder: str | Path, vae_folder: str | Path | None = None) -> Architecture:
@@ -170,12 +170,17 @@ def read_architecture(folder: str | Path, vae_folder: str | Path | None = None) 
         index = (folder / "model_index.json")
         found = _read_json(index).get("_class_name", "a transformer") if index.is_file() else "a transformer"
         raise _unsupported(f"{folder} holds a {found} (a transformer denoiser, not a UNet)")
-    vae_config = vae_config_path(Path(vae_folder)) if vae_folder else folder / "vae" / "config.json"
-    return describe(_read_json(folder / "unet" / "config.json"), _read_json(vae_config),
-                    _read_json(folder / "scheduler" / "scheduler_config.json"),
-                    text_encoders=2 if (folder / "text_encoder_2").is_dir() else 1)
+    paths = (folder / "unet" / "config.json",
+             vae_config_path(Path(vae_folder)) if vae_folder else folder / "vae" / "config.json",
+             folder / "scheduler" / "scheduler_config.json")
+    unet, vae, scheduler = (_read_json(path) for path in paths)
+    return describe(unet, vae, scheduler, text_encoders=2 if (folder / "text_encoder_2").is_dir() else 1,
+                    names=tuple(str(path) for path in paths))
 
 
 def vae_config_path(folder: Path) -> Path:
     """A VAE folder is either the AutoencoderKL itself or a model folder with a `vae/`."""
+    if not folder.is_dir():
+        raise ModelFileError(f"--vae {folder}: not a folder (give the AutoencoderKL's folder, with its "
+                             "config.json, or a model folder with a vae/)")
     return folder / "vae" / "config.json" if (folder / "vae").is_dir() else folder / "config.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -14,11 +15,11 @@ import transformers
 from PIL import Image
 from tqdm import tqdm
 
-from dragnext.architecture import UnsupportedModelError
 from dragnext.config import ConfigError, build_config, read_config_file
 from dragnext.edit import STAGES, edit
 from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
 from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, ModelSource, load_model, model_preset
+from dragnext.model_files import ModelFileError
 from dragnext.output_check import EditFailed
 from dragnext.style_lora import StyleLoraError
 from dragnext.tiny_model import ARCHS, save_tiny_model
@@ -32,7 +33,7 @@ class OutputPathError(ValueError):
 
 
 EXPECTED_ERRORS = (InvalidItemError, ConfigError, ModelNotFoundError, OutputPathError, EditFailed,
-                   UnsupportedModelError, StyleLoraError)
+                   ModelFileError, StyleLoraError)
 
 
 class StageProgress:
@@ -123,7 +124,19 @@ def add_model_arguments(command, default: str | None = DEFAULT_MODEL) -> None:
     command.add_argument("--vae", help="an AutoencoderKL folder that replaces the model's VAE")
     command.add_argument("--lora", help="a style LoRA (.safetensors in diffusers or kohya format, or a "
                          "folder holding one), fused into the model; each item's LoRA trains on top")
-    command.add_argument("--lora-scale", type=float, default=1.0, help="the style LoRA's weight (default 1)")
+    command.add_argument("--lora-scale", type=finite_float, default=1.0,
+                         help="the style LoRA's weight (default 1)")
+
+
+def finite_float(text: str) -> float:
+    """A number argument that is finite: argparse says so in one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:

@@ -4,7 +4,6 @@ makes on it (prompt conditioning, VAE encode/decode, a UNet forward)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dragnext.architecture import Architecture, UnsupportedModelError, describe,
 from dragnext.conditioning import Conditioning, embed_prompt
 from dragnext.config import EditConfig, build_config
 from dragnext.fingerprint import model_folder
+from dragnext.model_files import ModelFileError, check_tree, read_config
 from dragnext.model_source import DEFAULT_MODEL, ModelSource
 from dragnext.prediction import to_epsilon
 from dragnext.profiling import PassCounter
@@ -119,7 +119,7 @@ def model_preset(spec: str | Path) -> dict:
     """Config keys a local model folder recommends for itself (its `dragnext.json`), e.g. a
     working size other than SD1.5's 512. They sit between the defaults and the user's keys."""
     path = Path(spec).expanduser() / PRESET_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_config(path, f"--model {spec}: {PRESET_FILE}") if path.exists() else {}
 
 
 def _not_found(spec: str, cause: Exception) -> ModelNotFoundError:
@@ -148,8 +148,12 @@ def check_model_present(source: ModelSource | str) -> None:
         check_style_lora(source.lora)
     spec = source.model
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    if model_folder(spec) is None and (offline or spec.startswith((".", "/", "~"))):
+    folder = model_folder(spec)
+    if folder is None and (offline or spec.startswith((".", "/", "~"))):
         raise _not_found(spec, FileNotFoundError("not a local folder, and not in the Hugging Face cache"))
+    for tree, name in ((folder, "--model"), (model_folder(source.vae) if source.vae else None, "--vae")):
+        if tree is not None:
+            check_tree(tree, name)
 
 
 def checked_config(source: ModelSource, overrides: dict | None = None) -> EditConfig:
@@ -216,7 +220,7 @@ def load_model(spec: ModelSource | str | Path = DEFAULT_MODEL, device: torch.dev
         text_encoders, tokenizers = _text_encoders(source_path, encoders)
         vae = _vae(source_path, source.vae)
         scheduler = DDIMScheduler.from_pretrained(source_path, subfolder="scheduler")
-    except UnsupportedModelError:
+    except ModelFileError:
         raise
     except (OSError, ValueError) as error:
         raise _not_found(spec, error) from None

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 from safetensors import safe_open
 from torch import nn
+
+from dragnext.model_files import ModelFileError, check_regular
 
 ADAPTER = "style"
 
@@ -46,28 +49,52 @@ def lora_file(path: str | Path) -> Path:
     """The .safetensors file of `path`: itself, or the one a folder holds (diffusers'
     `pytorch_lora_weights.safetensors` first)."""
     path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    named = path / "pytorch_lora_weights.safetensors"
-    found = [named] if named.is_file() else sorted(path.glob("*.safetensors"))
-    if len(found) != 1:
-        raise StyleLoraError(f"--lora {path}: a folder must hold one .safetensors file "
-                             f"(found {len(found)})")
-    return found[0]
+    if not path.is_dir():
+        file = path
+    else:
+        named = path / "pytorch_lora_weights.safetensors"
+        found = [named] if named.exists() else sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise StyleLoraError(f"--lora {path}: a folder must hold one .safetensors file "
+                                 f"(found {len(found)})")
+        file = found[0]
+    try:
+        check_regular(file, "--lora")  # a FIFO would block safetensors' open for ever
+    except ModelFileError as error:
+        raise StyleLoraError(str(error)) from None
+    return file
 
 
 def check_style_lora(path: str | Path) -> None:
-    """Refuses, from the file's header alone, a `--lora` that is not a safetensors file of
-    LoRA weights, before a run spends anything on it."""
+    """Refuses a `--lora` that is not a safetensors file of LoRA weights, or whose weights
+    could not be fused (a factor that is not a matrix or conv kernel, a value that is not
+    finite), before a run spends anything on it."""
     file = lora_file(path)
     try:
         with safe_open(str(file), framework="pt") as weights:
             keys = list(weights.keys())
+            if not any("lora" in key for key in keys):
+                raise StyleLoraError(f"--lora {path}: holds no LoRA weights (no tensor name has 'lora'; "
+                                     f"first: {', '.join(keys[:2]) or 'none'})")
+            for key in keys:
+                _check_tensor(path, key, weights.get_tensor(key))
+    except StyleLoraError:
+        raise
     except Exception as error:  # safetensors raises its own error types for a bad header
         raise StyleLoraError(f"--lora {path}: not a safetensors file ({type(error).__name__})") from None
-    if not any("lora" in key for key in keys):
-        raise StyleLoraError(f"--lora {path}: holds no LoRA weights (no tensor name has 'lora'; "
-                             f"first: {', '.join(keys[:2]) or 'none'})")
+
+
+def _check_tensor(path: str | Path, key: str, tensor: torch.Tensor) -> None:
+    """A factor (lora_A/lora_B, lora_down/lora_up) is a matrix or a conv kernel; an alpha a
+    scalar; every value finite (a NaN fused into W would fail every item, far from here)."""
+    if key.endswith(".alpha"):
+        if tensor.numel() != 1:
+            raise StyleLoraError(f"--lora {path}: {key} holds {tensor.numel()} values; an alpha is one")
+    elif "lora" in key and tensor.dim() not in (2, 4):
+        raise StyleLoraError(f"--lora {path}: {key} is a {tensor.dim()}-d tensor; a LoRA factor is a "
+                             "matrix (or a 4-d conv kernel)")
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise StyleLoraError(f"--lora {path}: {key} holds values that are not finite (NaN or inf)")
 
 
 def fuse_style_lora(path: str | Path, scale: float, unet: nn.Module, text_encoders: list[nn.Module]) -> None:
