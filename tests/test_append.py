@@ -108,5 +108,6 @@ def test_two_processes_appending_8_rows_each_end_with_all_16_and_the_old_rows_un
     assert [o.count("appended") for o in outputs] == [8, 8]  # every one reported success
     after = read_table(str(manifest))
     assert after.num_rows == 2 + 16
-    assert sorted(after.column("item_id").to_pylist()[2:]) == sorted(f"{n}-{k}" for n in "ab" for k in range(8))
+    appended_ids = sorted(after.column("item_id").to_pylist()[2:])
+    assert appended_ids == sorted(f"{n}-{k}" for n in "ab" for k in range(8))
     assert after.slice(0, 2).select(before.column_names).equals(before)

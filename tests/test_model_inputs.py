@@ -42,8 +42,8 @@ def commands(model: Path, tmp_path: Path, *extra: str) -> list[list[str]]:
     """`run` and `edit` on the synthetic translate scene with `model` and `extra` arguments."""
     folder = SYNTHETIC.parent
     return [["run", str(SYNTHETIC), "--output", str(tmp_path / "out"), "--model", str(model), *extra],
-            ["edit", "--image", str(folder / "translate-disc.png"), "--instruction", str(tmp_path / "drag.json"),
-             "--out", str(tmp_path / "edited.png"), "--model", str(model), *extra]]
+            ["edit", "--image", str(folder / "translate-disc.png"),
+             "--instruction", str(tmp_path / "drag.json"), "--out", str(tmp_path / "edited.png"), "--model", str(model), *extra]]
 
 
 @pytest.fixture
@@ -54,7 +54,8 @@ def instruction(tmp_path):
     drag = row["drags"][0]
     shutil.copy(SYNTHETIC.parent / drag["handle_mask_uri"], tmp_path / "handle.png")
     (tmp_path / "drag.json").write_text(json.dumps({"drags": [{
-        "type": "translate", "handle_mask": "handle.png", "handle": [drag["handle"]["x"], drag["handle"]["y"]],
+        "type": "translate", "handle_mask": "handle.png",
+        "handle": [drag["handle"]["x"], drag["handle"]["y"]],
         "target": [drag["target"]["x"], drag["target"]["y"]]}]}))
 
 
@@ -93,7 +94,8 @@ def test_a_config_file_that_is_no_config_is_one_line(model, text, expected, tmp_
         assert_one_line(argv, "dragnext.json", capsys)
 
 
-def test_a_vae_with_no_blocks_or_given_as_a_file_is_refused_at_preflight(model, tmp_path, instruction, capsys):
+def test_a_vae_with_no_blocks_or_given_as_a_file_is_refused_at_preflight(model, tmp_path, instruction,
+                                                                         capsys):
     vae = Path(shutil.copytree(model / "vae", tmp_path / "vae"))
     config = json.loads((vae / "config.json").read_text())
     (vae / "config.json").write_text(json.dumps({**config, "block_out_channels": []}))
@@ -112,7 +114,8 @@ def test_a_non_finite_lora_scale_is_one_line(model, tmp_path, instruction, capsy
 
 
 @pytest.mark.parametrize("tensors, expected", [
-    ({f"{ATTN}.lora_A.weight": torch.full((4, 32), float("nan")), f"{ATTN}.lora_B.weight": torch.zeros(32, 4)},
+    ({f"{ATTN}.lora_A.weight": torch.full((4, 32), float("nan")),
+      f"{ATTN}.lora_B.weight": torch.zeros(32, 4)},
      f"{ATTN}.lora_A.weight holds values that are not finite"),
     ({f"{ATTN}.lora_A.weight": torch.tensor(1.0), f"{ATTN}.lora_B.weight": torch.tensor(2.0)},
      f"{ATTN}.lora_A.weight is a 0-d tensor; a LoRA factor is a matrix"),
