@@ -43,7 +43,8 @@ def commands(model: Path, tmp_path: Path, *extra: str) -> list[list[str]]:
     folder = SYNTHETIC.parent
     return [["run", str(SYNTHETIC), "--output", str(tmp_path / "out"), "--model", str(model), *extra],
             ["edit", "--image", str(folder / "translate-disc.png"),
-             "--instruction", str(tmp_path / "drag.json"), "--out", str(tmp_path / "edited.png"), "--model", str(model), *extra]]
+             "--instruction", str(tmp_path / "drag.json"), "--out", str(tmp_path / "edited.png"),
+             "--model", str(model), *extra]]
 
 
 @pytest.fixture
