@@ -411,6 +411,7 @@ def scripted_manifest(folder: Path) -> str:
 
     table = read_table(str(DEMO_MANIFEST))
     ids = [SCRIPT] + table.column("item_id").to_pylist()[1:]
+    shutil.copytree(DEMO_MANIFEST.parent, folder, dirs_exist_ok=True)  # its images and masks
     manifest = folder / "manifest.parquet"
     write_table(table.set_column(table.schema.get_field_index("item_id"), "item_id", [ids]), str(manifest))
     return str(manifest)
@@ -551,3 +552,27 @@ def test_a_rebound_host_name_is_misdirected(browser, target, evidence):
     browser.get(f"http://{REBOUND}:{target.port}/author")
     assert f"misdirected request: this studio answers only at 127.0.0.1:{target.port}" in page_text(browser)
     assert not browser.find_elements("id", "canvas")
+
+
+def test_a_manifest_row_s_masks_show_on_the_canvas_as_the_server_decodes_them(browser, target, evidence):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{target.url}/author")
+    wait.until(lambda d: by_id(d, "manifest-uri").get_attribute("value").endswith("manifest.parquet"))
+    by_id(browser, "list-rows").click()
+    wait.until(lambda d: len(d.find_elements("css selector", "#rows option")) > 1)
+    item_id = read_table(str(DEMO_MANIFEST)).column("item_id")[1].as_py()  # the first is the script's
+    Select(by_id(browser, "rows")).select_by_visible_text(item_id)
+    by_id(browser, "open-row").click()
+    wait.until(lambda d: d.execute_script("return state !== null && state.item_id === arguments[0]", item_id))
+    shown = browser.execute_script("""
+      const rle = state.drags[0].region.rle, picture = maskPicture(rle, COLOURS[0]);
+      const data = picture.getContext("2d").getImageData(0, 0, picture.width, picture.height).data;
+      const on = []; for (let i = 3; i < data.length; i += 4) on.push(data[i] > 0 ? 1 : 0);
+      return [picture.width, picture.height, on];""")
+    row = demo_row(item_id)
+    expected = np.asarray(Image.open(target.home / "manifests" / row["drags"][0]["handle_mask_uri"])) > 0
+    width, height, on = shown
+    assert (height, width) == expected.shape
+    assert np.array_equal(np.array(on, dtype=bool).reshape(height, width), expected)

@@ -65,12 +65,65 @@ function drawPoint(ctx, p, colour, label) {
   ctx.fillStyle = "#fff"; ctx.font = "11px sans-serif"; ctx.fillText(label, x + 7, y - 7);
 }
 
+// COCO's compressed RLE (what the segmenter and a manifest row's masks come as): run
+// lengths, column-major, starting with background.
+function rleRuns(counts) {
+  const runs = [];
+  for (let p = 0; p < counts.length;) {
+    let x = 0, k = 0, more = true;
+    while (more) {
+      const c = counts.charCodeAt(p++) - 48;
+      x |= (c & 0x1f) << (5 * k++);
+      more = (c & 0x20) !== 0;
+      if (!more && (c & 0x10)) x |= -1 << (5 * k);
+    }
+    if (runs.length > 2) x += runs[runs.length - 2];
+    runs.push(x);
+  }
+  return runs;
+}
+
+// A mask as a translucent picture in the image's pixels, cached on the RLE it came from.
+const maskPictures = new WeakMap();
+function maskPicture(rle, colour) {
+  if (maskPictures.has(rle)) return maskPictures.get(rle);
+  const [height, width] = rle.size, picture = document.createElement("canvas");
+  picture.width = width; picture.height = height;
+  const ctx = picture.getContext("2d"), pixels = ctx.createImageData(width, height);
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(colour.slice(i, i + 2), 16));
+  let index = 0;
+  rleRuns(rle.counts).forEach((run, i) => {
+    if (i % 2) for (let j = index; j < index + run; j++) {
+      const at = ((j % height) * width + Math.floor(j / height)) * 4;
+      pixels.data.set([r, g, b, 110], at);
+    }
+    index += run;
+  });
+  ctx.putImageData(pixels, 0, 0);
+  maskPictures.set(rle, picture);
+  return picture;
+}
+
+// Every part of a region as a translucent overlay: the segmented mask, the closed
+// polygons and the brush strokes as the bands the server paints.
 function drawRegion(ctx, region, colour) {
-  region.polygons.forEach((p) => drawPolygon(ctx, p, colour, true));
-  ctx.fillStyle = colour + "88";
-  region.strokes.forEach((s) => s.points.forEach((p) => {
-    const [x, y] = toCanvas(p); ctx.beginPath(); ctx.arc(x, y, s.radius * scale, 0, 2 * Math.PI); ctx.fill();
-  }));
+  if (region.rle) ctx.drawImage(maskPicture(region.rle, colour), 0, 0, $("canvas").width, $("canvas").height);
+  ctx.fillStyle = colour + "55";
+  region.polygons.forEach((p) => {
+    ctx.beginPath();
+    p.forEach((q, i) => { const [x, y] = toCanvas(q); i ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
+    ctx.closePath(); ctx.fill();
+    drawPolygon(ctx, p, colour, true);
+  });
+  ctx.strokeStyle = colour + "88"; ctx.lineCap = "round"; ctx.lineJoin = "round";
+  region.strokes.forEach((s) => {
+    ctx.lineWidth = Math.max(1, 2 * s.radius * scale);
+    ctx.beginPath();
+    s.points.forEach((q, i) => { const [x, y] = toCanvas(q); i ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
+    if (s.points.length === 1) ctx.lineTo(...toCanvas(s.points[0]));
+    ctx.stroke();
+  });
+  ctx.lineWidth = 2;
 }
 
 function draw() {
@@ -162,7 +215,11 @@ function addDrag(type) {
 
 function closePolygon() {
   const region = regionInUse();
-  if (region && pending.length >= 3) region.polygons.push(pending);
+  if (!region) {  // kept, not lost: it goes to the next drag added
+    $("canvas-help").textContent = "Add a drag (or pick the editable mask) to put this polygon on";
+    return;
+  }
+  if (pending.length >= 3) region.polygons.push(pending);
   pending = [];
   changed();
 }
