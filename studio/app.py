@@ -30,6 +30,7 @@ from dragnext.config import ConfigError, EditConfig, build_config
 from dragnext.instruction import InvalidItemError
 from dragnext.model import DEFAULT_MODEL, ModelSource, checked_config, load_model
 from flows.selection import SelectionError
+from manifests.append import ManifestBusy
 from manifests.items import read_manifest
 from manifests.schema import ManifestError
 from manifests.storage import OutputUnwritable, StoreUnavailable
@@ -205,6 +206,10 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, error: QueueFull) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=429)
+
+    @app.exception_handler(ManifestBusy)
+    async def manifest_busy(request: Request, error: ManifestBusy) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=409)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:

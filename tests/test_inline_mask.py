@@ -254,3 +254,19 @@ def test_a_manifest_whose_repeated_masks_decode_to_gigabytes_is_refused_before_d
     pq.write_table(polygons, path)
     with pytest.raises(ManifestError, match="polygons hold 33,000,00[0-9] coordinates in all; at most 32,"):
         read_manifest(str(path))
+
+
+def test_edit_and_the_studio_refuse_a_wrapping_run_length_mask_in_one_line(scene, capsys):
+    from studio.state import Region
+
+    folder, spec = scene
+    wrapping = {"rle": {**WRAPPING_RLE, "size": [96, 128]}}
+    inline = {**spec, "drags": [{**spec["drags"][0], "handle_mask": wrapping}]}
+    path = _write(folder, inline)
+    assert main(["-q", "edit", "--image", str(folder / "image.png"), "--instruction", str(path),
+                 "--out", str(folder / "edited.png"), "--model", "fixture/model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "drags[0].handle_mask.rle.counts: run 0 is a number of 13 characters" in err
+    assert len(err.splitlines()) == 1 and not (folder / "edited.png").exists()
+    with pytest.raises(InvalidMask, match="a number of 13 characters"):  # the studio's regions decode so
+        Region(rle=Rle(size=(96, 128), counts=WRAPPING_RLE["counts"])).mask((128, 96))
