@@ -48,7 +48,7 @@ preview-timing: setup
 
 # Author drags and review results in the browser, on the fixture model and the demo scenes.
 studio: setup
-	$(BIN)/dragnext studio --manifest manifests/examples/bench/manifest.parquet
+	$(BIN)/dragnext studio --allow-prefix $(CURDIR)/manifests/examples/bench --write-prefix $(CURDIR)/out/authored
 
 # The demo runs the batch flow (Prefect, ephemeral mode) over the shipped benchmark scenes
 # (manifests/examples/bench: a translate, a deform, a rotate and a scale, twice) with the committed

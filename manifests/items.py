@@ -54,6 +54,7 @@ from manifests.uris import UriPolicy
 # An id names output paths: `.` and `..` would name the folders above the item's own.
 # `fullmatch`, never `match` with `$`: `$` also matches before a final newline.
 ITEM_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,128}")
+ITEM_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots"
 # A row's config overrides are a handful of keys; anything longer is a mistake or an attack.
 MAX_PARAMS_CHARS = 16_384
 # Rows whose files are checked at once (each mostly waits on a ranged read).
@@ -206,8 +207,7 @@ def check_row(row: dict, base: EditConfig, policy: UriPolicy | None = None,
     Raises `InvalidItemError`."""
     item = row.get("item_id")
     if not isinstance(item, str) or not ITEM_ID.fullmatch(item):
-        raise InvalidItemError(str(item), "item_id",
-                               "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots")
+        raise InvalidItemError(str(item), "item_id", ITEM_ID_RULE)
     if not row.get("image_uri"):
         raise InvalidItemError(item, "image_uri", "is empty")
     spec = _in_columns(row, lambda: parse_instruction(instruction_of(row), item))

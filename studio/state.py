@@ -29,7 +29,7 @@ from dragnext.instruction import (
     parse_instruction,
     validate_item,
 )
-from manifests.items import ITEM_ID
+from manifests.items import ITEM_ID, ITEM_ID_RULE
 
 Point = tuple[float, float]
 # A region's polygon vertices and brush points in all: more is not drawn by hand (the page
@@ -39,7 +39,6 @@ MAX_BRUSH_RADIUS = 256
 # What one region's strokes may paint, in px (points x diameter^2): about a second of
 # drawing, so no request can cost minutes of CPU.
 MAX_PAINTED_PX = 400_000_000
-ITEM_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ - and not only dots"  # manifest validate's
 
 
 class Stroke(BaseModel):
@@ -138,7 +137,7 @@ def instruction_of(state: AuthorState, image: Image.Image) -> tuple[EditItem, li
     (complete or not); and the item to preview (`drawable`). The first is ready to edit when
     no finding is an error."""
     problems: list[Finding] = []
-    if not ITEM_ID.match(state.item_id):  # ids name output paths: refused before anything is written
+    if not ITEM_ID.fullmatch(state.item_id):  # ids name output paths: refused before anything is written
         problems.append(_error("item_id", ITEM_ID_RULE))
     drags, kept = [], []
     for i, d in enumerate(state.drags):
