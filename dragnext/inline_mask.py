@@ -33,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 # What one inline mask may hold: a hand-drawn outline has hundreds of vertices, a traced one
 # thousands; a million is no mask, it is an attempt to stall the validator.
 MAX_POLYGON_VERTICES = 100_000
+# pycocotools merges the polygons' encodings one by one, at a cost that grows with their
+# number times the runs so far: 33 000 thin triangles took 23 s.
+MAX_POLYGONS = 1_000
 MAX_RLE_CHARS = 4_000_000
 # The outline pycocotools walks, in image pixels (Σ max(|Δx|, |Δy|) over every edge): about
 # 60 bytes each at its 5× resolution, so this bounds one mask's rasterisation near 60 MB.
@@ -77,6 +80,8 @@ def check(mask: InlineMask, size: tuple[int, int] | None = None) -> None:
     if mask.polygons is not None:
         if not mask.polygons:
             raise InvalidMask("polygons", "at least one polygon is required")
+        if len(mask.polygons) > MAX_POLYGONS:
+            raise InvalidMask("polygons", f"{len(mask.polygons):,} polygons; at most {MAX_POLYGONS:,}")
         vertices = sum(len(polygon) // 2 for polygon in mask.polygons)
         if vertices > MAX_POLYGON_VERTICES:
             raise InvalidMask("polygons", f"{vertices:,} vertices; at most {MAX_POLYGON_VERTICES:,}")
@@ -154,6 +159,8 @@ def _rasterised(polygons: list[list[float]], height: int, width: int) -> str:
 def runs_of(counts: str) -> np.ndarray:
     """The run lengths of a compressed COCO RLE string (the module docstring gives the format)."""
     c = _digits(counts)
+    if not len(c):
+        return np.zeros(0, dtype=np.int64)
     more = (c & 0x20) != 0
     if len(c) and more[-1]:
         raise InvalidMask("rle.counts", "the string ends inside a number")

@@ -39,7 +39,13 @@ def check_regular(path: Path, name: str) -> None:
 def check_tree(folder: Path, name: str) -> None:
     """Every entry under `folder` is a regular file or a folder, or raises `ModelFileError`:
     the loaders open whichever files they look for, and a FIFO among them hangs the run."""
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        where = Path(root).stat()
+        if (where.st_dev, where.st_ino) in seen:  # a link back up: walked already
+            dirs[:] = []
+            continue
+        seen.add((where.st_dev, where.st_ino))
         for entry in files:
             path = Path(root) / entry
             if path.exists() or not path.is_symlink():  # a dangling link is what the loader reports

@@ -9,6 +9,7 @@ exactly once and stays when the per-image adapter is removed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +20,9 @@ from torch import nn
 from dragnext.model_files import ModelFileError, check_regular
 
 ADAPTER = "style"
+# A LoRA factor's name (peft's lora_A/lora_B, kohya's lora_down/lora_up); DoRA's magnitude
+# vectors and biases are 1-d and not factors.
+_FACTOR = re.compile(r"lora[._](A|B|up|down)[._](default[._])?weight$")
 
 
 class StyleLoraError(ValueError):
@@ -90,7 +94,7 @@ def _check_tensor(path: str | Path, key: str, tensor: torch.Tensor) -> None:
     if key.endswith(".alpha"):
         if tensor.numel() != 1:
             raise StyleLoraError(f"--lora {path}: {key} holds {tensor.numel()} values; an alpha is one")
-    elif "lora" in key and tensor.dim() not in (2, 4):
+    elif _FACTOR.search(key) and tensor.dim() not in (2, 4):
         raise StyleLoraError(f"--lora {path}: {key} is a {tensor.dim()}-d tensor; a LoRA factor is a "
                              "matrix (or a 4-d conv kernel)")
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -66,9 +66,6 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # mask strings: both are counted before anything is decoded.
 MAX_MANIFEST_RLE_CHARS = 256_000_000
 MAX_MANIFEST_POLYGON_NUMBERS = 32_000_000
-_RLE_COUNTS = ("editable_mask.rle.counts", "drags.list.element.handle_mask.rle.counts")
-_POLYGON_NUMBERS = ("editable_mask.polygons.list.element.list.element",
-                    "drags.list.element.handle_mask.polygons.list.element.list.element")
 # A mask field of the instruction, as an error names it (`drags[2].handle_mask`).
 _MASK_FIELD = re.compile(r"(?:drags\[(\d+)\]\.)?(handle_mask|editable_mask)")
 
@@ -374,14 +371,21 @@ def conform(table: pa.Table) -> Conformed:
     return Conformed(pa.Table.from_arrays([columns[n] for n in names], names=names), problems, row_problems)
 
 
-def _check_polygon_numbers(uri: str, metadata: pq.FileMetaData) -> None:
-    """Polygon coordinates counted from the file's metadata, before a column is read."""
+def _mask_columns(uri: str, metadata: pq.FileMetaData) -> list[str]:
+    """The inline masks' RLE string columns (to be read dictionary-encoded), once their
+    polygon coordinates, counted from the file's metadata, are within the budget. Matched
+    by the paths' parts, not spelled out: older writers name a list's items `item`, not
+    `element`."""
+    paths = [metadata.schema.column(c).path for c in range(metadata.num_columns)]
+    masks = [p for p in paths if p.split(".")[0] in ("editable_mask", "drags")]
+    polygons = {p for p in masks if ".polygons." in p}
     numbers = sum(metadata.row_group(g).column(c).num_values
                   for g in range(metadata.num_row_groups) for c in range(metadata.num_columns)
-                  if metadata.row_group(g).column(c).path_in_schema in _POLYGON_NUMBERS)
+                  if metadata.row_group(g).column(c).path_in_schema in polygons)
     if numbers > MAX_MANIFEST_POLYGON_NUMBERS:
         raise ManifestError(f"{uri}: inline polygons hold {numbers:,} coordinates in all; at most "
                             f"{MAX_MANIFEST_POLYGON_NUMBERS:,} per manifest (give large masks as files)")
+    return [p for p in masks if p.endswith(".rle.counts")]
 
 
 def _field(array: pa.Array | None, name: str) -> pa.Array | None:
@@ -418,8 +422,7 @@ def _rle_chars(table: pa.Table) -> int:
 def read_manifest(uri: str) -> Conformed:
     """The manifest at `uri`, conformed, refused whole (`ManifestError`) when its inline
     masks exceed the per-manifest budget."""
-    table = read_table(uri, check=lambda metadata: _check_polygon_numbers(uri, metadata),
-                       read_dictionary=list(_RLE_COUNTS))
+    table = read_table(uri, check=lambda metadata: _mask_columns(uri, metadata))
     chars = _rle_chars(table)
     if chars > MAX_MANIFEST_RLE_CHARS:
         raise ManifestError(f"{uri}: inline RLE masks hold {chars:,} characters in all; at most "

@@ -83,16 +83,14 @@ class ManifestError(ValueError):
     """A file that cannot be read as a manifest (or results) table at all."""
 
 
-def read_table(uri: str, check: Callable[[pq.FileMetaData], None] | None = None,
-               read_dictionary: list[str] | None = None) -> pa.Table:
-    """The table at `uri`; `check(metadata)` may refuse it (raising `ManifestError`) before
-    any column is decoded, and the `read_dictionary` columns stay dictionary-encoded."""
+def read_table(uri: str, check: Callable[[pq.FileMetaData], list[str]] | None = None) -> pa.Table:
+    """The table at `uri`. `check(metadata)` may refuse it (raising `ManifestError`) before
+    any column is decoded, and names the columns to keep dictionary-encoded."""
     # Always through fsspec: pyarrow's own S3 client would ignore the configured endpoint.
     data = read_bytes(uri)
     try:
-        if check is not None:
-            check(pq.read_metadata(io.BytesIO(data)))
-        return pq.read_table(io.BytesIO(data), read_dictionary=read_dictionary)
+        keep = check(pq.read_metadata(io.BytesIO(data))) if check is not None else None
+        return pq.read_table(io.BytesIO(data), read_dictionary=keep or None)
     except (pa.ArrowInvalid, OSError) as error:
         raise ManifestError(f"{uri}: not a Parquet file ({error})") from None
 

@@ -109,7 +109,8 @@ class ManifestWriter:
         """Write the item's image and masks beside the manifest (`images/`, `masks/`) and
         append its row; return the manifest's rows and its problems after the append (none
         for a manifest that was clean). Refuses an item id the manifest already has."""
-        with locked(manifest_uri, self.owner) as table:
+        # an owner per append: two requests of one studio must wait for each other too
+        with locked(manifest_uri, f"{self.owner}-{uuid.uuid4().hex[:8]}") as table:
             if exists(manifest_uri):
                 conformed = read_manifest(manifest_uri)  # as a run will read it
                 if conformed.problems:

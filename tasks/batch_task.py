@@ -37,8 +37,8 @@ def _loss(lost: WorkerLost, group: list[ItemContext]) -> str:
 
 
 def edit_isolating(contexts: list[ItemContext], runner: Runner, attempt: int) -> list[Outcome]:
-    """One outcome per context, in order, however many workers the batch kills. Raises
-    `RunStopped` when the run stops."""
+    """One outcome per context, in order, however many workers the batch kills; the items
+    not edited when the run stops fail with `RunStopped`."""
     losses: dict[str, list[str]] = {c.item_id: list(c.worker_losses) for c in contexts}
     outcomes: dict[str, Outcome] = {}
     pending: list[tuple[list[ItemContext], int]] = [(contexts, 0)]  # a group, and its deaths
@@ -63,8 +63,10 @@ def edit_isolating(contexts: list[ItemContext], runner: Runner, attempt: int) ->
                 half = len(group) // 2
                 pending[:0] = [(group[:half], 1), (group[half:], 1)]
             continue
-        except RunStopped:
-            raise
+        except RunStopped as stopped:  # the run's state: what is done stays done
+            for ctx in [*group, *(c for rest, _ in pending for c in rest)]:
+                outcomes[ctx.item_id] = result_row(ctx, "failed", 0, error=f"RunStopped: {stopped}"), stopped
+            break
         except Exception as error:  # the group's own failure (the model did not load)
             done = [failed_outcome(ctx, attempt, error) for ctx in group]
         outcomes.update((ctx.item_id, outcome) for ctx, outcome in zip(group, done, strict=True))
@@ -77,12 +79,13 @@ def edit_with_retries(contexts: list[ItemContext], runner: Runner, retries: int,
     outcomes: dict[str, Outcome] = {}
     todo = contexts
     for attempt in range(1, retries + 2):
-        try:
-            done = edit_isolating(todo, runner, attempt)
-        except RunStopped as stopped:  # the run's state, not the items' failure
-            return [outcomes.get(c.item_id) or (result_row(c, "failed", 0, error=f"RunStopped: {stopped}"),
-                                                None) for c in contexts]
-        outcomes.update((ctx.item_id, outcome) for ctx, outcome in zip(todo, done, strict=True))
+        done = edit_isolating(todo, runner, attempt)
+        stopped = any(isinstance(error, RunStopped) for _, error in done)
+        for ctx, (row, error) in zip(todo, done, strict=True):
+            if not (isinstance(error, RunStopped) and ctx.item_id in outcomes):  # an earlier try's row stays
+                outcomes[ctx.item_id] = row, None if isinstance(error, RunStopped) else error
+        if stopped:
+            break
         todo = [ctx for ctx, (_, error) in zip(todo, done, strict=True)
                 if error is not None and is_retryable(error)]
         if not todo or attempt > retries:

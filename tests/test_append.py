@@ -111,3 +111,12 @@ def test_two_processes_appending_8_rows_each_end_with_all_16_and_the_old_rows_un
     appended_ids = sorted(after.column("item_id").to_pylist()[2:])
     assert appended_ids == sorted(f"{n}-{k}" for n in "ab" for k in range(8))
     assert after.slice(0, 2).select(before.column_names).equals(before)
+
+
+def test_appends_from_threads_of_one_studio_all_land(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    manifest, writer = str(tmp_path / "manifest.parquet"), ManifestWriter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda k: writer.append(manifest, authored(f"t-{k}"), None, EditConfig()), range(8)))
+    assert sorted(read_table(manifest).column("item_id").to_pylist()) == sorted(f"t-{k}" for k in range(8))

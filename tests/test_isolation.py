@@ -69,3 +69,20 @@ def test_a_stopped_run_ends_the_bisection():
 
     rows = [row for row, _ in edit_with_retries(contexts("a", "b"), stopping, retries=2, delays_s=[])]
     assert [r["error"] for r in rows] == ["RunStopped: not finished: the run is stopping"] * 2
+
+
+def test_a_run_stopped_mid_bisection_keeps_what_the_halves_finished():
+    calls = []
+
+    def runner(group, attempt):
+        calls.append([c.item_id for c in group])
+        if len(calls) == 4:
+            raise RunStopped("not finished: the run is stopping")
+        if "d" in calls[-1]:
+            raise WorkerLost("worker process 1 died", exitcode=-9)
+        return [(result_row(c, "succeeded", attempt), None) for c in group]
+
+    done = edit_with_retries(contexts(*"abcd"), runner, retries=0, delays_s=[])
+    assert calls[:3] == [list("abcd"), list("abcd"), list("ab")]
+    assert [row["status"] for row, _ in done] == ["succeeded", "succeeded", "failed", "failed"]
+    assert done[2][0]["error"] == "RunStopped: not finished: the run is stopping"

@@ -162,3 +162,20 @@ def test_a_unet_whose_sample_size_is_height_and_width_loads(model):
     assert read_architecture(model).native_size == size * 2 ** (
         len(json.loads((model / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
     assert load_model(model, device="cpu").architecture == read_architecture(model)
+
+
+def test_a_folder_that_links_back_to_itself_is_walked_once(model):
+    from dragnext.model_files import check_tree
+
+    (model / "unet" / "a").symlink_to("..")
+    (model / "unet" / "b").symlink_to("..")
+    check_tree(model, "--model")  # returns: 2^depth paths were a hang
+
+
+def test_a_dora_lora_s_magnitude_vectors_are_no_factors(model):
+    from dragnext.style_lora import check_style_lora
+
+    lora = model.parent / "dora.safetensors"
+    save_file({f"{ATTN}.lora_A.weight": torch.zeros(4, 32), f"{ATTN}.lora_B.weight": torch.zeros(32, 4),
+               f"{ATTN}.lora_magnitude_vector": torch.ones(32)}, str(lora))
+    check_style_lora(lora)
