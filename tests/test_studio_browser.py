@@ -481,7 +481,8 @@ def test_http_and_file_results_are_refused_with_one_sentence_and_never_fetched(b
         assert other.seen == []
 
 
-def test_author_lists_a_stored_script_id_as_text_and_refuses_to_add_it(browser, target, evidence):
+def author_rows(browser, target):
+    """Author with the target's manifest's rows listed; the page's wait."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 30)
@@ -489,6 +490,11 @@ def test_author_lists_a_stored_script_id_as_text_and_refuses_to_add_it(browser, 
     wait.until(lambda d: by_id(d, "manifest-uri").get_attribute("value").endswith("manifest.parquet"))
     by_id(browser, "list-rows").click()
     wait.until(lambda d: len(d.find_elements("css selector", "#rows option")) > 1)
+    return wait
+
+
+def test_author_lists_a_stored_script_id_as_text_and_refuses_to_add_it(browser, target, evidence):
+    wait = author_rows(browser, target)
     assert browser.find_elements("css selector", "#rows option")[0].text == SCRIPT
     no_script_ran(browser)
 
@@ -555,13 +561,9 @@ def test_a_rebound_host_name_is_misdirected(browser, target, evidence):
 
 
 def test_a_manifest_row_s_masks_show_on_the_canvas_as_the_server_decodes_them(browser, target, evidence):
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
-    wait = WebDriverWait(browser, 30)
-    browser.get(f"{target.url}/author")
-    wait.until(lambda d: by_id(d, "manifest-uri").get_attribute("value").endswith("manifest.parquet"))
-    by_id(browser, "list-rows").click()
-    wait.until(lambda d: len(d.find_elements("css selector", "#rows option")) > 1)
+    wait = author_rows(browser, target)
     item_id = read_table(str(DEMO_MANIFEST)).column("item_id")[1].as_py()  # the first is the script's
     Select(by_id(browser, "rows")).select_by_visible_text(item_id)
     by_id(browser, "open-row").click()
