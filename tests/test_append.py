@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -97,6 +98,7 @@ APPENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_two_processes_appending_8_rows_each_end_with_all_16_and_the_old_rows_unchanged(tmp_path):
     manifest = tmp_path / "manifest.parquet"
     before = users_manifest(manifest)

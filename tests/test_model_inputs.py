@@ -145,6 +145,7 @@ def special_file_cases(model: Path, tmp_path: Path) -> dict[str, tuple[list[str]
             "model": (["--model", str(broken)], f"{weights.name} is not a regular file")}
 
 
+@pytest.mark.integration
 def test_a_fifo_among_the_model_s_files_is_refused_without_opening_it(model, tmp_path, instruction):
     """In a process of its own with a deadline: opening a FIFO blocks for ever."""
     for name, (extra, expected) in special_file_cases(model, tmp_path).items():
