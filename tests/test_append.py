@@ -8,9 +8,9 @@ import textwrap
 import time
 
 import numpy as np
-import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from dragnext.config import EditConfig
