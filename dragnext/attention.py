@@ -19,7 +19,8 @@ def self_attention_layers(unet: nn.Module) -> list[str]:
 
 
 class MutualSelfAttention:
-    """Processor for one self-attention layer; batch is [reference…, edited…] halves."""
+    """Processor for one self-attention layer; the batch is each item's [reference, edited]
+    pair, item-major."""
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
@@ -32,9 +33,8 @@ class MutualSelfAttention:
         q = split_heads(attn.to_q(hidden_states))
         k = split_heads(attn.to_k(hidden_states))
         v = split_heads(attn.to_v(hidden_states))
-        half = batch // 2
-        k = torch.cat([k[:half], k[:half]])
-        v = torch.cat([v[:half], v[:half]])
+        k = k[0::2].repeat_interleave(2, dim=0)  # each pair reads its reference's
+        v = v[0::2].repeat_interleave(2, dim=0)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(batch, tokens, -1).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor

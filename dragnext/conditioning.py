@@ -35,13 +35,16 @@ class Conditioning:
         return Conditioning(joined("hidden"), joined("pooled"), joined("time_ids"))
 
     def unet_kwargs(self, samples: int, dtype: torch.dtype) -> dict:
-        """Keyword arguments of the UNet's forward for `samples` samples laid out as whole
-        copies of the item order (sample n is item n mod B)."""
+        """Keyword arguments of the UNet's forward for `samples` samples laid out item-major
+        (item b's c samples are rows b·c … b·c + c − 1)."""
         copies = samples // self.batch
-        kwargs: dict = {"encoder_hidden_states": self.hidden.repeat(copies, 1, 1).to(dtype)}
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return (x if copies == 1 else x.repeat_interleave(copies, dim=0)).to(dtype)
+
+        kwargs: dict = {"encoder_hidden_states": rows(self.hidden)}
         if self.pooled is not None:
-            kwargs["added_cond_kwargs"] = {"text_embeds": self.pooled.repeat(copies, 1).to(dtype),
-                                           "time_ids": self.time_ids.repeat(copies, 1).to(dtype)}
+            kwargs["added_cond_kwargs"] = {"text_embeds": rows(self.pooled), "time_ids": rows(self.time_ids)}
         return kwargs
 
 

@@ -36,7 +36,9 @@ class LoraConfig(_Section):
     rank: int = Field(16, ge=1, le=256)
     steps: int = Field(80, ge=0, le=10_000)
     lr: float = Field(5e-4, gt=0, le=1)
-    batch_size: int = Field(4, ge=1, le=64)
+    batch_size: int = Field(4, ge=1, le=64, description="views per training step")
+    views: int = Field(8, ge=1, le=64, description="augmented views of each image, VAE-encoded once; "
+                       "each step draws batch_size of them")
 
 
 class InversionConfig(_Section):

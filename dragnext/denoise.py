@@ -25,5 +25,5 @@ def denoise_edited(model: DragModel, schedule: DDIMSchedule, z_edit: torch.Tenso
         return denoise(schedule, z_edit, k, predict, on_step)
     start = model.architecture.mutual_start_layer if config.start_layer is None else config.start_layer
     with mutual_self_attention(model.unet, start):
-        batch = torch.cat([z_ref, z_edit])
-        return denoise(schedule, batch, k, predict, on_step)[z_ref.shape[0]:]
+        pairs = torch.stack([z_ref, z_edit], dim=1).flatten(0, 1)  # item-major [reference, edited]
+        return denoise(schedule, pairs, k, predict, on_step)[1::2].contiguous()

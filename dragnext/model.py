@@ -94,9 +94,9 @@ class DragModel:
         differentiable in z (and in LoRA weights while training). Every UNet pass goes
         through here and is counted.
 
-        `cond` holds one row per item of a batch of B; z holds whole copies of that item
-        order (the [reference…, edited…] halves, or LoRA's view-major rows), so sample n is
-        item n mod B."""
+        `cond` holds one row per item of a batch of B; z holds c samples per item,
+        item-major (each item's [reference, edited] pair, or its LoRA views), so sample n is
+        item n // c."""
         out = self.unet(z.to(self.dtype), timestep, **cond.unet_kwargs(z.shape[0], self.dtype)).sample
         self.passes.count(out)
         return out.float()

@@ -9,7 +9,7 @@ def test_defaults_are_the_papers():
     c = EditConfig().to_record()
     assert c == {
         "size": None, "seed": 0, "method": "dragnext",
-        "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4},
+        "lora": {"enabled": True, "rank": 16, "steps": 80, "lr": 5e-4, "batch_size": 4, "views": 8},
         "inversion": {"num_steps": 50, "strength": 0.75},
         "pbsi": {"steps": 6, "iterations": 10, "lr": 0.02, "lam": 0.1, "progressive": True,
                  "eta_steps": None, "loss": "features", "x0_weight": 1.0, "init": "inverted",
