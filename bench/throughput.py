@@ -91,8 +91,8 @@ def compare(args, report: dict, save) -> dict:
                                   "success": success_by_type(cases, out)}
                 save(report)
                 print(f"{name}: {settings[name]['items_per_hour']} items/h", flush=True)
-    best = {code: max((s for s in settings.values() if s["code"] == code), key=lambda s: s["items_per_hour"])
-            for code in ("before", "after")}
+    best = {code: max((s for s in settings.values() if s.get("code") == code),
+                      key=lambda s: s["items_per_hour"]) for code in ("before", "after")}
     report["speedup_of_best"] = round(best["after"]["items_per_hour"] / best["before"]["items_per_hour"], 2)
     return report
 
@@ -155,7 +155,9 @@ def main() -> int:
     args = parser.parse_args()
     path = Path(args.json)
     report = json.loads(path.read_text()) if path.exists() else {}
-    if report and (report.get("items"), report.get("seed")) != (args.n * len(TYPES), args.seed):
+    measured = (report.get("items"), report.get("seed"), report.get("lora_steps"), report.get("before"))
+    if report and measured != (args.n * len(TYPES), args.seed, args.lora_steps, args.compare and
+                               str(args.compare)):
         report = {}  # another measurement: start over
 
     def save(r: dict) -> None:

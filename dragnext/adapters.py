@@ -93,6 +93,8 @@ class Adapters:
 
 def _rows(x: torch.Tensor, count: int) -> torch.Tensor:
     """(B·c, …, in) → (B, c·…, in): item b's rows together, no copy."""
+    if x.shape[0] % count:
+        raise ValueError(f"a batch of {x.shape[0]} samples for {count} items' adapters")
     return x.reshape(count, -1, x.shape[-1])
 
 
@@ -106,8 +108,11 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        h = torch.bmm(_rows(x, self.down_t.shape[0]), self.down_t.to(x.dtype))  # shrink
-        return torch.baddbmm(_rows(y, h.shape[0]), h, self.up_t.to(x.dtype)).view(y.shape)  # expand
+        # fp16's range flushes the small gradients of a young adapter to zero; bf16's does not
+        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+        h = torch.bmm(_rows(x, self.down_t.shape[0]).to(dtype), self.down_t.to(dtype))  # shrink
+        y_rows = torch.baddbmm(_rows(y, h.shape[0]).to(dtype), h, self.up_t.to(dtype))  # expand
+        return y_rows.to(y.dtype).view(y.shape)
 
 
 class GroupedLinear(nn.Module):

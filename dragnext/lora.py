@@ -6,9 +6,10 @@ crops of 80–100% of each side resized back, each flipped with p = ½) are VAE-
 and each of the `lora.steps` steps draws `lora.batch_size` of them. Everything a step draws
 (which views, the timesteps, the noise) comes from the item's own generator seeded with
 `seed`, so its adapter does not depend on its batch-mates; it is drawn on the host
-`DRAW_STEPS` steps at a time and copied to the device ahead of those steps, so a step itself
-never waits on the host, and AdamW is fused. The loss is a sum of per-item terms and AdamW
-is elementwise, so each adapter trains exactly as it would alone.
+`DRAW_STEPS` steps at a time and copied to the device before those steps, so no step
+reads from the device, and AdamW is fused. Views are drawn with replacement. The loss is a
+sum of per-item terms and AdamW is elementwise, so each adapter trains exactly as it would
+alone.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ def test_folded_and_grouped_adapters_equal_the_per_sample_hook(tiny_model, count
     cond = contexts(tiny_model, count)
     z = torch.randn(count * copies, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor(600)
-    plain = tiny_model.unet_output(z, t, cond)
     with mutual_self_attention(tiny_model.unet, 0) if mutual else nullcontext():
+        plain = tiny_model.unet_output(z, t, cond)
         with per_sample_hook(tiny_model.unet, Adapters.stack(weights, tiny_model.device)):
             expected = tiny_model.unet_output(z, t, cond)
         with lora_applied(tiny_model, weights):
@@ -137,6 +137,7 @@ def test_half_precision_adapters_train_and_apply_in_the_unets_dtype(tiny_model_d
     for result in edit_batch(items, half, on):
         assert result.to_record()["dtype"] == "bfloat16" and result.lora_source == "trained"
         assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in result.lora_weights.values())
+        assert any(w.abs().sum() > 0 for k, w in result.lora_weights.items() if "lora_B" in k)  # it learned
 
     def mean_difference(a, b) -> float:
         return float(np.abs(np.asarray(a.image, np.float32) - np.asarray(b.image, np.float32)).mean())
@@ -148,3 +149,21 @@ def test_half_precision_adapters_train_and_apply_in_the_unets_dtype(tiny_model_d
         fp32 = edit_batch(items[:batch], tiny_model, on, lora_weights=strong[:batch])
         for b in range(batch):  # measured: about 1.2 grey levels from fp32, 6 from no adapter
             assert mean_difference(ours[b], fp32[b]) < mean_difference(fp32[b], without[b]) / 3
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_unet_is_restored_when_a_block_with_adapters_raises(tiny_model, count):
+    unet = tiny_model.unet
+    modules = dict(unet.named_modules())
+    parameters = {n: (p, p.detach().clone()) for n, p in unet.named_parameters()}
+    weights = random_weights(unet, count)
+    for block in (lambda: lora_applied(tiny_model, weights),
+                  lambda: dragnext.lora.training(unet, Adapters.stack(weights, tiny_model.device))):
+        with pytest.raises(KeyboardInterrupt), mutual_self_attention(unet, 0), block():
+            swapped = dict(unet.named_parameters())
+            assert dict(unet.named_modules()) != modules or any(
+                swapped.get(n) is not p for n, (p, _) in parameters.items())
+            raise KeyboardInterrupt
+        assert dict(unet.named_modules()) == modules
+        assert all(p is parameters[n][0] and torch.equal(p, parameters[n][1])
+                   for n, p in unet.named_parameters())
