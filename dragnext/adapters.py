@@ -69,7 +69,7 @@ class Adapters:
         names = [k.removesuffix(".lora_A.weight") for k in weights[0] if k.endswith(".lora_A.weight")]
 
         def stacked(n: str, part: str) -> torch.Tensor:
-            return torch.stack([w[f"{n}.{part}.weight"] for w in weights]).to(device).float()
+            return torch.stack([w[f"{n}.{part}.weight"] for w in weights]).to(device, torch.float32)
 
         return cls({n: stacked(n, "lora_A") for n in names}, {n: stacked(n, "lora_B") for n in names})
 
