@@ -57,11 +57,12 @@ def add_commands(commands) -> None:
     bench.add_argument("--n", type=int, default=30, help="cases per drag type")
     bench.add_argument("--types", type=drag_types, default=TYPES,
                        help=f"comma-separated drag types (default: all of {','.join(TYPES)})")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0, help="the first case's seed: cases are seeds seed … "
+                       "seed+n−1 of each type (tune on other seeds than those reported)")
     bench.add_argument("--jobs", type=int, default=1, help="processes, one CPU thread each (default 1: "
                        "this process, all threads); the JSON is the same but for seconds")
     bench.add_argument("--json", help="results JSON (default: OUT/results.json)")
     bench.add_argument("--out", default="out/bench", help="folder for the cases' manifest and the grid")
     library_cli.add_config_arguments(bench)
-    bench.add_argument("--device")
+    bench.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")
     bench.set_defaults(run=cmd_bench)

@@ -28,7 +28,7 @@ UNITS = ["lora.enabled=false", "inversion.num_steps=4", "inversion.strength=0.5"
 
 
 def _dragnext(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "-q", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "command", "-q", *args], capture_output=True, text=True)
 
 
 def profile_family(arch: str, work: Path, device: str) -> dict:

@@ -60,7 +60,7 @@ def measure(n: int, model: str, seed: int) -> dict:
     walls = {"edit() loop": timed(loop, env)}
     for workers in (1, 2):
         walls[f"dragnext run, {workers} worker(s)"] = timed(
-            [python, "-m", "flows.cli", "-q", "run", manifest, "--output", str(folder / f"run{workers}"),
+            [python, "-m", "command", "-q", "run", manifest, "--output", str(folder / f"run{workers}"),
              "--model", model, "--workers", str(workers)], env)
     rows = {name: {"wall_s": round(wall, 1), "items_per_hour": round(items / wall * 3600, 1)}
             for name, wall in walls.items()}

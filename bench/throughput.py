@@ -50,7 +50,7 @@ def run_setting(manifest: str, out: Path, model: str, batch: int, workers: int, 
                 lora: bool, lora_steps: int, env: dict, root: Path = ROOT) -> float:
     sets = [f"runtime.batch_size={batch}"]
     sets += ["lora.enabled=true", f"lora.steps={lora_steps}"] if lora else []
-    command = [sys.executable, "-m", "flows.cli", "-q", "run", manifest, "--output", str(out),
+    command = [sys.executable, "-m", "command", "-q", "run", manifest, "--output", str(out),
                "--model", model, "--workers", str(workers), *[a for s in sets for a in ("--set", s)]]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=root, env={**env, "OMP_NUM_THREADS": str(threads)},

@@ -158,11 +158,11 @@ def add_commands(commands) -> None:
 
     tiny = commands.add_parser("tiny-model", help="write a random-weight model of a family: tiny (tests, "
                                "smoke checks) or full-size (speed)")
-    tiny.add_argument("directory")
+    tiny.add_argument("directory", help="where the model's diffusers folder is written")
     tiny.add_argument("--arch", choices=ARCHS, default="sd15", help="the family's layout (default sd15)")
     tiny.add_argument("--full-size", action="store_true", help="the family's exact configs (SD1.5 4.3 GB, "
                       "SD2.1 5.2 GB, SDXL 13.9 GB in fp32): for profile and gpu-check")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0, help="seeds the random weights")
     tiny.set_defaults(run=cmd_tiny_model)
 
 

@@ -32,18 +32,22 @@ class _Section(BaseModel):
 
 
 class LoraConfig(_Section):
-    enabled: bool = True
-    rank: int = Field(16, ge=1, le=256)
-    steps: int = Field(80, ge=0, le=10_000)
-    lr: float = Field(5e-4, gt=0, le=1)
+    """The per-image LoRA (SPEC §3, step 2): adapters in the UNet's attention projections, trained
+    on the image itself before it is inverted."""
+    enabled: bool = Field(True, description="finetune a LoRA on each image (off: the base model edits)")
+    rank: int = Field(16, ge=1, le=256, description="r of each adapter's B·A")
+    steps: int = Field(80, ge=0, le=10_000, description="training steps per image")
+    lr: float = Field(5e-4, gt=0, le=1, description="AdamW learning rate")
     batch_size: int = Field(4, ge=1, le=64, description="views per training step")
     views: int = Field(8, ge=1, le=64, description="augmented views of each image, VAE-encoded once; "
                        "each step draws batch_size of them")
 
 
 class InversionConfig(_Section):
-    num_steps: int = Field(50, ge=1, le=1000)
-    strength: float = Field(0.75, gt=0, le=1)
+    """DDIM inversion (SPEC §3, step 3): the image's latent noised back to step T."""
+    num_steps: int = Field(50, ge=1, le=1000, description="DDIM steps of the full schedule")
+    strength: float = Field(0.75, gt=0, le=1, description="T = round(num_steps × strength): how far "
+                            "the image is inverted")
 
     @property
     def start_step(self) -> int:
@@ -52,11 +56,13 @@ class InversionConfig(_Section):
 
 
 class PbsiConfig(_Section):
+    """Latent Region Optimisation solved by PBSI (SPEC §3, step 5)."""
     steps: int = Field(6, ge=1, le=1000, description="T - T' + 1: denoising steps that run PBSI")
     iterations: int = Field(10, ge=1, le=1000, description="K: Adam iterations per step")
-    lr: float = Field(0.02, gt=0, le=10)
+    lr: float = Field(0.02, gt=0, le=10, description="Adam learning rate on z_t")
     lam: float = Field(0.1, ge=0, le=1e4, description="weight of the background term")
-    progressive: bool = True
+    progressive: bool = Field(True, description="η grows from 0 to 1 over the iterations (the paper); "
+                              "off: η = 1 from the first")
     eta_steps: int | None = Field(
         None, ge=1, description="PBSI steps over which η grows to 1 and is then held (all of them when "
         "pbsi.steps is fewer); None = all of them (the paper: η reaches 1 at the last iteration of the "
@@ -85,9 +91,10 @@ class PbsiConfig(_Section):
 
 class DragDiffusionConfig(_Section):
     """The `dragdiffusion` peer (SPEC §8)."""
-    iterations: int = Field(80, ge=1, le=10_000)
-    lr: float = Field(0.01, gt=0, le=10)
-    lam: float = Field(0.1, ge=0, le=1e4)
+    iterations: int = Field(80, ge=1, le=10_000, description="motion supervision and point tracking "
+                            "iterations")
+    lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate on z_t")
+    lam: float = Field(0.1, ge=0, le=1e4, description="weight of the term outside the editable mask")
     r_m: int = Field(1, ge=0, le=64, description="motion supervision patch radius, feature px")
     r_p: int = Field(3, ge=1, le=64, description="point tracking search radius, feature px")
     reached_px: float = Field(2.0, gt=0, le=1e3,
@@ -96,6 +103,7 @@ class DragDiffusionConfig(_Section):
 
 
 class FeaturesConfig(_Section):
+    """Which UNet decoder outputs form the feature map F the region term compares."""
     blocks: list[Annotated[int, Field(ge=0, le=16)]] | Literal["all"] | None = Field(
         None, min_length=1, description="`unet.up_blocks` whose outputs form F; None = the "
         "architecture's (up_blocks[-2], the last that upsamples: 2 on SD1.x/2.x, 1 on SDXL); "
@@ -103,7 +111,9 @@ class FeaturesConfig(_Section):
 
 
 class AttentionConfig(_Section):
-    mutual: bool = True
+    """Mutual self-attention in the final denoising (SPEC §3, step 6)."""
+    mutual: bool = Field(True, description="the edited branch attends to the reference branch's keys "
+                         "and values")
     start_layer: int | None = Field(
         None, ge=0, le=1024, description="first self-attention layer (forward order) that attends to the "
         "reference; None = the paper's, as a rule: the first of up_blocks[-2] (10 of 16 on SD1.5, "
@@ -111,6 +121,7 @@ class AttentionConfig(_Section):
 
 
 class OutputConfig(_Section):
+    """What of the input is pasted back over the decoded edit."""
     paste_background: bool = Field(False, description="blend the input back outside M")
     paste_unswept: bool = Field(
         False, description="blend the input back wherever the drags do not pass (outside the region "
@@ -149,8 +160,10 @@ class EditConfig(_Section):
     # Bounded: memory grows with its square (2048 px already takes ~16x the 512 px memory).
     size: int | None = Field(None, ge=8, le=2048, description="working size of the longer image side, px; "
                              "None = the model's native size (512 SD1.x, 768 SD2.x-v, 1024 SDXL)")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    method: Literal["dragnext", "dragdiffusion", "warp"] = "dragnext"
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the LoRA's draws and every noise of the edit")
+    method: Literal["dragnext", "dragdiffusion", "warp"] = Field(
+        "dragnext", description="dragnext (the paper), dragdiffusion (the peer, SPEC §8) or warp (the "
+        "drags' maps applied to the latent, no optimisation)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     pbsi: PbsiConfig = Field(default_factory=PbsiConfig)

@@ -1,9 +1,8 @@
-"""The `dragnext` command: the library's commands plus batch runs, retries and manifests."""
+"""The batch commands of `dragnext`: run, retry, plan and manifest (composed by `command.main`)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -12,16 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from bench import cli as bench_cli
-from bench import ground_truth
-from bench import profile as profile_cli
 from dragnext import cli as library_cli
 from dragnext.config import build_config, parse_overrides, read_config_file
 from dragnext.model import ModelSource, checked_config, model_preset, source_architecture
-from fixture import FIXTURE_MODEL
 from flows import watchdog
 from flows.bulk_edit import (
     LEASE_STALE_AFTER_S,
@@ -34,11 +28,10 @@ from flows.bulk_edit import (
 )
 from flows.lease import OutputInUse, check_free
 from flows.local_api import local_api
-from flows.results import MAX_LISTED, previous_rows, read_profile, read_results, read_summary
+from flows.results import MAX_LISTED, previous_rows, read_profile, read_summary
 from flows.selection import SelectionError
 from flows.shard import ItemsFailed, progress_log
 from manifests.dragbench import BadSampleError, UnsafePickleError, import_dragbench
-from manifests.examples import DEMO_MANIFEST
 from manifests.items import read_manifest, validate_rows
 from manifests.schema import ManifestError
 from manifests.storage import (
@@ -48,11 +41,9 @@ from manifests.storage import (
     check_writable,
     is_remote,
     parent,
-    read_bytes,
     write_bytes,
 )
 from manifests.uris import PolicyError, UriPolicy, check_prefix
-from studio.segment import DEFAULT_SAM
 from tasks.guard import RunGuard
 from tasks.plan import make_plan, summary_counts
 from tasks.pool import AUTO_WORKERS, worker_log
@@ -110,7 +101,7 @@ def _interrupt_handler():
     return handle
 
 
-def _run_flow(run, args: argparse.Namespace) -> int:
+def run_flow(run, args: argparse.Namespace) -> int:
     """Run a flow with the progress bar, and end with its summary line and exit code: 0 when
     every item succeeded, 1 when some failed or were invalid, 3 when the store was down."""
     quieted = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
@@ -183,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {**(read_config_file(args.config) if args.config else {}), **parse_overrides(args.set)}
     source = library_cli.model_source(args)
     preflight(args.manifest, args.output, source, overrides, args.allow_prefix)
-    return _run_flow(lambda: bulk_edit(
+    return run_flow(lambda: bulk_edit(
         args.manifest, args.output, model=source.model, vae=source.vae or "", lora=source.lora or "",
         lora_scale=source.lora_scale, overrides=overrides,
         item_filter=args.items.split(",") if args.items else [], allow_prefixes=args.allow_prefix,
@@ -198,7 +189,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
               summary["allow_prefixes"])
     if args.selection:  # a bad file is one line, before any flow starts
         checked_selection(args.selection, args.results, summary)
-    return _run_flow(lambda: retry_failed(
+    return run_flow(lambda: retry_failed(
         args.results, include_invalid=args.include_invalid, workers=args.workers,
         retries=args.retries, selection_uri=args.selection or ""), args)
 
@@ -267,105 +258,27 @@ def cmd_from_dragbench(args: argparse.Namespace) -> int:
 
 
 
-def preview_sheet(results_uri: str) -> Image.Image:
-    """Every succeeded item's preview strip, stacked."""
-    strips = [Image.open(io.BytesIO(read_bytes(row["preview_uri"]))).convert("RGB")
-              for row in read_results(results_uri) if row["status"] == "succeeded"]
-    if not strips:
-        raise FileNotFoundError(f"no previews in {results_uri}: no item succeeded")
-    sheet = Image.new("RGB", (max(s.width for s in strips), sum(s.height + 2 for s in strips)), "white")
-    for i, strip in enumerate(strips):
-        sheet.paste(strip, (0, sum(s.height + 2 for s in strips[:i])))
-    return sheet
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if not Path(args.model).exists() and args.model == str(FIXTURE_MODEL):
-        print(f"dragnext: error: the fixture model is missing from {FIXTURE_MODEL} (it is committed; "
-              "fixture/README.md rebuilds it); or run with --model DIR", file=sys.stderr)
-        return 2
-    preflight(str(DEMO_MANIFEST), args.out, ModelSource(model=args.model), parse_overrides(args.set), [])
-    code = _run_flow(lambda: bulk_edit(
-        str(DEMO_MANIFEST), args.out, model=args.model, overrides=parse_overrides(args.set),
-        workers=args.workers), args)
-    results = str(Path(args.out) / "results.parquet")
-    scored = ground_truth.score_results(str(DEMO_MANIFEST), read_results(results))
-    print("\n".join(ground_truth.lines(scored)))
-    print(f"{sum(s['success'] == 1 for s in scored)} of {len(scored)} edits succeed against the ground truth")
-    sheet = Path(args.out) / "previews.png"
-    preview_sheet(results).save(sheet)
-    print(f"previews (input | instruction | edited): {sheet}")
-    return code
-
-
 def add_allow_prefix(command) -> None:
     command.add_argument("--allow-prefix", action="append", default=[], metavar="URI",
                          help="also read images and masks under this prefix, e.g. s3://bucket/images/ "
                          "(repeatable; default: only under the manifest's own folder)")
 
 
-def cmd_studio(args: argparse.Namespace) -> int:
-    import uvicorn
-    from prefect.settings import PREFECT_API_URL
-
-    from studio.app import StudioSettings, create_app
-    from studio.roots import Roots
-
-    manifest, results = args.manifest and absolute(args.manifest), args.results and absolute(args.results)
-    settings = StudioSettings(model=str(args.model), manifest=manifest, results=results,
-                              overrides=parse_overrides(args.set), sam=args.sam or None,
-                              prefect=bool(PREFECT_API_URL.value()),
-                              roots=Roots.of(manifest, results, args.allow_prefix, args.write_prefix),
-                              host=args.host, port=args.port, insecure=args.insecure)
-    app = create_app(settings)  # checks the model and the keys: a mistake is one line, not a page error
-    token = f"?token={app.state.token}" if app.state.token else ""
-    print(f"dragnext studio: http://{args.host}:{args.port}/author{token} and /review (model {args.model})",
-          flush=True)
-    print(f"  reads under: {', '.join(settings.roots.read) or 'nothing but uploads'}; writes manifests "
-          f"under: {', '.join(settings.roots.write) or 'nowhere (give --write-prefix)'}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port,
-                log_level="warning" if args.quiet else "info")
-    return 0
+def add_worker_arguments(command, retries: bool = True) -> None:
+    command.add_argument("--workers", type=int, default=AUTO_WORKERS, help="items at once, one process "
+                         "each (default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
+    if retries:
+        command.add_argument("--retries", type=int, default=2, help="retries of transient failures")
 
 
 def add_commands(commands) -> None:
-    demo = commands.add_parser("demo", help="run the batch flow on the shipped benchmark scenes")
-    demo.add_argument("--model", default=str(FIXTURE_MODEL), help="default: the fixture model")
-    demo.add_argument("--out", default="out/demo")
-    library_cli.add_set_argument(demo)
-    demo.add_argument("--workers", type=int, default=AUTO_WORKERS)
-    demo.set_defaults(run=cmd_demo)
-
-    studio = commands.add_parser("studio", help="author drags and review results in the browser")
-    studio.add_argument("--model", default=str(FIXTURE_MODEL), help="the model Edit now runs "
-                        "(default: the fixture model)")
-    studio.add_argument("--manifest", help="the manifest Author opens rows of and adds rows to")
-    studio.add_argument("--results", help="a run's results.parquet for Review to open")
-    studio.add_argument("--allow-prefix", action="append", default=[], metavar="URI",
-                        help="also read results, manifests, images and masks under this prefix "
-                        "(repeatable; default: only the folders of --manifest and --results)")
-    studio.add_argument("--write-prefix", action="append", default=[], metavar="URI",
-                        help="Add to manifest may write manifests under this prefix (repeatable; "
-                        "default: only the --manifest itself)")
-    studio.add_argument("--host", default="127.0.0.1", help="bound to anything but loopback, the "
-                        "studio asks for the token in the URL it prints")
-    studio.add_argument("--port", type=int, default=7860)
-    studio.add_argument("--insecure", action="store_true", help="no token off loopback: only behind "
-                        "a proxy that authenticates")
-    studio.add_argument("--sam", default=DEFAULT_SAM, help="a SAM model in the local cache for box "
-                        f"segmentation (default {DEFAULT_SAM}; GrabCut without it; '' for GrabCut)")
-    library_cli.add_set_argument(studio)
-    studio.set_defaults(run=cmd_studio)
-
     run = commands.add_parser("run", help="edit every item of a manifest (Prefect flow)")
     run.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
     run.add_argument("--output", required=True, help="output URI for images, records, results")
     library_cli.add_model_arguments(run)
     library_cli.add_config_arguments(run)
     run.add_argument("--items", help="comma-separated item ids to run (others are skipped)")
-    run.add_argument("--workers", type=int, default=AUTO_WORKERS, help="items at once, one process each "
-                     "(default: one per GPU, 1 on CPU; 0: in this process, for a debugger)")
-    run.add_argument("--retries", type=int, default=2, help="retries of transient failures")
+    add_worker_arguments(run)
     run.add_argument("--profile", help="a measured profile: summary.json gets the device-hours estimate")
     guard = RunGuard()
     run.add_argument("--guard-items", type=int, default=guard.items,
@@ -382,8 +295,7 @@ def add_commands(commands) -> None:
                        help="also re-run invalid items (after the manifest was fixed)")
     retry.add_argument("--selection", help="a retry selection (the studio's Review page writes one): re-run "
                        "exactly its items, with its overrides")
-    retry.add_argument("--workers", type=int, default=AUTO_WORKERS)
-    retry.add_argument("--retries", type=int, default=2)
+    add_worker_arguments(retry)
     retry.set_defaults(run=cmd_retry)
 
     plan = commands.add_parser("plan", help="validate and plan a run without editing: items, invalid rows, "
@@ -402,14 +314,15 @@ def add_commands(commands) -> None:
     manifest = commands.add_parser("manifest", help="check or create manifests")
     actions = manifest.add_subparsers(dest="action", required=True)
     validate = actions.add_parser("validate", help="report every bad row of a manifest")
-    validate.add_argument("manifest")
+    validate.add_argument("manifest", help="Parquet manifest URI (local path or s3://…)")
     validate.add_argument("--no-files", action="store_true", help="skip reading images and masks")
     add_allow_prefix(validate)
     library_cli.add_set_argument(validate, help="the run's config overrides, to check rows' params against")
     library_cli.add_model_arguments(validate, default=None)
     validate.set_defaults(run=cmd_validate)
     importer = actions.add_parser("from-dragbench", help="import DragBench samples as a manifest")
-    importer.add_argument("directory")
+    importer.add_argument("directory", help="a folder of DragBench samples (original_image.png and "
+                          "meta_data.pkl per sample, in any subfolder)")
     importer.add_argument("--out", required=True, help="manifest URI; images and masks go beside it")
     importer.add_argument("--radius", type=int, help="handle disc radius in px (default: 4%% of "
                           "the shorter side)")
@@ -418,14 +331,8 @@ def add_commands(commands) -> None:
     importer.set_defaults(run=cmd_from_dragbench)
 
 
-def main(argv: list[str] | None = None) -> int:
-    root = library_cli.parser(library_cli.add_commands, add_commands, bench_cli.add_commands,
-                              profile_cli.add_commands)
-    return library_cli.main(argv, root, library_cli.EXPECTED_ERRORS + (
-        UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError,
-        PolicyError, SelectionError),
-        exit_3=(OutputUnwritable, StoreUnavailable))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+# The errors a command reports in one line: exit 2 (bad input), or 3 (the output or store cannot be used).
+EXPECTED_ERRORS = library_cli.EXPECTED_ERRORS + (
+    UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError,
+    PolicyError, SelectionError)
+EXIT_3 = (OutputUnwritable, StoreUnavailable)

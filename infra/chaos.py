@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from flows.cli import DEMO_MANIFEST, main
+from command.main import main
 from flows.results import read_results
 from flows.shard import progress_log
 from infra.faults import (
@@ -43,6 +43,7 @@ from infra.faults import (
     resize_disk,
     store_behind_proxy,
 )
+from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table
 
 FAST = ["size=64", "lora.steps=2", "inversion.num_steps=10", "inversion.strength=0.6", "pbsi.steps=2",
@@ -104,7 +105,7 @@ class Faults(logging.Handler):
 
     def _second_run(self) -> None:
         """The same command again, from another process, while the first one runs."""
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "-q", *self.command], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "command", "-q", *self.command], capture_output=True,
                               text=True, timeout=600)
         refusal = [line for line in done.stderr.splitlines() if line.startswith("dragnext: error:")]
         self.second_outcome = {"exit_code": done.returncode, "message": refusal[-1] if refusal else ""}

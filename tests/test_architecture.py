@@ -91,7 +91,7 @@ def test_a_transformer_model_folder_is_refused_by_the_edit_command(tmp_path):
     handle.save(mask)
     instruction.write_text(json.dumps({"drags": [{"type": "translate", "handle_mask": str(mask),
                                                   "handle": [10, 10], "target": [20, 20]}]}))
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "-q", "edit", "--model", str(folder), "--image",
+    done = subprocess.run([sys.executable, "-m", "command", "-q", "edit", "--model", str(folder), "--image",
                            str(image), "--instruction", str(instruction), "--out", str(tmp_path / "o.png")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr

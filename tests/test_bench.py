@@ -120,7 +120,7 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
 
     from PIL import Image
 
-    from flows.cli import main
+    from command.main import main
     from tests.conftest import FAST
 
     out = tmp_path / "bench"
@@ -169,7 +169,7 @@ def test_methods_share_one_finetune_per_case_and_are_each_charged_for_it(tiny_mo
 def test_the_bench_runs_only_the_types_asked_for(tiny_model_dir, tmp_path, capsys):
     import json
 
-    from flows.cli import main
+    from command.main import main
     from tests.conftest import FAST
 
     sets = [a for s in FAST for a in ("--set", s)]
@@ -203,7 +203,7 @@ def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
     import torch
     from PIL import Image
 
-    from flows.cli import main
+    from command.main import main
     from tests.conftest import FAST
 
     sets = [a for s in FAST for a in ("--set", s)]
@@ -251,7 +251,7 @@ def test_the_trace_shows_x0_after_every_pbsi_step_with_its_loss_terms(tiny_model
 
 
 def test_a_method_that_does_not_parse_stops_the_bench_before_anything_runs(tmp_path, capsys):
-    from flows.cli import main
+    from command.main import main
 
     # without ';' the comma splits methods, so the second override reads as a method
     code = main(["-q", "bench", "--n", "1", "--out", str(tmp_path), "--model", str(tmp_path / "unused"),

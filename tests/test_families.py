@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from bench.cases import TYPES, make_case
+from command.main import main
 from dragnext.config import build_config
 from dragnext.cost import unet_passes
 from dragnext.model import load_model
 from dragnext.model_source import ModelSource
 from dragnext.tiny_model import ARCHS, components, save_components, save_tiny_model
-from flows.cli import main
 from tests.scenes import write_case
 
 FAST = ["lora.steps=2", "inversion.num_steps=10", "pbsi.steps=2", "pbsi.iterations=2", "size=64"]

@@ -16,10 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.cli import DEMO_MANIFEST, main
+from command.main import main
 from flows.results import read_results
 from flows.shard import progress_log
 from infra.faults import store_behind_proxy
+from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table, write_manifest
 from tests.conftest import FAST, wait_for
 from tests.scenes import SYNTHETIC
@@ -198,7 +199,7 @@ def test_a_store_still_down_at_the_end_leaves_the_results_in_a_local_folder(
 def test_a_killed_run_leaves_no_process_and_resumes_without_redoing_items(tmp_path, tiny_model_dir, sig):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    run = subprocess.Popen([sys.executable, "-m", "flows.cli", "-q", "run", str(DEMO_MANIFEST), "--output",
+    run = subprocess.Popen([sys.executable, "-m", "command", "-q", "run", str(DEMO_MANIFEST), "--output",
                             str(out), "--model", str(tiny_model_dir), "--workers", "2", *SETS,
                             "--set", "pbsi.iterations=25"], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -23,10 +23,10 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from command.main import main
 from dragnext.edit import STAGES
 from dragnext.inline_mask import encode
 from flows.bulk_edit import bulk_edit, retry_failed
-from flows.cli import main
 from flows.shard import ItemsFailed
 from manifests.dragbench import import_dragbench
 from manifests.schema import ManifestError, read_table, write_table
@@ -249,8 +249,8 @@ def test_the_demo_runs_the_shipped_benchmark_scenes_with_the_fixture_model_and_s
 
 
 def test_the_demo_without_the_fixture_model_says_where_it_should_be(tmp_path, capsys, monkeypatch):
-    import flows.cli
+    from bench import demo
 
-    monkeypatch.setattr(flows.cli, "FIXTURE_MODEL", tmp_path / "no-model")
+    monkeypatch.setattr(demo, "FIXTURE_MODEL", tmp_path / "no-model")
     assert main(["-q", "demo", "--out", str(tmp_path / "o")]) == 2
     assert "fixture/README.md" in capsys.readouterr().err

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from command.main import main
 from dragnext.config import EditConfig
 from dragnext.inline_mask import MAX_POLYGON_VERTICES, InlineMask, InvalidMask, Rle, check, decode, encode
 from dragnext.instruction import EditItem, read_instruction, validate_item
-from flows.cli import main
 from infra.faults import WRAPPING_RLE, zigzag
 from manifests.dragbench import import_dragbench
 from manifests.items import conform, load_item, validate_rows

@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from flows.cli import DEMO_MANIFEST, main
+from command.main import main
 from flows.lease import LEASE_NAME
 from flows.results import read_results
 from infra.faults import FaultUnavailable, capped_disk, read_only_disk, resize_disk
+from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table
 from tests.conftest import FAST, wait_for
 
@@ -184,7 +185,7 @@ def test_results_named_manifest_columns_are_refused_up_front(tmp_path, tiny_mode
 def test_ctrl_c_stops_within_ten_seconds_and_keeps_every_finished_item(tmp_path, tiny_model_dir):
     job, out = job_folder(tmp_path), tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "-q", "run", str(job / "manifest.parquet"),
+    process = subprocess.Popen([sys.executable, "-m", "command", "-q", "run", str(job / "manifest.parquet"),
                                 "--output", str(out), "--model", str(tiny_model_dir), "--workers", "2",
                                 *SLOW],
                                cwd=ROOT, env=env, start_new_session=True,
@@ -248,7 +249,7 @@ def hostile_job(tmp_path: Path) -> tuple[Path, list[tuple[str, str]]]:
 def test_hostile_rows_and_files_are_invalid_alone_and_validate_never_hangs(tmp_path, tiny_model_dir, capsys):
     job, expected = hostile_job(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    validate = subprocess.run([sys.executable, "-m", "flows.cli", "manifest", "validate",
+    validate = subprocess.run([sys.executable, "-m", "command", "manifest", "validate",
                                str(job / "manifest.parquet"), "--model", str(tiny_model_dir)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert validate.returncode == 1 and "Traceback" not in validate.stdout + validate.stderr

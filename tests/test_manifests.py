@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from command.main import main
 from dragnext.config import EditConfig
-from flows.cli import main
 from manifests.dragbench import UnsafePickleError, import_dragbench, load_meta
 from manifests.items import conform, load_item, validate_rows
 from manifests.schema import MANIFEST, SCHEMA_VERSION, VERSION_KEY, read_table, write_manifest

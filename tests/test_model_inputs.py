@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from command.main import main
 from dragnext.architecture import read_architecture
 from dragnext.model import load_model
-from flows.cli import main
 from tests.scenes import SYNTHETIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_a_fifo_among_the_model_s_files_is_refused_without_opening_it(model, tmp
     """In a process of its own with a deadline: opening a FIFO blocks for ever."""
     for name, (extra, expected) in special_file_cases(model, tmp_path).items():
         for argv in commands(model, tmp_path, *extra):
-            done = subprocess.run([sys.executable, "-m", "flows.cli", "-q", *argv], capture_output=True,
+            done = subprocess.run([sys.executable, "-m", "command", "-q", *argv], capture_output=True,
                                   text=True, timeout=180, cwd=ROOT)
             assert done.returncode == 2 and expected in done.stderr, (name, argv[0], done.stderr)
             assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

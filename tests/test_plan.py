@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from command.main import main
 from dragnext.config import build_config
 from dragnext.cost import estimate, unet_passes
 from dragnext.edit import edit_batch
-from flows.cli import main
 from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table, write_table
 from tasks.plan import make_plan

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import DEMO_MANIFEST, main
+from command.main import main
 from infra.faults import png_claiming
+from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def test_a_bad_set_on_run_is_one_line_and_exit_2_in_seconds_without_starting_pre
                                                                                      tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(DEMO_MANIFEST), "--output",
+    done = subprocess.run([sys.executable, "-m", "command", "run", str(DEMO_MANIFEST), "--output",
                            str(tmp_path / "out"), "--model", str(tiny_model_dir), "--set", "nosuch.x=1"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from command.main import main
 from dragnext.config import build_config
-from flows.cli import main
 
 STAGE_FIELDS = {"median_s", "runs_s"}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from command.main import main
 from dragnext.config import build_config
-from flows.cli import main
 from flows.results import read_results
 from tasks.plan import make_plan
 from tests.conftest import FAST

@@ -22,8 +22,8 @@ def test_the_sd15_components_have_sd15s_exact_sizes():
 
 @pytest.mark.slow
 def test_the_sd15_folder_builds_loads_and_runs_one_forward(tmp_path):
+    from command.main import main
     from dragnext.model import load_model
-    from flows.cli import main
 
     assert main(["-q", "tiny-model", str(tmp_path / "sd15"), "--arch", "sd15", "--full-size"]) == 0
     model = load_model(tmp_path / "sd15", device="cpu")

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from command.main import main
 from dragnext.config import ConfigError
 from dragnext.inline_mask import InlineMask, decode, encode
 from dragnext.instruction import Drag, EditItem, Instruction, InvalidItemError, validate_item
-from flows.cli import main
 from flows.results import write_summary
 from flows.selection import SelectionError, read_selection
 from manifests.items import with_params

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from flows.cli import main
+from command.main import main
 from manifests.schema import read_table, write_table
 from studio import app as studio_app
 from studio import jobs as studio_jobs

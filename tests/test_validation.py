@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from flows.cli import main
+from command.main import main
 from flows.results import read_results
 from infra.faults import MALFORMED, careless_manifest, malformed_files, malformed_rows
 from manifests.schema import read_table

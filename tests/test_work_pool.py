@@ -19,9 +19,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.cli import DEMO_MANIFEST
 from flows.local_api import free_port
 from flows.results import read_results
+from manifests.examples import DEMO_MANIFEST
 from manifests.schema import read_table
 from tests.conftest import FAST_OVERRIDES, wait_for
 from tests.postgres import postgresql
