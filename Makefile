@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-integration test-ui test-all demo studio studio-screenshots preview-timing chaos overhead throughput manifest-scale family-profiles gpu-check \
+.PHONY: setup docs docs-serve test test-integration test-ui test-all demo studio studio-screenshots preview-timing chaos overhead throughput manifest-scale family-profiles gpu-check \
 	review-thresholds \
 	gpu-wheels clean
 
@@ -22,6 +22,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
+
+# The docs site (mkdocs.yml, pages under docs/) into build/site. --strict: a broken internal link,
+# anchor or image, or a page left out of the nav, fails the build. The configuration and CLI
+# reference pages are generated from the code (command/reference.py).
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # The fast suite (unit tests: the library, manifests, storage, command-line checks; a few
 # minutes on 2 cores). `test-integration` runs the real runs: the dragnext command through
@@ -42,7 +55,7 @@ studio-screenshots: setup
 
 test-all: test test-integration test-ui
 
-# The studio's instant preview by image size and drags, against its 1 s bound (README, "Studio").
+# The studio's instant preview by image size and drags, against its 1 s bound (docs/guides/studio.md).
 preview-timing: setup
 	$(BIN)/python -m bench.instant_preview --json docs/instant-preview.json
 
@@ -60,24 +73,24 @@ demo: setup
 clean:
 	rm -rf $(VENV) build out
 
-# The failure drill (README "Surviving faults"): 180 good rows and every malformed kind on S3,
+# The failure drill (docs/guides/faults.md): 180 good rows and every malformed kind on S3,
 # store outages, a worker killed, a second run into the same output, one retry, an edited row
 # and a deleted output, a disk that fills (a capped tmpfs: root only); prints the table and
 # writes docs/chaos-results.json.
 chaos: setup
 	$(BIN)/python -m infra.chaos --json docs/chaos-results.json
 
-# What orchestration costs against a plain edit() loop, and 2 workers vs 1 (README).
+# What orchestration costs against a plain edit() loop, and 2 workers vs 1 (docs/guides/scale.md).
 overhead: setup
 	$(BIN)/python -m bench.overhead --n 10 --json docs/overhead-n10.json
 
 # Items/hour of `dragnext run` by batch size (1, 2, 4, 8), 1 worker x 2 threads and 2 workers x 1
-# thread, LoRA off and on, with the bench's success per type; about an hour on 2 cores (README).
+# thread, LoRA off and on, with the bench's success per type; about an hour on 2 cores (docs/guides/batched-editing.md).
 throughput: setup
 	$(BIN)/python -m bench.throughput --json docs/throughput.json
 
 # Validate+plan 1 000, 10 000 and 100 000-row manifests on moto S3, and merge 100 000 results rows:
-# seconds, peak memory, bytes read from the store (README).
+# seconds, peak memory, bytes read from the store (docs/guides/scale.md).
 manifest-scale: setup
 	$(BIN)/python -m bench.manifest_scale --json docs/manifest-scale.json
 

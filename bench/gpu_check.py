@@ -115,8 +115,8 @@ def main() -> int:
     parser.add_argument("--json", default="docs/gpu-profile.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here; run it on a GPU machine (README: A GPU box from zero)",
-              file=sys.stderr)
+        print("gpu-check: no CUDA device here; run it on a GPU machine (docs/guides/gpus.md: "
+              "A GPU box from zero)", file=sys.stderr)
         return 2
     start = time.perf_counter()
     name = torch.cuda.get_device_name()

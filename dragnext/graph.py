@@ -6,7 +6,8 @@ and the stored stages whose outputs it uses. A stage's key digests exactly these
 through those stages, so a stored output is reused only while everything it was made from
 is unchanged. A config section that no stage declares (a new peer's, say) counts for the
 method's stage and so for every stage after it: a new option can make a key change too
-often, never too rarely. `runtime` says how items are run, not what they become.
+often, never too rarely. `NOT_OUTPUT` (`runtime`: how items are run, `review`: how an output is
+judged) is in no key.
 
 The runner takes a `Batch` through the stages. An item whose output is stored (the
 caller's `StageCache`, by key) is not computed again; the others are computed together.
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from dragnext.config import EditConfig
+from dragnext.config import NOT_OUTPUT, EditConfig
 from dragnext.fingerprint import digest
 from dragnext.instruction import EditItem
 from dragnext.output_check import check_latent
@@ -39,8 +40,6 @@ from dragnext.stages import (
     optimise,
     prepare,
 )
-
-NOT_OUTPUT_SECTIONS = ("runtime",)
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ STAGES = tuple(stage.name for stage in GRAPH)
 
 
 def unclaimed_sections(config: EditConfig) -> list[str]:
-    claimed = {s for stage in GRAPH for s in stage.config} | set(NOT_OUTPUT_SECTIONS)
+    claimed = {s for stage in GRAPH for s in stage.config} | set(NOT_OUTPUT)
     return sorted(set(config.to_record()) - claimed)
 
 
