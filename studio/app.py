@@ -63,6 +63,7 @@ class StudioSettings:
     workdir: Path | None = None  # uploaded images; a temporary folder by default
     sam: str | None = DEFAULT_SAM
     prefect: bool = False  # a Prefect server is configured: Review can launch retry-failed
+    prefect_ui: str = ""  # its UI, where Review links the retry run it launched
     roots: Roots = field(default_factory=Roots)  # where the pages may read and write
     host: str = "127.0.0.1"  # the address it is bound to: the Host header must name it
     port: int = 7860
@@ -251,8 +252,8 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @app.get("/api/settings")
     def studio_settings() -> dict:
         return {"model": settings.model, "manifest": settings.manifest, "results": settings.results,
-                "prefect": settings.prefect, "config": base.to_record(), "cwd": os.getcwd(),
-                "read": list(roots.read), "write": list(roots.write)}
+                "prefect": settings.prefect, "prefect_ui": settings.prefect_ui, "config": base.to_record(),
+                "cwd": os.getcwd(), "read": list(roots.read), "write": list(roots.write)}
 
     @app.post("/api/images")
     def upload(body: Upload) -> dict:

@@ -13,7 +13,7 @@ from studio.segment import DEFAULT_SAM
 
 def cmd_studio(args: argparse.Namespace) -> int:
     import uvicorn
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
     from studio.app import StudioSettings, create_app
     from studio.roots import Roots
@@ -22,6 +22,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
     settings = StudioSettings(model=str(args.model), manifest=manifest, results=results,
                               overrides=parse_overrides(args.set), sam=args.sam or None,
                               prefect=bool(PREFECT_API_URL.value()),
+                              prefect_ui=(PREFECT_UI_URL.value() or "") if PREFECT_API_URL.value() else "",
                               roots=Roots.of(manifest, results, args.allow_prefix, args.write_prefix),
                               host=args.host, port=args.port, insecure=args.insecure)
     app = create_app(settings)  # checks the model and the keys: a mistake is one line, not a page error

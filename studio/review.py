@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +25,7 @@ from dragnext.config import build_config
 from flows.results import read_summary, table_rows
 from flows.selection import Selection
 from manifests.items import MAX_FILE_BYTES
-from manifests.schema import read_table
+from manifests.schema import ManifestError, read_table
 from manifests.storage import join, parent, read_bytes, regular_file_size, write_bytes
 from manifests.uris import UriPolicy
 from studio.roots import Refused
@@ -54,6 +55,30 @@ class Query(BaseModel):
     per_page: int = Field(default=24, ge=1, le=200)
 
 
+def manifest_drag_types(results_uri: str, policy: UriPolicy) -> tuple[dict[str, set[str]], str]:
+    """Each item's drag types, read from the run's manifest (results rows carry none): the
+    manifest its summary.json names, where the studio's roots allow reading it; and, when
+    they cannot be had, why in one sentence."""
+    try:
+        named = read_summary(parent(results_uri))["manifest_uri"]
+    except (OSError, ValueError, KeyError, TypeError, ManifestError):
+        return {}, "drag types: the run's summary.json cannot be read"
+    manifest = policy.resolve(named) if isinstance(named, str) else None
+    if manifest is None:
+        return {}, (f"drag types: the run's manifest {named} is outside the studio's read prefixes "
+                    "(--allow-prefix)")
+    try:
+        table = pq.read_table(io.BytesIO(read_bytes(manifest)), columns=["item_id", "drags"])
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return {}, f"drag types: the run's manifest {named} cannot be read"
+    ids, drags = table.column("item_id").to_pylist(), table.column("drags").to_pylist()
+    return {item_id: _types(d) for item_id, d in zip(ids, drags, strict=True)}, ""
+
+
+def _types(drags: list | None) -> set[str]:
+    return {d["type"] for d in (drags or []) if isinstance(d, dict) and isinstance(d.get("type"), str)}
+
+
 class Results:
     """One results file, read once."""
 
@@ -68,8 +93,12 @@ class Results:
         flags = table.column("needs_review").to_pylist() if "needs_review" in table.column_names else []
         self.flagged = np.array([bool(f) for f in flags] or [False] * len(self.ids))
         self.metrics = [dict(m) if m else {} for m in table.column("metrics").to_pylist()]
-        drags = table.column("drags").to_pylist() if "drags" in table.column_names else [None] * len(self.ids)
-        self.drag_types = [{d["type"] for d in (ds or []) if d} for ds in drags]
+        self.drag_types_note = ""
+        if "drags" in table.column_names:
+            self.drag_types = [_types(ds) for ds in table.column("drags").to_pylist()]
+        else:
+            by_item, self.drag_types_note = manifest_drag_types(uri, policy)
+            self.drag_types = [by_item.get(i, set()) for i in self.ids]
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
 
     def facets(self) -> dict:
@@ -78,7 +107,8 @@ class Results:
                 "statuses": dict(zip(statuses.tolist(), counted.tolist(), strict=True)),
                 "needs_review": int(self.flagged.sum()),
                 "metrics": sorted({k for m in self.metrics for k in m}),
-                "drag_types": sorted({t for ts in self.drag_types for t in ts})}
+                "drag_types": sorted({t for ts in self.drag_types for t in ts}),
+                "drag_types_note": self.drag_types_note}
 
     def _metric(self, name: str) -> np.ndarray:
         return np.array([m.get(name, np.nan) if m.get(name) is not None else np.nan for m in self.metrics],
@@ -107,7 +137,7 @@ class Results:
         page = order[start:start + q.per_page]
         rows = table_rows(self.table.take(pa.array(page, type=pa.int64())))
         return {"total": int(len(order)), "page": q.page, "per_page": q.per_page,
-                "rows": [self._row_view(r) for r in rows]}
+                "rows": [self._row_view(r, self.drag_types[i]) for r, i in zip(rows, page, strict=True)]}
 
     def _sort_key(self, sort: str) -> np.ndarray:
         if sort == "item_id":
@@ -120,12 +150,12 @@ class Results:
         return np.where(np.isnan(values), np.inf, values)  # rows without the metric last
 
     @staticmethod
-    def _row_view(row: dict) -> dict:
+    def _row_view(row: dict, drag_types: set[str]) -> dict:
         return {"item_id": row["item_id"], "status": row["status"], "error": row.get("error"),
                 "attempts": row.get("attempts"), "needs_review": row.get("needs_review"),
                 "review_reasons": row.get("review_reasons"), "metrics": row.get("metrics") or {},
                 "timings_s": row.get("timings_s") or {},
-                "drag_types": sorted({d["type"] for d in (row.get("drags") or []) if d}),
+                "drag_types": sorted(drag_types),
                 "has": {k: bool(row.get(k)) for k in FILE_KINDS}}
 
     def row(self, item_id: str) -> dict:

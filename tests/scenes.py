@@ -41,7 +41,7 @@ def load_scene(folder, spec):
 
 def dragnext_command() -> list[str]:
     script = Path(sys.executable).parent / "dragnext"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dragnext.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "command"]
 
 
 SIZE = (16, 16)

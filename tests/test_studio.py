@@ -246,6 +246,29 @@ def test_review_pages_10000_rows_filtered_and_sorted_without_reading_them_all(tm
     assert time.perf_counter() - started < 5  # open, facets and five queries
 
 
+def test_results_without_drag_types_take_them_from_the_run_s_manifest_where_the_roots_allow(tmp_path):
+    """What the pipeline writes: results.parquet carries no drags, summary.json names the manifest."""
+    from manifests.examples import DEMO_MANIFEST
+
+    table = read_table(results_file(tmp_path, 8)).drop_columns(["drags"])
+    ids = read_table(str(DEMO_MANIFEST)).column("item_id").to_pylist()
+    write_table(table.set_column(0, "item_id", [ids]), str(tmp_path / "results.parquet"))
+    write_summary(str(tmp_path), {"config": {}, "run_id": "r", "manifest_uri": str(DEMO_MANIFEST)})
+    uri = str(tmp_path / "results.parquet")
+
+    reading = Results(uri, UriPolicy(parent(uri), (str(DEMO_MANIFEST.parent),)))
+    allowed = reading.facets()
+    assert allowed["drag_types"] == ["deform", "rotate", "scale", "translate"]
+    assert not allowed["drag_types_note"]
+    rotated = reading.query(Query(drag_type="rotate"))
+    assert sorted(r["item_id"] for r in rotated["rows"]) == ["rotate-0100", "rotate-0101"]
+
+    outside = Results(uri, UriPolicy(parent(uri))).facets()  # the manifest is not under the roots: not read
+    assert outside["drag_types"] == [] and "outside the studio's read prefixes" in outside["drag_types_note"]
+    write_summary(str(tmp_path), {"config": {}, "run_id": "r", "manifest_uri": ["not", "a", "uri"]})
+    assert "outside" in Results(uri, UriPolicy(parent(uri))).facets()["drag_types_note"]
+
+
 def test_send_back_writes_a_selection_that_retry_reads_and_refuses_bad_ones(tmp_path):
     uri = results_file(tmp_path, 20)
     results = Results(uri, UriPolicy(parent(uri)))

@@ -122,7 +122,8 @@ def demo_results(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_results):
     home = tmp_path_factory.mktemp("studio")
-    server = Studio(home, "--results", demo_results, "--write-prefix", str(home / "authored"))
+    server = Studio(home, "--results", demo_results, "--write-prefix", str(home / "authored"),
+                    "--allow-prefix", str(DEMO_MANIFEST.parent))  # the run's manifest: its drag types
     server.authored = home / "authored"
     yield server
     server.stop()
@@ -263,8 +264,10 @@ def test_review_a_run_filter_open_an_item_and_send_two_back(browser, studio, dem
     first = cards[0].get_attribute("data-item")
     cards[0].find_element("css selector", ".open-item").click()
     wait.until(lambda d: by_id(d, "detail").is_displayed() and by_id(d, "detail-title").text == first)
-    wait.until(lambda d: image_loaded(d, "detail-preview"))
+    wait.until(lambda d: by_id(d, "compare").get_attribute("data-ready") == "true")
     assert "pbsi" in by_id(browser, "detail-timings").text
+    assert not by_id(browser, "detail-record").is_displayed()  # the record is folded
+    browser.find_element("css selector", "#record-fold summary").click()
     assert '"timings_s"' in by_id(browser, "detail-record").text
 
     chosen = [c.get_attribute("data-item") for c in cards[:2]]
@@ -371,6 +374,8 @@ def test_the_prefect_form_launches_a_run_whose_artifact_links_open_and_the_studi
             by_id(browser, "launch").click()
             wait.until(lambda d: "launched flow run" in by_id(d, "send-result").text)
             retry_id = by_id(browser, "send-result").text.split("(")[-1].rstrip(")")
+            link = by_id(browser, "launched-run")  # the launched run, linked in the Prefect UI
+            assert link.is_displayed() and link.get_attribute("href") == f"{base}/runs/flow-run/{retry_id}"
             retry = wait_for(lambda: (r := client.read_flow_run(retry_id)).state.is_final() and r, 600,
                              "the retry run")
             assert retry.state.is_completed(), retry.state.message
@@ -578,3 +583,192 @@ def test_a_manifest_row_s_masks_show_on_the_canvas_as_the_server_decodes_them(br
     width, height, on = shown
     assert (height, width) == expected.shape
     assert np.array_equal(np.array(on, dtype=bool).reshape(height, width), expected)
+
+
+# Pleasant to use (issue 31), at the size of a common laptop screen.
+LAPTOP = (1366, 768)
+
+
+@pytest.fixture
+def laptop(browser):
+    size = browser.get_window_size()
+    browser.set_window_size(*LAPTOP)
+    yield browser
+    browser.set_window_size(size["width"], size["height"])
+
+
+def viewport(driver) -> tuple[int, int]:
+    return tuple(driver.execute_script("return [document.documentElement.clientWidth, innerHeight]"))
+
+
+def rect(driver, selector: str) -> dict:
+    return driver.execute_script("const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+                                 "return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};",
+                                 selector)
+
+
+def drawn(driver) -> dict:
+    return json.loads(driver.execute_script("return JSON.stringify(state)"))
+
+
+def canvas_offset(driver, x: float, y: float, width: int) -> tuple[int, int]:
+    """Where image pixel (x, y) is, from the canvas's centre, in screen px."""
+    canvas = by_id(driver, "canvas")
+    scale = canvas.get_property("width") / width
+    return (round((x + 0.5) * scale - canvas.get_property("clientWidth") / 2),
+            round((y + 0.5) * scale - canvas.get_property("clientHeight") / 2))
+
+
+def test_author_fits_a_laptop_undoes_moves_points_and_zooms(laptop, studio, evidence):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = laptop
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{studio.url}/author")
+    row = demo_row("translate-0100")
+    by_id(browser, "upload").send_keys(str(DEMO_MANIFEST.parent / row["image_uri"]))
+    wait.until(lambda d: d.execute_script("return state !== null && picture.complete"))
+    size = tuple(browser.execute_script("return size"))
+
+    # the three columns side by side, all of them on the screen
+    width, _ = viewport(browser)
+    columns = [rect(browser, f"section.{name}") for name in ("side", "draw", "results")]
+    assert columns[0]["right"] <= columns[1]["left"] and columns[1]["right"] <= columns[2]["left"]
+    assert columns[2]["right"] <= width and len({round(c["top"]) for c in columns}) == 1
+
+    # a polygon drawn before its drag exists becomes that drag's handle region
+    drag = row["drags"][0]
+    mask = np.asarray(Image.open(DEMO_MANIFEST.parent / drag["handle_mask_uri"])) > 0
+    ys, xs = np.nonzero(mask)
+    for x, y in ((xs.min() - 1, ys.min() - 1), (xs.max() + 1, ys.min() - 1), (xs.max() + 1, ys.max() + 1)):
+        click_image_point(browser, x, y, *size)
+    by_id(browser, "add-drag").click()
+    assert len(drawn(browser)["drags"][0]["region"]["polygons"]) == 1
+    browser.find_element("css selector", "[data-mode=handle]").click()
+    click_image_point(browser, drag["handle"]["x"], drag["handle"]["y"], *size)
+    click_image_point(browser, drag["target"]["x"], drag["target"]["y"], *size)
+    wait.until(lambda d: by_id(d, "preview-time").get_attribute("data-ready") == "true")
+    placed = drawn(browser)["drags"][0]["target"]
+
+    # a point is moved by dragging it, and the server checks the moved drag
+    canvas = by_id(browser, "canvas")
+    start = canvas_offset(browser, *placed, size[0])
+    scale = canvas.get_property("width") / size[0]
+    ActionChains(browser).move_to_element_with_offset(canvas, *start).click_and_hold() \
+        .move_by_offset(round(3 * scale), 0).move_by_offset(round(3 * scale), 0).release().perform()
+    moved = drawn(browser)["drags"][0]["target"]
+    assert abs(moved[0] - placed[0] - 6) <= 0.6 and abs(moved[1] - placed[1]) <= 0.6
+
+    def keys(*pressed: str) -> None:
+        chain = ActionChains(browser)
+        for key in pressed[:-1]:
+            chain.key_down(key)
+        chain.send_keys(pressed[-1])
+        for key in pressed[:-1]:
+            chain.key_up(key)
+        chain.perform()
+
+    # undo takes the move back, then the target; redo puts them back
+    keys(Keys.CONTROL, "z")
+    assert drawn(browser)["drags"][0]["target"] == placed
+    keys(Keys.CONTROL, "z")
+    assert drawn(browser)["drags"][0]["target"] is None
+    keys(Keys.CONTROL, Keys.SHIFT, "z")
+    keys(Keys.CONTROL, Keys.SHIFT, "z")
+    assert drawn(browser)["drags"][0]["target"] == moved
+    by_id(browser, "undo").click()
+    assert drawn(browser)["drags"][0]["target"] == placed
+    by_id(browser, "redo").click()
+    assert drawn(browser)["drags"][0]["target"] == moved
+
+    # in the polygon tool too, dragging a point moves it and the click that ends the move adds
+    # no vertex
+    browser.find_element("css selector", "[data-mode=polygon]").click()
+    handle = drawn(browser)["drags"][0]["handle"]
+    ActionChains(browser).move_to_element_with_offset(canvas, *canvas_offset(browser, *handle, size[0])) \
+        .click_and_hold().move_by_offset(0, round(2 * scale)).move_by_offset(0, round(2 * scale)).release() \
+        .perform()
+    assert abs(drawn(browser)["drags"][0]["handle"][1] - handle[1] - 4) <= 0.6
+    assert browser.execute_script("return pending.length") == 0
+
+    # zoom: the canvas grows about the view, the wrap scrolls; the brush is sized on the screen
+    fit_width = canvas.get_property("width")
+    by_id(browser, "zoom-in").click()
+    by_id(browser, "zoom-in").click()
+    assert abs(canvas.get_property("width") - fit_width * 2.25) <= 2
+    assert by_id(browser, "zoom-label").text == "225%"
+    assert rect(browser, "#canvas-wrap")["right"] <= columns[1]["right"]  # the view stays its size
+    browser.find_element("css selector", "[data-mode=brush]").click()
+    wrap = by_id(browser, "canvas-wrap")
+    ActionChains(browser).move_to_element(wrap).click_and_hold().move_by_offset(20, 0).release().perform()
+    [stroke] = drawn(browser)["drags"][0]["region"]["strokes"]
+    brush = float(by_id(browser, "brush").get_attribute("value"))
+    assert abs(stroke["radius"] - brush / browser.execute_script("return scale")) <= 0.1
+    by_id(browser, "zoom-fit").click()
+    assert canvas.get_property("width") == fit_width
+
+    # every region shows as a translucent overlay: the stroke's band is painted on the canvas
+    painted = browser.execute_script("""
+      const c = document.getElementById("canvas");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      const [x, y] = toCanvas(state.drags[0].region.strokes[0].points[0]);
+      const i = (Math.round(y) * c.width + Math.round(x)) * 4;
+      return [d[i], d[i + 1], d[i + 2]];""")
+    picture = np.asarray(Image.open(DEMO_MANIFEST.parent / row["image_uri"]).convert("RGB"))
+    sx, sy = (round(v) for v in stroke["points"][0])
+    assert tuple(painted) != tuple(picture[sy, sx])
+    screenshot(browser, "studio-author-1366.png")
+
+
+def test_review_fits_a_laptop_with_the_item_beside_the_cards_before_and_after(laptop, studio, demo_results,
+                                                                              evidence):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser = laptop
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{studio.url}/review")
+    wait.until(lambda d: "8 items" in by_id(d, "facets").text)
+    Select(by_id(browser, "flag")).select_by_value("")
+    types = [o.get_attribute("value") for o in Select(by_id(browser, "drag-type")).options]
+    assert types == ["", "deform", "rotate", "scale", "translate"]  # from the run's manifest
+    Select(by_id(browser, "drag-type")).select_by_value("rotate")
+    by_id(browser, "apply").click()
+    wait.until(lambda d: by_id(d, "shown").text == "2 shown")
+    cards = browser.find_elements("css selector", ".card")
+    assert all(c.get_attribute("data-item").startswith("rotate-") for c in cards)
+    assert all("IF_ed" in c.text for c in cards)  # the metrics the results carry
+    Select(by_id(browser, "drag-type")).select_by_value("")
+    by_id(browser, "apply").click()
+    wait.until(lambda d: by_id(d, "shown").text == "8 shown")
+
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    browser.find_elements("css selector", ".card .open-item")[-1].click()
+    wait.until(lambda d: by_id(d, "compare").get_attribute("data-ready") == "true")
+    width, height = viewport(browser)
+    detail, cards = rect(browser, "#detail"), rect(browser, "section.cards")
+    assert 0 <= detail["top"] < height / 2 and detail["right"] <= width  # in view, wherever the list was
+    assert cards["right"] <= detail["left"]  # beside the cards, not below them
+
+    # the big before/after: the preview's input and edited panels at their full size
+    item = by_id(browser, "detail-title").text
+    [row] = [r for r in read_results(demo_results) if r["item_id"] == item]
+    edited = Image.open(row["image_uri"])
+    before = browser.execute_script("const c = document.getElementById('before'); return [c.width, c.height]")
+    after = browser.execute_script("""const c = document.getElementById('after');
+      const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      return [c.width, c.height, Array.from(data)]""")
+    strip = np.asarray(Image.open(row["preview_uri"]).convert("RGB"))
+    panel = after[0]
+    assert before == after[:2] and panel >= edited.width and strip.shape[1] > 3 * panel
+    pixels = np.array(after[2], dtype=np.uint8).reshape(after[1], after[0], 4)[..., :3]
+    assert np.array_equal(pixels, strip[:, -panel:])  # the edited panel, pixel for pixel
+    assert rect(browser, "#before")["right"] - rect(browser, "#before")["left"] >= 250
+    by_id(browser, "slider").click()
+    browser.execute_script("const r = document.getElementById('compare-at'); r.value = 30; r.oninput()")
+    assert "30%" in browser.execute_script(
+        "return getComputedStyle(document.querySelector('.compare figure.after')).clipPath")
+    assert rect(browser, "#after")["left"] == rect(browser, "#before")["left"]  # one over the other
+    assert not by_id(browser, "detail-record").is_displayed()
+    screenshot(browser, "studio-review-1366.png")

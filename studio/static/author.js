@@ -4,7 +4,17 @@ const emptyRegion = () => ({ polygons: [], strokes: [], rle: null });
 const COLOURS = ["#ff5050", "#50a0ff", "#50dc78", "#fac83c", "#c864ff"];
 let state = null;            // AuthorState
 let size = null;             // [width, height] of the image
-let scale = 1;               // canvas px per image px
+let fit = 1;                 // canvas px per image px at zoom 1 (the longer side 512 px)
+let zoom = 1;
+let scale = 1;               // canvas px per image px: fit × zoom
+const MAX_ZOOM = 16;
+const HIT_PX = 7;            // how near, in screen px, a click takes hold of a point
+let history = [], future = [];  // undo and redo: the state as JSON after each change
+const MAX_HISTORY = 200;
+let held = null;             // the point being moved: { point, moved }
+let suppressClick = false;   // the click that ends moving a point places nothing
+let panning = null;          // a middle-button or Pan-tool drag: where it started
+let hover = null;            // the pointer, in image px (the brush's outline)
 let picture = new Image();
 let active = -1;             // the drag being drawn
 let mode = "polygon";
@@ -17,6 +27,8 @@ let currentJob = null;       // the last Edit now's id
 function setMode(m) {
   mode = m;
   document.querySelectorAll("#tools button").forEach((b) => b.classList.toggle("on", b.dataset.mode === m));
+  $("canvas").style.cursor = m === "pan" ? "grab" : "crosshair";
+  draw();
 }
 
 function regionInUse() {
@@ -24,17 +36,38 @@ function regionInUse() {
   return active >= 0 ? state.drags[active].region : null;
 }
 
+function resize() {
+  scale = fit * zoom;
+  $("canvas").width = Math.round(size[0] * scale);
+  $("canvas").height = Math.round(size[1] * scale);
+  $("zoom-label").textContent = `${Math.round(zoom * 100)}%`;
+  draw();
+}
+
+// Zoom about a point of the canvas's view (the pointer, or the view's centre), which stays put.
+function setZoom(next, clientX, clientY) {
+  if (!size) return;
+  const wrap = $("canvas-wrap"), box = wrap.getBoundingClientRect();
+  const vx = (clientX ?? box.left + box.width / 2) - box.left, vy = (clientY ?? box.top + box.height / 2) - box.top;
+  const ix = (wrap.scrollLeft + vx) / scale, iy = (wrap.scrollTop + vy) / scale;
+  zoom = Math.min(MAX_ZOOM, Math.max(1, next));
+  resize();
+  wrap.scrollLeft = ix * scale - vx;
+  wrap.scrollTop = iy * scale - vy;
+}
+
 function loaded(image_id, width, height, newState) {
   size = [width, height];
-  scale = 512 / Math.max(width, height);
-  $("canvas").width = Math.round(width * scale);
-  $("canvas").height = Math.round(height * scale);
+  fit = 512 / Math.max(width, height);
+  zoom = 1;
+  resize();
   state = newState || { image_id, item_id: $("item-id").value || "item", prompt: $("prompt").value,
                         editable: emptyRegion(), drags: [] };
   $("item-id").value = state.item_id;
   $("prompt").value = state.prompt;
   active = state.drags.length - 1;
   pending = [];
+  history = [JSON.stringify(state)]; future = [];
   picture = new Image();
   picture.onload = () => { draw(); changed(); };
   picture.src = `/api/images/${image_id}`;
@@ -145,6 +178,11 @@ function draw() {
     drawPoint(ctx, d.center, "#333", `c${i}`);
   });
   drawPolygon(ctx, pending, "#ffff00", false);
+  if (mode === "brush" && hover) {
+    const [x, y] = toCanvas(hover);
+    ctx.strokeStyle = "#ffff00"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.arc(x, y, Number($("brush").value), 0, 2 * Math.PI); ctx.stroke();
+  }
   if (boxStart && boxEnd) {
     const [a, b] = [toCanvas(boxStart), toCanvas(boxEnd)];
     ctx.strokeStyle = "#ffff00"; ctx.setLineDash([4, 3]); ctx.strokeRect(a[0], a[1], b[0] - a[0], b[1] - a[1]);
@@ -185,11 +223,19 @@ function showFindings(findings) {
   });
 }
 
+// After every change: remember it for undo, redraw, and have the server check it.
 function changed() {
   draw();
   if (!state) return;
   state.item_id = $("item-id").value;
   state.prompt = $("prompt").value;
+  const now = JSON.stringify(state);
+  if (now !== history[history.length - 1]) {
+    history.push(now);
+    if (history.length > MAX_HISTORY) history.shift();
+    future = [];
+  }
+  undoable();
   clearTimeout(checkTimer);
   checkTimer = setTimeout(async () => {
     try {
@@ -205,8 +251,55 @@ function changed() {
   }, 120);
 }
 
+function undoable() {
+  $("undo").disabled = history.length < 2 && !pending.length;
+  $("redo").disabled = !future.length;
+}
+
+function restore(json) {
+  state = JSON.parse(json);
+  $("item-id").value = state.item_id;
+  $("prompt").value = state.prompt;
+  active = Math.min(active, state.drags.length - 1);
+  renderDrags(); changed();
+}
+
+// Undo takes back the last vertex of a polygon being drawn, then the changes one by one.
+function undo() {
+  if (pending.length) { pending.pop(); draw(); undoable(); return; }
+  if (history.length < 2) return;
+  future.push(history.pop());
+  restore(history[history.length - 1]);
+}
+
+function redo() {
+  if (!future.length) return;
+  const next = future.pop();
+  history.push(next);
+  restore(next);
+}
+
+// The point under the pointer: a drag's handle, target or centre, or a vertex of a polygon
+// of the region being marked (or of the one being drawn).
+function pointAt(event) {
+  if (!state) return null;
+  const at = [event.offsetX, event.offsetY], near = (p) => {
+    if (!p) return false;
+    const [x, y] = toCanvas(p);
+    return Math.hypot(x - at[0], y - at[1]) <= HIT_PX;
+  };
+  const region = regionInUse();
+  const points = [...state.drags.flatMap((d) => [d.handle, d.target, d.center]),
+                  ...(region ? region.polygons.flat() : []), ...pending];
+  return points.find(near) || null;
+}
+
 function addDrag(type) {
   state.drags.push({ type, region: emptyRegion(), handle: null, target: null, center: null, axis: null });
+  if (pending.length >= 3) {  // a polygon drawn before the drag existed is its handle region
+    state.drags[state.drags.length - 1].region.polygons.push(pending);
+    pending = [];
+  }
   active = state.drags.length - 1;
   $("region-for").value = "drag";
   setMode("polygon");
@@ -226,19 +319,49 @@ function closePolygon() {
 
 $("canvas").addEventListener("mousedown", (event) => {
   if (!state) return;
+  suppressClick = false;
+  if (event.button === 1 || mode === "pan") {
+    const wrap = $("canvas-wrap");
+    panning = { x: event.clientX, y: event.clientY, left: wrap.scrollLeft, top: wrap.scrollTop };
+    event.preventDefault();
+    return;
+  }
+  const point = pointAt(event);
+  if (point) { held = { point, from: [event.offsetX, event.offsetY], moved: false }; return; }
   const p = toImage(event);
   if (mode === "brush" && regionInUse()) {
-    stroke = { points: [p], radius: Number($("brush").value) }; regionInUse().strokes.push(stroke); draw();
+    // the brush is sized on the screen: a stroke's radius in image px depends on the zoom
+    const radius = Math.max(0.5, Math.round(Number($("brush").value) / scale * 10) / 10);
+    stroke = { points: [p], radius }; regionInUse().strokes.push(stroke); draw();
   } else if (mode === "box") { boxStart = p; boxEnd = p; }
 });
 $("canvas").addEventListener("mousemove", (event) => {
+  hover = toImage(event);
+  if (panning) {
+    $("canvas-wrap").scrollLeft = panning.left - (event.clientX - panning.x);
+    $("canvas-wrap").scrollTop = panning.top - (event.clientY - panning.y);
+    return;
+  }
+  if (held) {
+    held.moved ||= Math.hypot(event.offsetX - held.from[0], event.offsetY - held.from[1]) > 2;
+    if (held.moved) { [held.point[0], held.point[1]] = toImage(event); draw(); }
+    return;
+  }
+  if (mode === "brush") draw();
   if (stroke) {
     const p = toImage(event), last = stroke.points[stroke.points.length - 1];
     if (Math.hypot(p[0] - last[0], p[1] - last[1]) >= Math.max(1, stroke.radius / 3)) { stroke.points.push(p); draw(); }
   }
   if (boxStart) { boxEnd = toImage(event); draw(); }
 });
+$("canvas").addEventListener("mouseleave", () => { hover = null; draw(); });
 window.addEventListener("mouseup", async () => {
+  panning = null;
+  if (held) {
+    suppressClick = held.moved;
+    if (held.moved) changed();
+    held = null;
+  }
   if (stroke) { stroke = null; changed(); }
   if (boxStart) {
     const box = [...boxStart, ...boxEnd], region = regionInUse();
@@ -253,12 +376,13 @@ window.addEventListener("mouseup", async () => {
   }
 });
 $("canvas").addEventListener("click", (event) => {
-  if (!state) return;
+  if (!state || mode === "pan") return;
+  if (suppressClick) { suppressClick = false; return; }
   const p = toImage(event), drag = state.drags[active];
   if (mode === "polygon") {
     const first = pending[0];
     if (first && pending.length >= 3 && Math.hypot(first[0] - p[0], first[1] - p[1]) * scale < 6) closePolygon();
-    else { pending.push(p); draw(); }
+    else { pending.push(p); draw(); undoable(); }
     return;
   }
   if (!drag) return;
@@ -270,6 +394,24 @@ $("canvas").addEventListener("click", (event) => {
 
 document.querySelectorAll("#tools button").forEach((b) => (b.onclick = () => setMode(b.dataset.mode)));
 $("close-polygon").onclick = closePolygon;
+$("brush").oninput = () => { $("brush-label").textContent = $("brush").value; draw(); };
+$("undo").onclick = undo;
+$("redo").onclick = redo;
+$("zoom-in").onclick = () => setZoom(zoom * 1.5);
+$("zoom-out").onclick = () => setZoom(zoom / 1.5);
+$("zoom-fit").onclick = () => setZoom(1);
+$("canvas-wrap").addEventListener("wheel", (event) => {
+  if (!(event.ctrlKey || event.metaKey)) return;  // a plain wheel scrolls (pans) the view
+  event.preventDefault();
+  setZoom(zoom * (event.deltaY < 0 ? 1.25 : 0.8), event.clientX, event.clientY);
+}, { passive: false });
+$("canvas").addEventListener("auxclick", (event) => event.preventDefault());
+window.addEventListener("keydown", (event) => {
+  if (event.target.closest("input, textarea, select")) return;  // their own undo
+  const key = event.key.toLowerCase();
+  if ((event.ctrlKey || event.metaKey) && key === "z") { event.preventDefault(); event.shiftKey ? redo() : undo(); }
+  else if ((event.ctrlKey || event.metaKey) && key === "y") { event.preventDefault(); redo(); }
+});
 $("clear-region").onclick = () => {
   const region = regionInUse();
   if (region) Object.assign(region, emptyRegion());

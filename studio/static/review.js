@@ -1,6 +1,6 @@
 // The Review page: a run's results, filtered and paged on the server (studio/review.py);
 // only the shown page's previews are fetched.
-let results = null, facets = null, page = 0, total = 0;
+let results = null, facets = null, page = 0, total = 0, settings = {};
 const perPage = 24;
 const selected = new Set();
 
@@ -31,6 +31,7 @@ async function open(reload) {
   $("statuses").replaceChildren(...Object.entries(facets.statuses).map(([s, n]) =>
     el("label", {}, el("input", { type: "checkbox", value: s }), ` ${s} (${n})`)));
   setOptions($("drag-type"), [["", "any"], ...facets.drag_types]);
+  $("drag-types-note").textContent = facets.drag_types_note;
   setOptions($("metric"), [["", "—"], ...facets.metrics]);
   setOptions($("sort"), ["item_id", "status", "attempts", ...facets.metrics]);
   $("flag").value = facets.needs_review ? "true" : "";  // the flagged items first
@@ -78,14 +79,61 @@ function keyValues(table, entries) {
   });
 }
 
+// The preview strip is input | instruction | edited, each panel w wide with a gap of
+// max(2, floor(w / 64)) px between them (dragnext/preview.py): its width gives w back.
+function panelWidth(stripWidth) {
+  for (let w = Math.floor(stripWidth / 3); w > 0; w--) {
+    if (3 * w + 2 * Math.max(2, Math.floor(w / 64)) === stripWidth) return w;
+  }
+  return null;
+}
+
+// The big before/after: the strip's first and last panels, at their full size.
+function compare(item, hasPreview) {
+  const before = $("before"), after = $("after");
+  [before, after].forEach((c) => { c.width = c.height = 0; });
+  $("compare-note").textContent = hasPreview ? "" : "no preview: the item has no edit to compare";
+  if (!hasPreview) return;
+  const strip = new Image();
+  strip.onload = () => {
+    const w = panelWidth(strip.naturalWidth);
+    if (!w) { $("compare-note").textContent = "the preview is not an input | instruction | edited strip"; return; }
+    const gap = Math.max(2, Math.floor(w / 64)), h = strip.naturalHeight;
+    [[before, 0], [after, 2 * (w + gap)]].forEach(([canvas, x]) => {
+      canvas.width = w; canvas.height = h;
+      const ctx = canvas.getContext("2d");
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(strip, x, 0, w, h, 0, 0, w, h);
+    });
+    $("compare").dataset.ready = "true";
+  };
+  $("compare").dataset.ready = "false";
+  strip.src = fileUrl(item, "preview_uri");
+}
+
+function setView(view) {
+  $("compare").dataset.view = view;
+  $("side-by-side").classList.toggle("on", view === "side");
+  $("slider").classList.toggle("on", view === "slider");
+  $("compare-at").hidden = view !== "slider";
+  slide();
+}
+
+function slide() {
+  const at = $("compare").dataset.view === "slider" ? Number($("compare-at").value) : 0;
+  $("after").parentElement.style.clipPath = at ? `inset(0 0 0 ${at}%)` : "";
+}
+
 async function detail(item) {
   $("detail").hidden = false;
+  $("review").classList.add("with-detail");
   $("detail-title").textContent = item;
+  $("detail").scrollTop = 0;
   let answer;
   try { answer = await api(`/api/results/item?results_uri=${encodeURIComponent(results)}&item_id=${encodeURIComponent(item)}`); }
   catch (error) { $("detail-record").textContent = error.message; return; }
-  $("detail-preview").src = answer.row.preview_uri ? fileUrl(item, "preview_uri") : "";
   const row = answer.row;
+  compare(item, Boolean(row.preview_uri));
   keyValues($("detail-row"), ["status", "error", "attempts", "needs_review", "review_reasons", "device",
     "config_hash", "image_uri", "metrics"].map((k) => [k, row[k]]));
   keyValues($("detail-timings"), Object.entries(row.timings_s || {}).map(([k, v]) => [k, `${number(v)} s`]));
@@ -98,6 +146,12 @@ async function sendBack(launch) {
     const answer = await api("/api/results/send-back", { results, items: [...selected], overrides, launch });
     $("send-result").textContent = `wrote ${answer.selection_uri} (${answer.items} items)\n${answer.command}` +
       (answer.flow_run ? `\nlaunched flow run ${answer.flow_run.name} (${answer.flow_run.id})` : "");
+    const link = $("launched-run");
+    link.hidden = !(answer.flow_run && settings.prefect_ui);
+    if (!link.hidden) {
+      link.href = `${settings.prefect_ui}/runs/flow-run/${encodeURIComponent(answer.flow_run.id)}`;
+      link.textContent = `open ${answer.flow_run.name} in the Prefect UI`;
+    }
   } catch (error) { $("send-result").textContent = `not sent: ${error.message}`; }
 }
 
@@ -108,9 +162,15 @@ $("prev").onclick = () => { if (page > 0) { page--; show(); } };
 $("next").onclick = () => { if ((page + 1) * perPage < total) { page++; show(); } };
 $("send-back").onclick = () => sendBack("command");
 $("launch").onclick = () => sendBack("deployment");
+$("side-by-side").onclick = () => setView("side");
+$("slider").onclick = () => setView("slider");
+$("compare-at").oninput = slide;
+const closeDetail = () => { $("detail").hidden = true; $("review").classList.remove("with-detail"); };
+$("close-detail").onclick = closeDetail;
+window.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
 
 (async () => {
-  const settings = await api("/api/settings");
+  settings = await api("/api/settings");
   $("model").textContent = `model: ${settings.model}`;
   $("launch").hidden = !settings.prefect;
   const fromUrl = new URLSearchParams(location.search).get("results");
