@@ -83,12 +83,28 @@ def config_reference() -> str:
     return "\n".join(out)
 
 
-def _subcommands(command: argparse.ArgumentParser, name: str):
-    yield name, command
+def _subcommands(command: argparse.ArgumentParser, name: str, about: str = ""):
+    """(name, parser, its one-line help) for the command and every subcommand, depth first."""
+    yield name, command, about
     for action in command._actions:
         if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
             for sub, child in action.choices.items():
-                yield from _subcommands(child, f"{name} {sub}")
+                yield from _subcommands(child, f"{name} {sub}", helps.get(sub, ""))
+
+
+def _default(action: argparse.Action, about: str) -> str:
+    """The default as a reader would type it; none where the help already says what it is
+    (a sentinel such as `--workers -1`) or where there is none to give."""
+    if action.required:
+        return "required"
+    value = action.default
+    if not action.option_strings or value is None or value is False or value == [] \
+            or value == argparse.SUPPRESS or "default" in about:
+        return ""
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+    return f"`{_relative(value)}`"
 
 
 def _option_rows(command: argparse.ArgumentParser):
@@ -97,23 +113,16 @@ def _option_rows(command: argparse.ArgumentParser):
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         flag = ", ".join(action.option_strings) or action.metavar or action.dest
-        hidden = action.default is None or action.default is False or action.default == [] \
-            or action.default == argparse.SUPPRESS or not action.option_strings
-        default = "" if hidden else f"`{_relative(action.default)}`"
-        yield f"`{flag}`", default, _cell(formatter._expand_help(action) if action.help else "")
+        about = _cell(formatter._expand_help(action) if action.help else "")
+        yield f"`{flag}`", _default(action, about), about
 
 
 def cli_reference() -> str:
     """Every subcommand of `dragnext` with its usage and every argument, default and help."""
     out = []
-    helps = {}
-    for action in parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: choice.help for choice in action._choices_actions}
-    for name, command in _subcommands(parser(), "dragnext"):
+    for name, command, about in _subcommands(parser(), "dragnext"):
         usage = command.format_usage().removeprefix("usage: ").strip()
-        top = name.split(" ")[1] if " " in name else ""
-        about = command.description or (helps.get(top, "") if name.count(" ") == 1 else "")
+        about = command.description or about
         out += [f"## `{name}`", "", *([_cell(about), ""] if about else []), "```text", usage, "```", ""]
         rows = list(_option_rows(command))
         if rows:

@@ -336,3 +336,9 @@ EXPECTED_ERRORS = library_cli.EXPECTED_ERRORS + (
     UnsafePickleError, BadSampleError, FileNotFoundError, ManifestError, OutputInUse, OutputPathError,
     PolicyError, SelectionError)
 EXIT_3 = (OutputUnwritable, StoreUnavailable)
+
+
+if __name__ == "__main__":  # the entry point moved up a floor: say so, never exit 0 having done nothing
+    print("dragnext: error: run `dragnext` (or `python -m command`); flows.cli only holds the batch "
+          "subcommands", file=sys.stderr)
+    sys.exit(2)

@@ -40,7 +40,7 @@ from studio.jobs import EditJobs, QueueFull
 from studio.review import NotServable, Query, ResultsCache, send_back
 from studio.roots import Refused, Roots
 from studio.segment import DEFAULT_SAM, Box, Segmenter
-from studio.state import AuthorState, instruction_of
+from studio.state import MAX_BRUSH_RADIUS, AuthorState, instruction_of
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -253,7 +253,8 @@ def create_app(settings: StudioSettings) -> FastAPI:
     def studio_settings() -> dict:
         return {"model": settings.model, "manifest": settings.manifest, "results": settings.results,
                 "prefect": settings.prefect, "prefect_ui": settings.prefect_ui, "config": base.to_record(),
-                "cwd": os.getcwd(), "read": list(roots.read), "write": list(roots.write)}
+                "cwd": os.getcwd(), "read": list(roots.read), "write": list(roots.write),
+                "max_brush_radius": MAX_BRUSH_RADIUS}
 
     @app.post("/api/images")
     def upload(body: Upload) -> dict:

@@ -25,8 +25,8 @@ from dragnext.config import build_config
 from flows.results import read_summary, table_rows
 from flows.selection import Selection
 from manifests.items import MAX_FILE_BYTES
-from manifests.schema import ManifestError, read_table
-from manifests.storage import join, parent, read_bytes, regular_file_size, write_bytes
+from manifests.schema import read_table
+from manifests.storage import filesystem, join, parent, read_bytes, regular_file_size, write_bytes
 from manifests.uris import UriPolicy
 from studio.roots import Refused
 
@@ -55,28 +55,43 @@ class Query(BaseModel):
     per_page: int = Field(default=24, ge=1, le=200)
 
 
+MAX_SUMMARY_BYTES = 16 * 2**20
+
+
 def manifest_drag_types(results_uri: str, policy: UriPolicy) -> tuple[dict[str, set[str]], str]:
     """Each item's drag types, read from the run's manifest (results rows carry none): the
-    manifest its summary.json names, where the studio's roots allow reading it; and, when
-    they cannot be had, why in one sentence."""
+    manifest its summary.json names, where the studio's roots allow reading it, a regular
+    file of bounded size, only its two columns; and, when they cannot be had, why in one
+    sentence. Both files are untrusted: anything wrong with them is the note, never an error."""
+    summary = join(parent(results_uri), "summary.json")
     try:
-        named = read_summary(parent(results_uri))["manifest_uri"]
-    except (OSError, ValueError, KeyError, TypeError, ManifestError):
+        if regular_file_size(summary) > MAX_SUMMARY_BYTES:
+            return {}, f"drag types: {summary} is over {MAX_SUMMARY_BYTES // 2**20} MiB"
+        named = json.loads(read_bytes(summary)).get("manifest_uri")
+    except (OSError, ValueError, AttributeError):
         return {}, "drag types: the run's summary.json cannot be read"
-    manifest = policy.resolve(named) if isinstance(named, str) else None
+    if not isinstance(named, str):
+        return {}, "drag types: the run's summary.json names no manifest"
+    manifest = policy.resolve(named)
     if manifest is None:
         return {}, (f"drag types: the run's manifest {named} is outside the studio's read prefixes "
                     "(--allow-prefix)")
     try:
-        table = pq.read_table(io.BytesIO(read_bytes(manifest)), columns=["item_id", "drags"])
-    except (OSError, ValueError, KeyError, pa.ArrowException):
-        return {}, f"drag types: the run's manifest {named} cannot be read"
-    ids, drags = table.column("item_id").to_pylist(), table.column("drags").to_pylist()
-    return {item_id: _types(d) for item_id, d in zip(ids, drags, strict=True)}, ""
+        if regular_file_size(manifest) > MAX_FILE_BYTES:
+            return {}, f"drag types: the run's manifest {named} is over {MAX_FILE_BYTES // 2**20} MiB"
+        fs, path = filesystem(manifest)
+        with fs.open(path, "rb") as file:  # ranged reads of the two columns, not the whole file
+            table = pq.read_table(file, columns=["item_id", "drags"])
+        ids, drags = table.column("item_id").to_pylist(), table.column("drags").to_pylist()
+        return {item_id: _types(d) for item_id, d in zip(ids, drags, strict=True)}, ""
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return {}, f"drag types: the run's manifest {named} cannot be read as a manifest"
 
 
-def _types(drags: list | None) -> set[str]:
-    return {d["type"] for d in (drags or []) if isinstance(d, dict) and isinstance(d.get("type"), str)}
+def _types(drags) -> set[str]:
+    if not isinstance(drags, list):
+        return set()
+    return {d["type"] for d in drags if isinstance(d, dict) and isinstance(d.get("type"), str)}
 
 
 class Results:
@@ -227,14 +242,20 @@ class ResultsCache:
         self._lock = threading.Lock()
 
     def get(self, uri: str, reload: bool = False) -> Results:
-        """`uri`: absolute, already allowed by the studio's roots."""
+        """`uri`: absolute, already allowed by the studio's roots. A file is read outside the
+        lock: a slow store (or a run's files that never answer) holds up only its own request."""
         with self._lock:
-            if reload or uri not in self._open:
-                self._open[uri] = Results(uri, self._policy_for(parent(uri)))
+            found = None if reload else self._open.get(uri)
+            if found is not None:
+                self._open.move_to_end(uri)
+                return found
+        opened = Results(uri, self._policy_for(parent(uri)))
+        with self._lock:
+            self._open[uri] = opened
             self._open.move_to_end(uri)
             while len(self._open) > OPEN_RESULTS:
                 self._open.popitem(last=False)
-            return self._open[uri]
+        return opened
 
 
 def send_back(results: Results, items: list[str], overrides: dict,

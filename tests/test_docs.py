@@ -62,3 +62,5 @@ def test_every_subcommand_and_argument_is_in_the_cli_reference():
     assert {"dragnext run", "dragnext manifest validate", "dragnext studio", "dragnext demo"} <= set(names)
     assert [n for n in names if f"## `{n}`" not in page] == []
     assert "/work/" not in page and str(ROOT) not in page  # defaults inside the checkout are relative
+    assert "| `--output` | required |" in page and "('translate'" not in page
+    assert "report every bad row of a manifest" in page  # a second-level subcommand's own help

@@ -37,8 +37,13 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(tree: ast.AST, module: str) -> set[str]:
-    """Every module an import names, those inside functions too; relative ones resolved."""
+DYNAMIC = {"import_module", "__import__"}  # importlib.import_module("x"), __import__("x")
+
+
+def imported(tree: ast.AST, module: str, package: bool) -> set[str]:
+    """Every module an import names, those inside functions and dynamic ones by a constant
+    name too; relative ones resolved (in a package's `__init__`, `.` is the package itself).
+    Running the command in a subprocess (`-m command`) is using it, not importing it."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -46,9 +51,14 @@ def imported(tree: ast.AST, module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                package = module.split(".")[: -node.level]
-                base = ".".join([*package, base] if base else package)
+                parts = module.split(".")
+                parts = parts[: len(parts) - node.level + (1 if package else 0)]
+                base = ".".join([*parts, base] if base else parts)
             found |= {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) \
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) in DYNAMIC:
+            found.add(node.args[0].value)
     return found
 
 
@@ -61,10 +71,10 @@ def upward_imports(root: Path, packages: list[str]) -> list[str]:
             if own is None:
                 problems.append(f"{module}: on no floor (add its package to FLOORS)")
                 continue
-            for target in imported(ast.parse(path.read_text(), str(path)), module):
+            tree = ast.parse(path.read_text(), str(path))
+            for target in imported(tree, module, path.name == "__init__.py"):
                 other = floor(target)
-                if other is not None and other[0] != own[0] and other[1] >= own[1] \
-                        and not target.startswith(own[0] + "."):
+                if other is not None and other[0] != own[0] and other[1] >= own[1]:
                     problems.append(f"{module} (floor {own[1]}) imports {target} (floor {other[1]})")
     return problems
 
@@ -98,8 +108,17 @@ def test_an_upward_import_is_found(tmp_path):
     (tmp_path / "dragnext" / "edit.py").write_text("from . import model\nfrom ..flows import cli\n")
     (tmp_path / "studio").mkdir()
     (tmp_path / "studio" / "app.py").write_text("import command.main\n")
-    assert upward_imports(tmp_path, ["dragnext", "flows", "studio"]) == [
+    (tmp_path / "studio" / "__init__.py").write_text("from . import app\nfrom .app import x\n")
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "infra" / "faults.py").write_text("from infra.chaos import drill\n")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "run.py").write_text("import importlib\nimportlib.import_module('command.main')\n"
+                                               "__import__('infra.chaos')\n")
+    assert sorted(upward_imports(tmp_path, ["bench", "dragnext", "flows", "infra", "studio"])) == [
+        "bench.run (floor 5) imports command.main (floor 6)",
+        "bench.run (floor 5) imports infra.chaos (floor 7)",
         "dragnext.edit (floor 0) imports flows.cli (floor 3)",
         "flows.cli (floor 3) imports studio.app (floor 4)",
+        "infra.faults (floor 4) imports infra.chaos.drill (floor 7)",
         "studio.app (floor 4) imports command.main (floor 6)",
     ]

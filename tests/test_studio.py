@@ -266,7 +266,33 @@ def test_results_without_drag_types_take_them_from_the_run_s_manifest_where_the_
     outside = Results(uri, UriPolicy(parent(uri))).facets()  # the manifest is not under the roots: not read
     assert outside["drag_types"] == [] and "outside the studio's read prefixes" in outside["drag_types_note"]
     write_summary(str(tmp_path), {"config": {}, "run_id": "r", "manifest_uri": ["not", "a", "uri"]})
-    assert "outside" in Results(uri, UriPolicy(parent(uri))).facets()["drag_types_note"]
+    assert "names no manifest" in Results(uri, UriPolicy(parent(uri))).facets()["drag_types_note"]
+
+
+@pytest.mark.parametrize("bad", ["fifo", "ints", "list ids", "not parquet", "fifo summary"])
+def test_a_hostile_manifest_or_summary_leaves_the_drag_types_empty_with_a_note_and_never_hangs(tmp_path, bad):
+    import os
+
+    table = read_table(results_file(tmp_path, 4)).drop_columns(["drags"])
+    write_table(table, str(tmp_path / "results.parquet"))
+    manifest = tmp_path / "manifest.parquet"
+    if bad == "fifo":
+        os.mkfifo(manifest)  # reading it would block for ever
+    elif bad == "ints":
+        pa_table = pa.table({"item_id": ["item-00000"], "drags": [7]})
+        write_table(pa_table, str(manifest))
+    elif bad == "list ids":
+        write_table(pa.table({"item_id": [["a"]], "drags": [[{"type": "rotate"}]]}), str(manifest))
+    else:
+        manifest.write_bytes(b"not a parquet file")
+    write_summary(str(tmp_path), {"config": {}, "run_id": "r", "manifest_uri": str(manifest)})
+    if bad == "fifo summary":
+        (tmp_path / "summary.json").unlink()
+        os.mkfifo(tmp_path / "summary.json")
+    facets = Results(str(tmp_path / "results.parquet"), UriPolicy(str(tmp_path))).facets()
+    assert facets["rows"] == 4 and facets["drag_types"] == []
+    if bad != "ints":  # drags that are no list just carry no types
+        assert facets["drag_types_note"].startswith("drag types: the run's")
 
 
 def test_send_back_writes_a_selection_that_retry_reads_and_refuses_bad_ones(tmp_path):

@@ -7,7 +7,8 @@ let size = null;             // [width, height] of the image
 let fit = 1;                 // canvas px per image px at zoom 1 (the longer side 512 px)
 let zoom = 1;
 let scale = 1;               // canvas px per image px: fit × zoom
-const MAX_ZOOM = 16;
+const MAX_ZOOM = 8;           // the canvas stays within 4096 px a side
+let maxBrushRadius = 256;     // image px (the server's bound, from /api/settings)
 const HIT_PX = 7;            // how near, in screen px, a click takes hold of a point
 let history = [], future = [];  // undo and redo: the state as JSON after each change
 const MAX_HISTORY = 200;
@@ -224,13 +225,13 @@ function showFindings(findings) {
 }
 
 // After every change: remember it for undo, redraw, and have the server check it.
-function changed() {
+function changed(remember = true) {
   draw();
   if (!state) return;
   state.item_id = $("item-id").value;
   state.prompt = $("prompt").value;
   const now = JSON.stringify(state);
-  if (now !== history[history.length - 1]) {
+  if (remember && now !== history[history.length - 1]) {
     history.push(now);
     if (history.length > MAX_HISTORY) history.shift();
     future = [];
@@ -280,9 +281,10 @@ function redo() {
 }
 
 // The point under the pointer: a drag's handle, target or centre, or a vertex of a polygon
-// of the region being marked (or of the one being drawn).
+// of the region being marked (or of the one being drawn). The brush and the box paint and
+// segment wherever they start: they take hold of nothing.
 function pointAt(event) {
-  if (!state) return null;
+  if (!state || mode === "brush" || mode === "box") return null;
   const at = [event.offsetX, event.offsetY], near = (p) => {
     if (!p) return false;
     const [x, y] = toCanvas(p);
@@ -331,11 +333,12 @@ $("canvas").addEventListener("mousedown", (event) => {
   const p = toImage(event);
   if (mode === "brush" && regionInUse()) {
     // the brush is sized on the screen: a stroke's radius in image px depends on the zoom
-    const radius = Math.max(0.5, Math.round(Number($("brush").value) / scale * 10) / 10);
+    const radius = Math.min(maxBrushRadius, Math.max(0.5, Math.round(Number($("brush").value) / scale * 10) / 10));
     stroke = { points: [p], radius }; regionInUse().strokes.push(stroke); draw();
   } else if (mode === "box") { boxStart = p; boxEnd = p; }
 });
 $("canvas").addEventListener("mousemove", (event) => {
+  if (!state) return;
   hover = toImage(event);
   if (panning) {
     $("canvas-wrap").scrollLeft = panning.left - (event.clientX - panning.x);
@@ -364,11 +367,12 @@ window.addEventListener("mouseup", async () => {
   }
   if (stroke) { stroke = null; changed(); }
   if (boxStart) {
-    const box = [...boxStart, ...boxEnd], region = regionInUse();
+    const box = [...boxStart, ...boxEnd], region = regionInUse(), asked = state;
     boxStart = boxEnd = null;
     if (!region) return;
     try {
       const answer = await api("/api/segment", { image_id: state.image_id, box });
+      if (state !== asked) return;  // undone, redone or another image meanwhile: not this state's
       region.rle = answer.rle;
       $("canvas-help").textContent = `${answer.method}: ${answer.pixels} px`;
     } catch (error) { $("canvas-help").textContent = error.message; }
@@ -403,11 +407,11 @@ $("zoom-fit").onclick = () => setZoom(1);
 $("canvas-wrap").addEventListener("wheel", (event) => {
   if (!(event.ctrlKey || event.metaKey)) return;  // a plain wheel scrolls (pans) the view
   event.preventDefault();
-  setZoom(zoom * (event.deltaY < 0 ? 1.25 : 0.8), event.clientX, event.clientY);
+  setZoom(zoom * Math.exp(-Math.max(-200, Math.min(200, event.deltaY)) / 400), event.clientX, event.clientY);
 }, { passive: false });
 $("canvas").addEventListener("auxclick", (event) => event.preventDefault());
 window.addEventListener("keydown", (event) => {
-  if (event.target.closest("input, textarea, select")) return;  // their own undo
+  if (event.target.closest("textarea, input[type=text], input:not([type])")) return;  // their own undo
   const key = event.key.toLowerCase();
   if ((event.ctrlKey || event.metaKey) && key === "z") { event.preventDefault(); event.shiftKey ? redo() : undo(); }
   else if ((event.ctrlKey || event.metaKey) && key === "y") { event.preventDefault(); redo(); }
@@ -418,8 +422,11 @@ $("clear-region").onclick = () => {
   pending = []; changed();
 };
 $("add-drag").onclick = () => state && addDrag($("new-type").value);
-$("item-id").oninput = changed;
-$("prompt").oninput = changed;
+// Typing is checked as it goes and remembered for undo once the field is left.
+$("item-id").oninput = () => changed(false);
+$("prompt").oninput = () => changed(false);
+$("item-id").onchange = () => changed();
+$("prompt").onchange = () => changed();
 
 $("upload").onchange = () => {
   const file = $("upload").files[0];
@@ -491,6 +498,7 @@ $("append").onclick = async () => {
 
 (async () => {
   const settings = await api("/api/settings");
+  maxBrushRadius = settings.max_brush_radius;
   $("model").textContent = `model: ${settings.model}`;
   if (settings.manifest) $("manifest-uri").value = settings.manifest;
   if (settings.write.length) $("target-manifest").placeholder = `a manifest under ${settings.write.join(" or ")}`;

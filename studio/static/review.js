@@ -94,8 +94,10 @@ function compare(item, hasPreview) {
   [before, after].forEach((c) => { c.width = c.height = 0; });
   $("compare-note").textContent = hasPreview ? "" : "no preview: the item has no edit to compare";
   if (!hasPreview) return;
-  const strip = new Image();
+  const strip = new Image(), token = (compare.token = (compare.token || 0) + 1);
+  strip.onerror = () => { if (token === compare.token) $("compare-note").textContent = "the preview cannot be shown"; };
   strip.onload = () => {
+    if (token !== compare.token) return;  // another item was opened meanwhile
     const w = panelWidth(strip.naturalWidth);
     if (!w) { $("compare-note").textContent = "the preview is not an input | instruction | edited strip"; return; }
     const gap = Math.max(2, Math.floor(w / 64)), h = strip.naturalHeight;
@@ -152,7 +154,10 @@ async function sendBack(launch) {
       link.href = `${settings.prefect_ui}/runs/flow-run/${encodeURIComponent(answer.flow_run.id)}`;
       link.textContent = `open ${answer.flow_run.name} in the Prefect UI`;
     }
-  } catch (error) { $("send-result").textContent = `not sent: ${error.message}`; }
+  } catch (error) {
+    $("send-result").textContent = `not sent: ${error.message}`;
+    $("launched-run").hidden = true;
+  }
 }
 
 $("open").onclick = () => open(false);
