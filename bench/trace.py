@@ -24,9 +24,9 @@ from dragnext.ddim import predict_x0
 from dragnext.edit import edit
 from dragnext.geometry import eta
 from dragnext.model import load_model, model_preset
-from dragnext.pbsi import held_out, keep_at, keep_loss, region_loss, x0_at, x0_reference
+from dragnext.pbsi import item_geometry, keep_loss, region_loss, x0_at, x0_reference
 from dragnext.preview import enlarge, overlay
-from dragnext.resize import resize_soft_mask, tensor_to_image
+from dragnext.resize import tensor_to_image
 from fixture import FIXTURE_MODEL
 
 
@@ -61,12 +61,12 @@ def steps_of(record: list, model, size: tuple[int, int]) -> tuple[list[Image.Ima
         drags_f = [d.at(tuple(ref["F"].shape[-2:])) for d in drags[0]]
         x0_k = x0_at(schedule, last["z"], last["eps"], t, ref["F"])
         x0_ref = x0_reference(schedule, ref["z"], ref["eps"], t, ref["F"], trajectory[0], config.x0_reference)
-        K_f = keep_at(resize_soft_mask(editable[0], tuple(ref["F"].shape[-2:])) >= 0.5,
-                      held_out(drags_f, config.keep_path), drags_f, progress, config.keep_path)
+        [here] = item_geometry(drags_f, editable[0], [progress], x0_k.device,
+                               config.model_copy(update={"keep_weight": 1.0}), None)
         terms.append({"t": t, "eta": progress,
-                      "region_features": float(region_loss(last["F"], ref["F"], drags_f, progress)),
-                      "region_x0": float(region_loss(x0_k, x0_ref, drags_f, progress)),
-                      "keep": float(keep_loss(x0_k, x0_ref, K_f))})
+                      "region_features": float(region_loss(last["F"], ref["F"], here)),
+                      "region_x0": float(region_loss(x0_k, x0_ref, here)),
+                      "keep": float(keep_loss(x0_k, x0_ref, here.keep))})
     return images, terms
 
 

@@ -27,6 +27,17 @@ NoisePredictor = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (z
 class DDIMSchedule:
     timesteps: list[int]  # τ_k for k = 1..N (index 0 is unused: z_0 has no timestep)
     alphas: torch.Tensor  # ᾱ_k for k = 0..N, float64
+    steps: torch.Tensor | None = None  # τ_k on the device the schedule was moved to (`to`)
+
+    def to(self, device: torch.device | str) -> DDIMSchedule:
+        """The schedule on `device`: ᾱ and τ uploaded once, so a step neither uploads nor waits
+        (an int timestep makes diffusers build a tensor on the device at every call)."""
+        steps = torch.tensor(self.timesteps, device=device)
+        return DDIMSchedule(self.timesteps, self.alphas.to(device), steps)
+
+    def timestep(self, k: int) -> torch.Tensor | int:
+        """τ_k as the UNet takes it: a 0-d tensor on the device once the schedule is there."""
+        return self.timesteps[k] if self.steps is None else self.steps[k]
 
     @classmethod
     def from_scheduler(cls, scheduler: DDIMScheduler, num_steps: int) -> DDIMSchedule:
@@ -66,7 +77,7 @@ def invert(schedule: DDIMSchedule, z_0: torch.Tensor, T: int, predict: NoisePred
     trajectory = [z_0]
     for k in range(T):
         z_k = trajectory[-1]
-        eps = predict(z_k, schedule.timesteps[k + 1], a[k])
+        eps = predict(z_k, schedule.timestep(k + 1), a[k])
         trajectory.append(ddim_move(z_k, eps, a[k].float(), a[k + 1].float()))
         if on_step:
             on_step(k + 1)
@@ -79,7 +90,7 @@ def denoise(schedule: DDIMSchedule, z_k: torch.Tensor, k: int, predict: NoisePre
     """Plain DDIM denoising z_k → z_0."""
     a = schedule.alphas.to(z_k.device)
     for step in range(k, 0, -1):
-        z_k = denoise_step(schedule, z_k, predict(z_k, schedule.timesteps[step], a[step]), step)
+        z_k = denoise_step(schedule, z_k, predict(z_k, schedule.timestep(step), a[step]), step)
         if on_step:
             on_step(step)
     return z_k

@@ -85,8 +85,7 @@ class DragModel:
 
     def alpha(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """ᾱ at a training timestep (or one per sample)."""
-        t = torch.as_tensor(timestep).cpu()
-        return self.scheduler.alphas_cumprod[t].to(self.device)
+        return self.scheduler.alphas_cumprod.to(self.device)[torch.as_tensor(timestep, device=self.device)]
 
     def unet_output(self, z: torch.Tensor, timestep: int | torch.Tensor,
                     cond: Conditioning) -> torch.Tensor:

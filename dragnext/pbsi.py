@@ -55,6 +55,7 @@ Options beyond the paper (`PbsiConfig`; the paper's behaviour is the default):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,23 +69,63 @@ Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 KEEP_MARGIN = 1  # feature px
 
 
-def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, drags: list[RegionDrag],
-                progress: float) -> torch.Tensor:
-    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i.
+Region = tuple[torch.Tensor, int]  # a float mask on the device, and its pixel count (on the host)
 
-    ρ is built and counted on the host, and the mean is a masked sum: no device sync."""
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the loss terms need of one item's drags at one η, on the device: ρ_i(η) and
+    Π_i(η) of each drag, the vacated region V(η) and the keep region K (None when their
+    terms are off). Counts are kept on the host, so a mean is a masked sum and never waits
+    for the device."""
+    targets: list[tuple[torch.Tensor, int, torch.Tensor]]  # (ρ_i(η), |ρ_i(η)|, Π_i(η) grid)
+    vacated: Region | None = None
+    keep: Region | None = None
+
+
+def geometry_plan(drags: list[RegionDrag], progresses: list[float], device: torch.device,
+                  handles: torch.Tensor | None = None, keep: Callable[[float], torch.Tensor] | None = None
+                  ) -> list[Geometry]:
+    """An item's `Geometry` at each η of `progresses` (its PBSI iterations in order), built
+    on the host in float64 once and uploaded in two copies, so no iteration uploads or
+    syncs. `handles` (∪ handle_i) turns on V(η); `keep(η)` gives K at η."""
+    unique = sorted(set(progresses))
+    masks, grids, index = [], [], {}
+    for eta_ in unique:
+        rhos = [d.target_region(eta_) for d in drags]
+        grids += [d.correspondence(eta_) for d in drags]
+        parts = [*rhos, *([handles & ~torch.stack(rhos).any(0)] if handles is not None else []),
+                 *([keep(eta_)] if keep is not None else [])]
+        index[eta_] = (len(masks), len(grids) - len(drags))
+        masks += parts
+    counts = [int(m.sum()) for m in masks]
+    masks_d, grids_d = torch.stack(masks).to(device, torch.float32), torch.cat(grids).to(device)
+
+    def at(eta_: float) -> Geometry:
+        m, g = index[eta_]
+        targets = [(masks_d[m + i], counts[m + i], grids_d[g + i:g + i + 1]) for i in range(len(drags))]
+        j, vacated = m + len(drags), None
+        if handles is not None:
+            vacated, j = (masks_d[j], counts[j]), j + 1
+        return Geometry(targets, vacated, (masks_d[j], counts[j]) if keep is not None else None)
+
+    planned = {eta_: at(eta_) for eta_ in unique}
+    return [planned[p] for p in progresses]
+
+
+def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i."""
     loss = F_k.new_zeros(())
-    for drag in drags:
-        rho = drag.target_region(progress)
-        if rho.any():
-            F_source = sample(F_ref, drag.correspondence(progress).to(F_k.device))
-            loss = loss + _masked_mean((F_k - F_source).abs().sum(dim=1)[0], rho)
+    for rho, count, grid in geometry.targets:
+        if count:
+            loss = loss + _masked_mean((F_k - sample(F_ref, grid)).abs().sum(dim=1)[0], (rho, count))
     return loss
 
 
-def _masked_mean(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean of `distance` over a non-empty host `mask`, as a masked sum: no device sync."""
-    return (distance * mask.to(distance.device, distance.dtype)).sum() / int(mask.sum())
+def _masked_mean(distance: torch.Tensor, region: Region) -> torch.Tensor:
+    """mean of `distance` over a non-empty region, as a masked sum: no device sync."""
+    mask, count = region
+    return (distance * mask.to(distance.dtype)).sum() / count
 
 
 def background_loss(x_prev: torch.Tensor, x_prev_ref: torch.Tensor,
@@ -98,11 +139,9 @@ def _handle_union(drags: list[RegionDrag]) -> torch.Tensor:
     return torch.stack([d.handle_mask for d in drags]).any(0)
 
 
-def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, handles: torch.Tensor,
-                 drags: list[RegionDrag], progress: float) -> torch.Tensor:
+def vacated_loss(x0_k: torch.Tensor, background: torch.Tensor, vacated: Region) -> torch.Tensor:
     """mean over V(η) = ∪ handle_i ∖ ∪ ρ_i(η) of the channel-L1 distance to B."""
-    vacated = handles & ~torch.stack([d.target_region(progress) for d in drags]).any(0)
-    if not vacated.any():
+    if not vacated[1]:
         return x0_k.new_zeros(())
     return _masked_mean((x0_k - background).abs().sum(dim=1)[0], vacated)
 
@@ -126,23 +165,52 @@ def keep_at(editable: torch.Tensor, fixed: torch.Tensor, drags: list[RegionDrag]
     return keep_region(editable, torch.stack([fixed, *(d.target_region(progress) for d in drags)]).any(0))
 
 
-def keep_loss(x0_k: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def keep_loss(x0_k: torch.Tensor, reference: torch.Tensor, keep: Region) -> torch.Tensor:
     """mean over K of the channel-L1 distance to the reference."""
-    if not keep.any():
+    if not keep[1]:
         return x0_k.new_zeros(())
     return _masked_mean((x0_k - reference).abs().sum(dim=1)[0], keep)
 
 
-def fill_in(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """x with its unknown pixels filled ring by ring, each the mean of its known 3×3
-    neighbours, from the border of the known area inwards."""
-    k = known.to(x.device, x.dtype)[None, None]
-    filled = x * k
+def _rings(known: torch.Tensor) -> list[torch.Tensor] | None:
+    """The rings `fill_in` fills, outwards from the known area, found on the host (they depend
+    on the mask alone, so the device never decides when to stop); None when nothing is known."""
+    k = known.float()[None, None]
+    rings = []
     while not bool(k.all()):
+        grow = (F.avg_pool2d(k, 3, stride=1, padding=1) > 0) & (k == 0)
+        if not bool(grow.any()):
+            return None
+        rings.append(grow)
+        k = torch.where(grow, torch.ones_like(k), k)
+    return rings
+
+
+@dataclass(frozen=True)
+class Fill:
+    """How `fill_in` fills an unknown area: the known mask and its rings, on the device."""
+    known: torch.Tensor  # (1, 1, h, w) float
+    rings: torch.Tensor | None  # (n, 1, 1, h, w) bool, outwards; None: nothing known to fill from
+
+    @classmethod
+    def of(cls, known: torch.Tensor, device: torch.device) -> Fill:
+        rings = _rings(known)
+        if rings is not None:
+            rings = torch.stack(rings) if rings else torch.zeros((0, 1, 1, *known.shape), dtype=torch.bool)
+        return cls(known.float()[None, None].to(device), None if rings is None else rings.to(device))
+
+
+def fill_in(x: torch.Tensor, known: torch.Tensor | Fill) -> torch.Tensor:
+    """x with its unknown pixels filled ring by ring, each the mean of its known 3×3
+    neighbours, from the border of the known area inwards. `known`: a host mask, or its
+    `Fill` planned once (then no upload or sync)."""
+    plan = known if isinstance(known, Fill) else Fill.of(known, x.device)
+    if plan.rings is None:  # nothing known to fill from
+        return x
+    k = plan.known.to(x.dtype)
+    filled = x * k
+    for grow in plan.rings:
         weight = F.avg_pool2d(k, 3, stride=1, padding=1)
-        grow = (weight > 0) & (k == 0)
-        if not bool(grow.any()):  # nothing known to fill from
-            return x
         mean = F.avg_pool2d(filled, 3, stride=1, padding=1) / weight.clamp_min(1e-12)
         filled = torch.where(grow, mean, filled)
         k = torch.where(grow, torch.ones_like(k), k)
@@ -164,6 +232,17 @@ def x0_reference(schedule: DDIMSchedule, z_ref: torch.Tensor, eps_ref: torch.Ten
     if reference == "clean":
         return F.interpolate(z_0, size=like.shape[-2:], mode="bilinear", align_corners=False)
     return x0_at(schedule, z_ref, eps_ref, t, like)
+
+
+def item_geometry(drags_f: list[RegionDrag], editable: torch.Tensor, progresses: list[float],
+                  device: torch.device, config: PbsiConfig, handles_f: torch.Tensor | None) -> list[Geometry]:
+    """One item's `Geometry` at every PBSI iteration, at F's resolution (that of `drags_f`)."""
+    keep = None
+    if config.keep_weight > 0:  # neither M nor the swept and settled regions depend on t
+        M_f = resize_soft_mask(editable, drags_f[0].size) >= 0.5
+        fixed = held_out(drags_f, config.keep_path)
+        keep = lambda progress: keep_at(M_f, fixed, drags_f, progress, config.keep_path)
+    return geometry_plan(drags_f, progresses, device, handles_f, keep)
 
 
 def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable: list[torch.Tensor],
@@ -189,7 +268,9 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
-    M_f = fixed_f = None
+    progresses = [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
+                  for t in range(T, T_prime - 1, -1) for k in range(1, config.iterations + 1)]
+    geometry = None  # per item, per iteration: planned at F's size, known after the first pass
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -200,32 +281,30 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                       if x0 or vacate or keep else None)
         feature_size = tuple(F_ref.shape[-2:])
         drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
-        if keep and M_f is None:  # neither M nor the swept and settled regions depend on t
-            M_f = [resize_soft_mask(m, feature_size) >= 0.5 for m in editable]
-            fixed_f = [held_out(d, config.keep_path) for d in drags_f]
+        if geometry is None:  # nothing of it depends on t
+            handles_f = [_handle_union(d) if vacate else None for d in drags_f]
+            geometry = [item_geometry(drags_f[b], editable[b], progresses, z_t.device, config, handles_f[b])
+                        for b in items]
+            fills = [Fill.of(~handles_f[b], z_t.device) for b in items] if vacate else None
         if vacate:
-            handles_f = [_handle_union(d) for d in drags_f]
-            background = torch.cat([fill_in(x0_ref[b:b + 1], ~handles_f[b]) for b in items])
+            background = torch.cat([fill_in(x0_ref[b:b + 1], fills[b]) for b in items])
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
-        for k in range(1, config.iterations + 1):
-            progress = (eta(t, k, T, T_prime, config.iterations, config.eta_steps)
-                        if config.progressive else 1.0)
+        for _ in range(config.iterations):
             eps, F_k = forward(z_t, t)
             x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate or keep else None
             loss = F_k.new_zeros(())
             for b in items:
-                one = slice(b, b + 1)
+                one, here = slice(b, b + 1), geometry[b][done]
                 if features:
-                    loss = loss + region_loss(F_k[one], F_ref[one], drags_f[b], progress)
+                    loss = loss + region_loss(F_k[one], F_ref[one], here)
                 if x0:
-                    loss = loss + config.x0_weight * region_loss(x0_k[one], x0_ref[one], drags_f[b], progress)
+                    loss = loss + config.x0_weight * region_loss(x0_k[one], x0_ref[one], here)
                 if vacate:
-                    loss = loss + config.vacate_weight * vacated_loss(
-                        x0_k[one], background[one], handles_f[b], drags_f[b], progress)
+                    loss = loss + config.vacate_weight * vacated_loss(x0_k[one], background[one],
+                                                                      here.vacated)
                 if keep:
-                    K = keep_at(M_f[b], fixed_f[b], drags_f[b], progress, config.keep_path)
-                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], K)
+                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], here.keep)
             if config.lam:
                 loss = loss + config.lam * background_loss(
                     denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)

@@ -97,7 +97,8 @@ def _lora(batch: Batch, done: Outputs) -> list | None:
 
 
 def _schedule(batch: Batch) -> DDIMSchedule:
-    return DDIMSchedule.from_scheduler(batch.model.scheduler, batch.config.inversion.num_steps)
+    schedule = DDIMSchedule.from_scheduler(batch.model.scheduler, batch.config.inversion.num_steps)
+    return schedule.to(batch.model.device)
 
 
 def prepare(batch: Batch, done: Outputs) -> list[Prepared]:
@@ -156,7 +157,7 @@ def optimise(batch: Batch, done: Outputs) -> list[torch.Tensor]:
     with lora_applied(model, _lora(batch, done)), \
             feature_hooks(model.unet, config.feature_blocks(model.architecture), feature_size) as hooks:
         def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return model.predict_noise(z, schedule.timesteps[k], contexts), hooks.pop()
+            return model.predict_noise(z, schedule.timestep(k), contexts, schedule.alphas[k]), hooks.pop()
 
         z_init = (torch.cat([warp_latent(d["inversion"][-1], d["prepare"].drags, config.seed) for d in done])
                   if config.pbsi.init == "warp" else None)
@@ -173,7 +174,7 @@ def _drag_diffusion(batch: Batch, done: dict, lora) -> torch.Tensor:
     with lora_applied(model, None if lora is None else [lora]), \
             feature_hooks(model.unet, config.feature_blocks(model.architecture), feature_size) as hooks:
         def forward(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return model.predict_noise(z, schedule.timesteps[k], prep.context), hooks.pop()
+            return model.predict_noise(z, schedule.timestep(k), prep.context, schedule.alphas[k]), hooks.pop()
 
         return drag_diffusion(done["inversion"], prep.drags, prep.editable, schedule, config.dragdiffusion,
                               forward, on_iteration=lambda step: batch.notify(

@@ -32,7 +32,8 @@ from dragnext.resize import resize_soft_mask
 def _sample_points(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Features at (N, 2) sub-pixel points (x, y), as (N, C)."""
     h, w = features.shape[-2:]
-    grid = (points + 0.5) * points.new_tensor([2 / w, 2 / h]) - 1
+    # scalars, not a tensor of them: a new tensor would be copied to the device at each call
+    grid = torch.stack([(points[..., 0] + 0.5) * (2 / w) - 1, (points[..., 1] + 0.5) * (2 / h) - 1], dim=-1)
     return F.grid_sample(features, grid[None, None].to(features.dtype), mode="bilinear",
                          align_corners=False)[0, :, 0].T
 
@@ -45,15 +46,17 @@ def _square(radius: int, device) -> torch.Tensor:
 
 def motion_supervision(F_k: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
                        patch: torch.Tensor, reached_px: float) -> torch.Tensor:
-    """Σ over handles not yet reached of (2r_m + 1)² · mean |F(q + d_i) − sg(F(q))|."""
+    """Σ over handles not yet reached of (2r_m + 1)² · mean |F(q + d_i) − sg(F(q))|.
+
+    A reached handle is weighted out rather than skipped, so the host never asks the device
+    which handles are done."""
     loss = F_k.new_zeros(())
     for handle, target in zip(handles, targets, strict=True):
         remaining = (target - handle).norm()
-        if remaining < reached_px:
-            continue
+        active = (remaining >= reached_px).to(F_k.dtype)
         q = handle + patch
-        moved = _sample_points(F_k, q + (target - handle) / remaining)
-        loss = loss + len(patch) * (moved - _sample_points(F_k, q).detach()).abs().mean()
+        moved = _sample_points(F_k, q + (target - handle) / remaining.clamp_min(reached_px))
+        loss = loss + active * len(patch) * (moved - _sample_points(F_k, q).detach()).abs().mean()
     return loss
 
 
@@ -81,9 +84,9 @@ def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], edit
                 for i in range(len(drags)):
                     candidates = handles[i].round() + search
                     distance = (_sample_points(F_k, candidates) - F_0_handles[i]).abs().sum(-1)
-                    handles[i] = candidates[distance.argmin()]
+                    handles[i] = candidates[distance.argmin(dim=0, keepdim=True)][0]  # a 0-d index syncs
         remaining = (targets - handles).norm(dim=-1)
-        if (remaining < config.reached_px).all():
+        if (remaining < config.reached_px).all():  # the original's stopping rule: one read a step
             break
         loss = motion_supervision(F_k, handles, targets, patch, config.reached_px)
         if config.lam:
