@@ -61,8 +61,9 @@ def steps_of(record: list, model, size: tuple[int, int]) -> tuple[list[Image.Ima
         drags_f = [d.at(tuple(ref["F"].shape[-2:])) for d in drags[0]]
         x0_k = x0_at(schedule, last["z"], last["eps"], t, ref["F"])
         x0_ref = x0_reference(schedule, ref["z"], ref["eps"], t, ref["F"], trajectory[0], config.x0_reference)
-        [here] = item_geometry(drags_f, editable[0], [progress], x0_k.device,
-                               config.model_copy(update={"keep_weight": 1.0}), None)
+        keeping = config.model_copy(update={"keep_weight": 1.0})
+        [here] = item_geometry(drags_f, editable[0], [progress], x0_k.device, keeping, None,
+                               tuple(ref["F"].shape[-2:]))
         terms.append({"t": t, "eta": progress,
                       "region_features": float(region_loss(last["F"], ref["F"], here)),
                       "region_x0": float(region_loss(x0_k, x0_ref, here)),

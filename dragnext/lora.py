@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from dragnext.adapters import Adapters, Weights, folded, training
 from dragnext.conditioning import Conditioning
 from dragnext.config import LoraConfig
+from dragnext.device_traffic import upload
 from dragnext.model import DragModel
 from dragnext.prediction import training_target
 
@@ -76,11 +77,8 @@ def _draw(generators: list[torch.Generator], steps: int, config: LoraConfig, lat
         rows.append(b * pool + torch.randint(0, pool, (steps, views), generator=g))
         t.append(torch.randint(0, num_train, (steps, views), generator=g))
         noise.append(torch.randn((steps, views, *latent), generator=g))
-    pinned = device.type == "cuda"
-
     def moved(parts: list[torch.Tensor]) -> torch.Tensor:
-        host = torch.stack(parts, dim=1).flatten(1, 2)
-        return (host.pin_memory() if pinned else host).to(device, non_blocking=pinned)
+        return upload(torch.stack(parts, dim=1).flatten(1, 2), device)
 
     return Draws(moved(rows), moved(t), moved(noise))
 

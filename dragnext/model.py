@@ -56,6 +56,7 @@ class DragModel:
     scheduler: DDIMScheduler
     device: torch.device
     passes: PassCounter = field(default_factory=PassCounter)
+    _alphas: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -85,7 +86,9 @@ class DragModel:
 
     def alpha(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """ᾱ at a training timestep (or one per sample)."""
-        return self.scheduler.alphas_cumprod.to(self.device)[torch.as_tensor(timestep, device=self.device)]
+        if self._alphas is None or self._alphas.device != self.device:  # moved once, then indexed there
+            self._alphas = self.scheduler.alphas_cumprod.to(self.device)
+        return self._alphas[timestep]
 
     def unet_output(self, z: torch.Tensor, timestep: int | torch.Tensor,
                     cond: Conditioning) -> torch.Tensor:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from dragnext.config import PbsiConfig
 from dragnext.ddim import DDIMSchedule, denoise_step, predict_x0
+from dragnext.device_traffic import upload
 from dragnext.geometry import RegionDrag, dilate, eta, sample, settled_region, swept_region
 from dragnext.resize import resize_soft_mask
 
@@ -69,7 +70,7 @@ Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 KEEP_MARGIN = 1  # feature px
 
 
-Region = tuple[torch.Tensor, int]  # a float mask on the device, and its pixel count (on the host)
+Region = tuple[torch.Tensor, int]  # a bool mask on the device, and its pixel count (on the host)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ class Geometry:
 def geometry_plan(drags: list[RegionDrag], progresses: list[float], device: torch.device,
                   handles: torch.Tensor | None = None, keep: Callable[[float], torch.Tensor] | None = None
                   ) -> list[Geometry]:
-    """An item's `Geometry` at each η of `progresses` (its PBSI iterations in order), built
-    on the host in float64 once and uploaded in two copies, so no iteration uploads or
-    syncs. `handles` (∪ handle_i) turns on V(η); `keep(η)` gives K at η."""
+    """An item's `Geometry` at each η of `progresses` (the iterations of one PBSI step, in
+    order), built on the host in float64 and uploaded in two copies before the step, so no
+    iteration uploads or syncs; a step's plan is K masks and grids of F's size per drag.
+    `handles` (∪ handle_i) turns on V(η); `keep(η)` gives K at η."""
     unique = sorted(set(progresses))
     masks, grids, index = [], [], {}
     for eta_ in unique:
@@ -99,7 +101,8 @@ def geometry_plan(drags: list[RegionDrag], progresses: list[float], device: torc
         index[eta_] = (len(masks), len(grids) - len(drags))
         masks += parts
     counts = [int(m.sum()) for m in masks]
-    masks_d, grids_d = torch.stack(masks).to(device, torch.float32), torch.cat(grids).to(device)
+    masks_d = upload(torch.stack(masks), device) if masks else None
+    grids_d = upload(torch.cat(grids), device) if grids else None
 
     def at(eta_: float) -> Geometry:
         m, g = index[eta_]
@@ -234,14 +237,25 @@ def x0_reference(schedule: DDIMSchedule, z_ref: torch.Tensor, eps_ref: torch.Ten
     return x0_at(schedule, z_ref, eps_ref, t, like)
 
 
+def keep_of(drags_f: list[RegionDrag], editable: torch.Tensor, feature_size: tuple[int, int],
+            config: PbsiConfig) -> Callable[[float], torch.Tensor] | None:
+    """K as a function of η, at F's size (None with the keep term off). Neither M nor the
+    swept and settled regions depend on t, so this is made once per edit."""
+    if config.keep_weight <= 0:
+        return None
+    M_f = resize_soft_mask(editable, feature_size) >= 0.5
+    fixed = held_out(drags_f, config.keep_path)
+    if not config.keep_path:  # K does not depend on η
+        K = keep_region(M_f, fixed)
+        return lambda progress: K
+    return lambda progress: keep_at(M_f, fixed, drags_f, progress, config.keep_path)
+
+
 def item_geometry(drags_f: list[RegionDrag], editable: torch.Tensor, progresses: list[float],
-                  device: torch.device, config: PbsiConfig, handles_f: torch.Tensor | None) -> list[Geometry]:
-    """One item's `Geometry` at every PBSI iteration, at F's resolution (that of `drags_f`)."""
-    keep = None
-    if config.keep_weight > 0:  # neither M nor the swept and settled regions depend on t
-        M_f = resize_soft_mask(editable, drags_f[0].size) >= 0.5
-        fixed = held_out(drags_f, config.keep_path)
-        keep = lambda progress: keep_at(M_f, fixed, drags_f, progress, config.keep_path)
+                  device: torch.device, config: PbsiConfig, handles_f: torch.Tensor | None,
+                  feature_size: tuple[int, int]) -> list[Geometry]:
+    """One item's `Geometry` at the given PBSI iterations, at F's resolution (that of `drags_f`)."""
+    keep = keep_of(drags_f, editable, feature_size, config)
     return geometry_plan(drags_f, progresses, device, handles_f, keep)
 
 
@@ -268,9 +282,10 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
-    progresses = [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
-                  for t in range(T, T_prime - 1, -1) for k in range(1, config.iterations + 1)]
-    geometry = None  # per item, per iteration: planned at F's size, known after the first pass
+    def progresses(t: int) -> list[float]:
+        return [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
+                for k in range(1, config.iterations + 1)]
+
     done = 0
     for t in range(T, T_prime - 1, -1):
         z_ref = trajectory[t]
@@ -281,21 +296,22 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
                       if x0 or vacate or keep else None)
         feature_size = tuple(F_ref.shape[-2:])
         drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
-        if geometry is None:  # nothing of it depends on t
+        if t == T:  # what does not depend on t, at F's size (known after the first pass)
             handles_f = [_handle_union(d) if vacate else None for d in drags_f]
-            geometry = [item_geometry(drags_f[b], editable[b], progresses, z_t.device, config, handles_f[b])
-                        for b in items]
+            keeps = [keep_of(drags_f[b], editable[b], feature_size, config) for b in items]
             fills = [Fill.of(~handles_f[b], z_t.device) for b in items] if vacate else None
+        geometry = [geometry_plan(drags_f[b], progresses(t), z_t.device, handles_f[b], keeps[b])
+                    for b in items]
         if vacate:
             background = torch.cat([fill_in(x0_ref[b:b + 1], fills[b]) for b in items])
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
-        for _ in range(config.iterations):
+        for k in range(config.iterations):
             eps, F_k = forward(z_t, t)
             x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate or keep else None
             loss = F_k.new_zeros(())
             for b in items:
-                one, here = slice(b, b + 1), geometry[b][done]
+                one, here = slice(b, b + 1), geometry[b][k]
                 if features:
                     loss = loss + region_loss(F_k[one], F_ref[one], here)
                 if x0:

@@ -144,7 +144,8 @@ def canvas_offset(driver, x: float, y: float, width: int) -> tuple[int, int]:
       const cx = (Math.max(r.left, 0) + Math.min(r.right, innerWidth)) / 2;
       const cy = (Math.max(r.top, 0) + Math.min(r.bottom, innerHeight)) / 2;
       return [Math.round(r.left + (arguments[0] + 0.5) * s - Math.floor(cx)),
-              Math.round(r.top + (arguments[1] + 0.5) * s - Math.floor(cy))];""", x, y, width))
+              Math.round(r.top + (arguments[1] + 0.5) * s - Math.floor(cy))];""",
+        float(x), float(y), int(width)))  # numpy numbers are no JSON
 
 
 def click_image_point(driver, x: float, y: float, width: int, height: int) -> None:

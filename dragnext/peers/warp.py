@@ -14,7 +14,7 @@ def warp_latent(z_T: torch.Tensor, drags: list[RegionDrag], seed: int = 0) -> to
     size = tuple(z_T.shape[-2:])
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(z_T.shape, generator=generator).to(z_T) * z_T.std()
-    z = z_T
+    z = z_T.clone()
     for drag in (d.at(size) for d in drags):  # masks select with `where`: boolean indexing syncs
         rho = drag.target_region(1.0).to(z.device)
         vacated = drag.handle_mask.to(z.device) & ~rho
