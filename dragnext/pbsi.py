@@ -282,6 +282,7 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
     vacate, keep = config.vacate == "fill", config.keep_weight > 0
     items = range(z_t.shape[0])
+
     def progresses(t: int) -> list[float]:
         return [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
                 for k in range(1, config.iterations + 1)]
@@ -294,9 +295,9 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
             x0_ref = (x0_reference(schedule, z_ref, eps_ref, t, F_ref, trajectory[0], config.x0_reference)
                       if x0 or vacate or keep else None)
-        feature_size = tuple(F_ref.shape[-2:])
-        drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
         if t == T:  # what does not depend on t, at F's size (known after the first pass)
+            feature_size = tuple(F_ref.shape[-2:])
+            drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
             handles_f = [_handle_union(d) if vacate else None for d in drags_f]
             keeps = [keep_of(drags_f[b], editable[b], feature_size, config) for b in items]
             fills = [Fill.of(~handles_f[b], z_t.device) for b in items] if vacate else None

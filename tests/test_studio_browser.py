@@ -162,6 +162,17 @@ def demo_row(item_id: str) -> dict:
     return row
 
 
+def author_upload(driver, studio, item_id: str) -> tuple[dict, tuple[int, int]]:
+    """Author with a demo scene's image uploaded: its manifest row and the image's size."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{studio.url}/author")
+    row = demo_row(item_id)
+    by_id(driver, "upload").send_keys(str(DEMO_MANIFEST.parent / row["image_uri"]))
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return state !== null && picture.complete"))
+    return row, tuple(driver.execute_script("return size"))
+
+
 def draw_drag(driver, row: dict, size: tuple[int, int], with_target: bool = True) -> None:
     """The row's handle region as a polygon around its mask, then its handle and target."""
     drag = row["drags"][0]
@@ -188,11 +199,7 @@ def test_author_a_drag_edit_it_now_and_add_it_to_a_manifest_that_runs(browser, s
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     wait = WebDriverWait(browser, 60)
-    browser.get(f"{studio.url}/author")
-    row = demo_row("translate-0100")
-    by_id(browser, "upload").send_keys(str(DEMO_MANIFEST.parent / row["image_uri"]))
-    wait.until(lambda d: d.execute_script("return state !== null && picture.complete"))
-    size = tuple(browser.execute_script("return size"))
+    row, size = author_upload(browser, studio, "translate-0100")
     by_id(browser, "add-drag").click()
     draw_drag(browser, row, size)
     wait.until(lambda d: by_id(d, "preview-time").get_attribute("data-ready") == "true")
@@ -628,11 +635,7 @@ def test_author_fits_a_laptop_undoes_moves_points_and_zooms(laptop, studio, evid
 
     browser = laptop
     wait = WebDriverWait(browser, 60)
-    browser.get(f"{studio.url}/author")
-    row = demo_row("translate-0100")
-    by_id(browser, "upload").send_keys(str(DEMO_MANIFEST.parent / row["image_uri"]))
-    wait.until(lambda d: d.execute_script("return state !== null && picture.complete"))
-    size = tuple(browser.execute_script("return size"))
+    row, size = author_upload(browser, studio, "translate-0100")
 
     # the three columns side by side, all of them on the screen
     width, _ = viewport(browser)
