@@ -22,6 +22,7 @@ from bench.run import item_of
 from dragnext.config import build_config, parse_overrides
 from dragnext.ddim import predict_x0
 from dragnext.edit import edit
+from dragnext.features import FeatureMap
 from dragnext.geometry import eta
 from dragnext.model import load_model, model_preset
 from dragnext.pbsi import item_geometry, keep_loss, region_loss, x0_at, x0_reference
@@ -58,15 +59,16 @@ def steps_of(record: list, model, size: tuple[int, int]) -> tuple[list[Image.Ima
         alpha = schedule.alphas[t].to(last["z"].dtype)
         images.append(tensor_to_image(model.decode(predict_x0(last["z"], last["eps"], alpha)), *size))
         progress = eta(t, config.iterations, T, T_prime, config.iterations, config.eta_steps)
-        drags_f = [d.at(tuple(ref["F"].shape[-2:])) for d in drags[0]]
-        x0_k = x0_at(schedule, last["z"], last["eps"], t, ref["F"])
-        x0_ref = x0_reference(schedule, ref["z"], ref["eps"], t, ref["F"], trajectory[0], config.x0_reference)
+        f_size = ref["F"].size
+        drags_f = [d.at(f_size) for d in drags[0]]
+        x0_k = x0_at(schedule, last["z"], last["eps"], t, f_size)
+        x0_ref = x0_reference(schedule, ref["z"], ref["eps"], t, f_size, trajectory[0], config.x0_reference)
         keeping = config.model_copy(update={"keep_weight": 1.0})
-        [here] = item_geometry(drags_f, editable[0], [progress], x0_k.device, keeping, None,
-                               tuple(ref["F"].shape[-2:]))
+        [here] = item_geometry(drags_f, editable[0], [progress], x0_k.device, keeping, None, f_size)
         terms.append({"t": t, "eta": progress,
                       "region_features": float(region_loss(last["F"], ref["F"], here)),
-                      "region_x0": float(region_loss(x0_k, x0_ref, here)),
+                      "region_x0": float(region_loss(FeatureMap((x0_k,), f_size),
+                                                     FeatureMap((x0_ref,), f_size), here)),
                       "keep": float(keep_loss(x0_k, x0_ref, here.keep))})
     return images, terms
 

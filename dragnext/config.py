@@ -15,6 +15,7 @@ from dragnext.architecture import Architecture
 
 # Sections that do not change an edit's output: how it runs, how it is judged.
 NOT_OUTPUT = ("runtime", "review")
+Compile = Literal["off", "inductor", "cuda_graphs"]  # `runtime.compile`: `dragnext.engine`
 
 
 def output_keys(record: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +155,10 @@ class RuntimeConfig(_Section):
     batch_size: int | None = Field(
         None, ge=1, le=256, description="items edited together, sharing every UNet call; None = "
         "chosen for the device (`dragnext.batching.default_batch_size`)")
+    compile: Compile = Field(
+        "off", description="how UNet passes run (`dragnext.engine`): off (eager), inductor (torch.compile; "
+        "CUDA or CPU) or cuda_graphs (compiled and replayed from captured CUDA graphs; CUDA only). Each "
+        "shape compiles on its first batch, which takes minutes")
 
 
 class EditConfig(_Section):

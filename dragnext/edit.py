@@ -15,6 +15,7 @@ from PIL import Image
 
 from dragnext.batching import batches
 from dragnext.config import EditConfig
+from dragnext.engine import check_compile
 from dragnext.graph import STAGES, ItemRun, StageCache, run_graph, stage_keys
 from dragnext.instruction import EditItem, Instruction, InvalidItemError, validate_item
 from dragnext.lora import Weights
@@ -72,6 +73,7 @@ def _edit_group(items: list[EditItem], model: DragModel, config: EditConfig, cac
                 fingerprint: str, lora_weights: list[Weights | None], notify: Callback) -> list:
     before_mb = reset_peak_memory(model.device)
     model.passes.reset()
+    model.engine.mode = config.runtime.compile
     keys = [stage_keys(item, config, fingerprint) for item in items] if cache is not None else None
     given = [{"lora": w} if w is not None and config.lora.enabled else {} for w in lora_weights]
     runs, seconds = run_graph(Batch(items, model, config, notify), keys, cache, given)
@@ -102,6 +104,8 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
     peak memory per 512² item measured before, sizes the batches on CUDA (`dragnext.batching`).
     """
     configs = config if isinstance(config, list) else [config or EditConfig()] * len(items)
+    for mode in {c.runtime.compile for c in configs}:
+        check_compile(mode, model.device)
     weights = lora_weights or [None] * len(items)
     notify = callback or (lambda stage, done, total: None)
     out: list[EditResult | BaseException | None] = [None] * len(items)

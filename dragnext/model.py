@@ -16,6 +16,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from dragnext.architecture import Architecture, UnsupportedModelError, describe, read_architecture
 from dragnext.conditioning import Conditioning, embed_prompt
 from dragnext.config import EditConfig, build_config
+from dragnext.engine import UNetEngine
 from dragnext.fingerprint import model_folder
 from dragnext.model_files import ModelFileError, check_tree, read_config
 from dragnext.model_source import DEFAULT_MODEL, ModelSource
@@ -56,6 +57,7 @@ class DragModel:
     scheduler: DDIMScheduler
     device: torch.device
     passes: PassCounter = field(default_factory=PassCounter)
+    engine: UNetEngine = field(default_factory=UNetEngine)  # its mode is the batch's `runtime.compile`
     _alphas: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -99,7 +101,7 @@ class DragModel:
         `cond` holds one row per item of a batch of B; z holds c samples per item,
         item-major (each item's [reference, edited] pair, or its LoRA views), so sample n is
         item n // c."""
-        out = self.unet(z.to(self.dtype), timestep, **cond.unet_kwargs(z.shape[0], self.dtype)).sample
+        out = self.engine(self.unet, z.to(self.dtype), timestep, **cond.unet_kwargs(z.shape[0], self.dtype))
         self.passes.count(out)
         return out.float()
 

@@ -63,7 +63,8 @@ import torch.nn.functional as F
 from dragnext.config import PbsiConfig
 from dragnext.ddim import DDIMSchedule, denoise_step, predict_x0
 from dragnext.device_traffic import upload
-from dragnext.geometry import RegionDrag, dilate, eta, sample, settled_region, swept_region
+from dragnext.features import FeatureMap
+from dragnext.geometry import RegionDrag, dilate, eta, settled_region, swept_region
 from dragnext.resize import resize_soft_mask
 
 Forward = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -74,54 +75,88 @@ Region = tuple[torch.Tensor, int]  # a bool mask on the device, and its pixel co
 
 
 @dataclass(frozen=True)
+class Target:
+    """ρ_i(η) as pixels (x, y) of F's grid, Π_i(η) at them as normalised `grid_sample` points,
+    and each pixel's weight in the mean: 1/|ρ_i(η)|, and 0 for the padding that gives a drag
+    the same number of points at every η (static shapes)."""
+    pixels: torch.Tensor  # (P, 2)
+    sources: torch.Tensor  # (P, 2)
+    weight: torch.Tensor  # (P,)
+
+
+@dataclass(frozen=True)
 class Geometry:
-    """What the loss terms need of one item's drags at one η, on the device: ρ_i(η) and
-    Π_i(η) of each drag, the vacated region V(η) and the keep region K (None when their
-    terms are off). Counts are kept on the host, so a mean is a masked sum and never waits
-    for the device."""
-    targets: list[tuple[torch.Tensor, int, torch.Tensor]]  # (ρ_i(η), |ρ_i(η)|, Π_i(η) grid)
+    """What the loss terms need of one item's drags at one η, on the device: each drag's
+    `Target`, the vacated region V(η) and the keep region K (None when their terms are off).
+    Counts are kept on the host, so a mean is a weighted sum and never waits for the device."""
+    targets: list[Target]
     vacated: Region | None = None
     keep: Region | None = None
+
+
+def _points(drag: RegionDrag, eta_: float) -> torch.Tensor:
+    """(|ρ(η)|, 4): the pixels of ρ(η) as (x, y) and Π(η) there."""
+    rho = drag.target_region(eta_)
+    ys, xs = rho.nonzero(as_tuple=True)
+    sources = drag.correspondence(eta_)[0][rho]
+    return torch.cat([torch.stack([xs, ys], dim=-1).double(), sources.double()], dim=-1)
+
+
+def _padded(points: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, 5): the points with their weight 1/count, then zero-weight rows."""
+    rows = torch.zeros(size, 5, dtype=torch.float64)
+    rows[:len(points), :4] = points
+    rows[:len(points), 4] = 1 / max(len(points), 1)
+    return rows
 
 
 def geometry_plan(drags: list[RegionDrag], progresses: list[float], device: torch.device,
                   handles: torch.Tensor | None = None, keep: Callable[[float], torch.Tensor] | None = None
                   ) -> list[Geometry]:
-    """An item's `Geometry` at each η of `progresses` (the iterations of one PBSI step, in
-    order), built on the host in float64 and uploaded in two copies before the step, so no
-    iteration uploads or syncs; a step's plan is K masks and grids of F's size per drag.
-    `handles` (∪ handle_i) turns on V(η); `keep(η)` gives K at η."""
+    """An item's `Geometry` at each η of `progresses` (every PBSI iteration of the edit, in
+    order), built on the host in float64 and uploaded in two copies before the first, so no
+    iteration uploads or syncs. `handles` (∪ handle_i) turns on V(η); `keep(η)` gives K at η."""
     unique = sorted(set(progresses))
-    masks, grids, index = [], [], {}
+    points = {(eta_, i): _points(d, eta_) for eta_ in unique for i, d in enumerate(drags)}
+    most = [max(1, *(len(points[eta_, i]) for eta_ in unique)) for i in range(len(drags))]
+    rows = torch.cat([_padded(points[eta_, i], most[i]) for eta_ in unique for i in range(len(drags))])
+    masks, index = [], {}
     for eta_ in unique:
-        rhos = [d.target_region(eta_) for d in drags]
-        grids += [d.correspondence(eta_) for d in drags]
-        parts = [*rhos, *([handles & ~torch.stack(rhos).any(0)] if handles is not None else []),
-                 *([keep(eta_)] if keep is not None else [])]
-        index[eta_] = (len(masks), len(grids) - len(drags))
-        masks += parts
+        index[eta_] = len(masks)
+        if handles is not None:
+            masks.append(handles & ~torch.stack([d.target_region(eta_) for d in drags]).any(0))
+        if keep is not None:
+            masks.append(keep(eta_))
     counts = [int(m.sum()) for m in masks]
+    rows_d = upload(rows.float(), device)
     masks_d = upload(torch.stack(masks), device) if masks else None
-    grids_d = upload(torch.cat(grids), device) if grids else None
+    offsets = [0]
+    for _ in unique:
+        for size in most:
+            offsets.append(offsets[-1] + size)
 
-    def at(eta_: float) -> Geometry:
-        m, g = index[eta_]
-        targets = [(masks_d[m + i], counts[m + i], grids_d[g + i:g + i + 1]) for i in range(len(drags))]
-        j, vacated = m + len(drags), None
+    def at(u: int, eta_: float) -> Geometry:
+        targets = []
+        for i in range(len(drags)):
+            start = offsets[u * len(drags) + i]
+            r = rows_d[start:start + most[i]]
+            targets.append(Target(r[:, :2], r[:, 2:4], r[:, 4]))
+        j, vacated = index[eta_], None
         if handles is not None:
             vacated, j = (masks_d[j], counts[j]), j + 1
         return Geometry(targets, vacated, (masks_d[j], counts[j]) if keep is not None else None)
 
-    planned = {eta_: at(eta_) for eta_ in unique}
+    planned = {eta_: at(u, eta_) for u, eta_ in enumerate(unique)}
     return [planned[p] for p in progresses]
 
 
-def region_loss(F_k: torch.Tensor, F_ref: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i."""
-    loss = F_k.new_zeros(())
-    for rho, count, grid in geometry.targets:
-        if count:
-            loss = loss + _masked_mean((F_k - sample(F_ref, grid)).abs().sum(dim=1)[0], (rho, count))
+def region_loss(F_k: FeatureMap, F_ref: FeatureMap, geometry: Geometry) -> torch.Tensor:
+    """Σ_i mean over ρ_i(η) of the channel-L1 distance to the reference sampled through Π_i,
+    F read at ρ_i(η)'s points only."""
+    loss = F_k.maps[0].new_zeros((), dtype=torch.float32)
+    for target in geometry.targets:
+        distance = (F_k.at(target.pixels) - F_ref.sample(target.sources)).abs().sum(dim=1)[0]
+        loss = loss + (distance * target.weight).sum()
     return loss
 
 
@@ -221,20 +256,19 @@ def fill_in(x: torch.Tensor, known: torch.Tensor | Fill) -> torch.Tensor:
 
 
 def x0_at(schedule: DDIMSchedule, z_t: torch.Tensor, eps: torch.Tensor, t: int,
-          like: torch.Tensor) -> torch.Tensor:
-    """x̂₀ of (z_t, ε) at step t, bilinearly upsampled to the size of `like` (F)."""
+          size: tuple[int, int]) -> torch.Tensor:
+    """x̂₀ of (z_t, ε) at step t, bilinearly upsampled to F's `size`."""
     alpha = schedule.alphas[t].to(z_t.device, z_t.dtype)
-    return F.interpolate(predict_x0(z_t, eps, alpha), size=like.shape[-2:], mode="bilinear",
-                         align_corners=False)
+    return F.interpolate(predict_x0(z_t, eps, alpha), size=size, mode="bilinear", align_corners=False)
 
 
 def x0_reference(schedule: DDIMSchedule, z_ref: torch.Tensor, eps_ref: torch.Tensor, t: int,
-                 like: torch.Tensor, z_0: torch.Tensor, reference: str) -> torch.Tensor:
+                 size: tuple[int, int], z_0: torch.Tensor, reference: str) -> torch.Tensor:
     """What the x̂₀ terms compare with at step t, at F's size: the reference's own x̂₀
     (`predicted`) or the input's clean latent z_0 (`clean`)."""
     if reference == "clean":
-        return F.interpolate(z_0, size=like.shape[-2:], mode="bilinear", align_corners=False)
-    return x0_at(schedule, z_ref, eps_ref, t, like)
+        return F.interpolate(z_0, size=size, mode="bilinear", align_corners=False)
+    return x0_at(schedule, z_ref, eps_ref, t, size)
 
 
 def keep_of(drags_f: list[RegionDrag], editable: torch.Tensor, feature_size: tuple[int, int],
@@ -259,6 +293,42 @@ def item_geometry(drags_f: list[RegionDrag], editable: torch.Tensor, progresses:
     return geometry_plan(drags_f, progresses, device, handles_f, keep)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What a PBSI step's iterations compare with, from the reference pass on z_t^ref: F, the
+    DDIM step x_{t−1}, the x̂₀ target at F's size and, with `vacate=fill`, B (None when unused)."""
+    F: FeatureMap
+    x_prev: torch.Tensor
+    x0: torch.Tensor | None
+    background: torch.Tensor | None
+
+
+def iteration_loss(z_t: torch.Tensor, t: int, forward: Forward, schedule: DDIMSchedule, reference: Reference,
+                   geometry: list[Geometry], outside: torch.Tensor, config: PbsiConfig) -> torch.Tensor:
+    """L of one PBSI iteration at z_t^k: one UNet pass, every item's terms at its `geometry`."""
+    features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
+    eps, F_k = forward(z_t, t)
+    size = F_k.size
+    x0_k = x0_at(schedule, z_t, eps, t, size) if reference.x0 is not None else None
+    loss = z_t.new_zeros((), dtype=torch.float32)
+    for b, here in enumerate(geometry):
+        one = slice(b, b + 1)
+        if features:
+            loss = loss + region_loss(F_k[one], reference.F[one], here)
+        if x0:
+            loss = loss + config.x0_weight * region_loss(
+                FeatureMap((x0_k[one],), size), FeatureMap((reference.x0[one],), size), here)
+        if here.vacated is not None:
+            loss = loss + config.vacate_weight * vacated_loss(x0_k[one], reference.background[one],
+                                                              here.vacated)
+        if here.keep is not None:
+            loss = loss + config.keep_weight * keep_loss(x0_k[one], reference.x0[one], here.keep)
+    if config.lam:
+        x_prev = denoise_step(schedule, z_t, eps, t)
+        loss = loss + config.lam * background_loss(x_prev, reference.x_prev, outside)
+    return loss
+
+
 def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable: list[torch.Tensor],
          schedule: DDIMSchedule, config: PbsiConfig, forward: Forward,
          on_iteration: Callable[[int], None] | None = None,
@@ -279,13 +349,11 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
     M = torch.stack([resize_soft_mask(m, latent_size) for m in editable])[:, None]
     outside = 1 - M.to(trajectory[0].device)
     z_t = (trajectory[T] if z_init is None else z_init).clone()
-    features, x0 = config.loss in ("features", "both"), config.loss in ("x0", "both")
-    vacate, keep = config.vacate == "fill", config.keep_weight > 0
+    vacate = config.vacate == "fill"
+    uses_x0 = config.loss in ("x0", "both") or vacate or config.keep_weight > 0
     items = range(z_t.shape[0])
-
-    def progresses(t: int) -> list[float]:
-        return [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
-                for k in range(1, config.iterations + 1)]
+    progresses = [eta(t, k, T, T_prime, config.iterations, config.eta_steps) if config.progressive else 1.0
+                  for t in range(T, T_prime - 1, -1) for k in range(1, config.iterations + 1)]
 
     done = 0
     for t in range(T, T_prime - 1, -1):
@@ -293,38 +361,21 @@ def pbsi(trajectory: list[torch.Tensor], drags: list[list[RegionDrag]], editable
         with torch.no_grad():
             eps_ref, F_ref = forward(z_ref, t)
             x_prev_ref = denoise_step(schedule, z_ref, eps_ref, t)
-            x0_ref = (x0_reference(schedule, z_ref, eps_ref, t, F_ref, trajectory[0], config.x0_reference)
-                      if x0 or vacate or keep else None)
-        if t == T:  # what does not depend on t, at F's size (known after the first pass)
-            feature_size = tuple(F_ref.shape[-2:])
-            drags_f = [[d.at(feature_size) for d in item_drags] for item_drags in drags]
+            x0_ref = (x0_reference(schedule, z_ref, eps_ref, t, F_ref.size, trajectory[0],
+                                   config.x0_reference) if uses_x0 else None)
+        if t == T:  # the whole edit's geometry, at F's size (known after the first pass)
+            drags_f = [[d.at(F_ref.size) for d in item_drags] for item_drags in drags]
             handles_f = [_handle_union(d) if vacate else None for d in drags_f]
-            keeps = [keep_of(drags_f[b], editable[b], feature_size, config) for b in items]
+            geometry = [item_geometry(drags_f[b], editable[b], progresses, z_t.device, config, handles_f[b],
+                                      F_ref.size) for b in items]
             fills = [Fill.of(~handles_f[b], z_t.device) for b in items] if vacate else None
-        geometry = [geometry_plan(drags_f[b], progresses(t), z_t.device, handles_f[b], keeps[b])
-                    for b in items]
-        if vacate:
-            background = torch.cat([fill_in(x0_ref[b:b + 1], fills[b]) for b in items])
+        background = torch.cat([fill_in(x0_ref[b:b + 1], fills[b]) for b in items]) if vacate else None
+        reference = Reference(F_ref, x_prev_ref, x0_ref, background)
         z_t = z_t.detach().requires_grad_(True)
         optimizer = torch.optim.Adam([z_t], lr=config.lr)
-        for k in range(config.iterations):
-            eps, F_k = forward(z_t, t)
-            x0_k = x0_at(schedule, z_t, eps, t, F_k) if x0 or vacate or keep else None
-            loss = F_k.new_zeros(())
-            for b in items:
-                one, here = slice(b, b + 1), geometry[b][k]
-                if features:
-                    loss = loss + region_loss(F_k[one], F_ref[one], here)
-                if x0:
-                    loss = loss + config.x0_weight * region_loss(x0_k[one], x0_ref[one], here)
-                if vacate:
-                    loss = loss + config.vacate_weight * vacated_loss(x0_k[one], background[one],
-                                                                      here.vacated)
-                if keep:
-                    loss = loss + config.keep_weight * keep_loss(x0_k[one], x0_ref[one], here.keep)
-            if config.lam:
-                loss = loss + config.lam * background_loss(
-                    denoise_step(schedule, z_t, eps, t), x_prev_ref, outside)
+        for _ in range(config.iterations):
+            loss = iteration_loss(z_t, t, forward, schedule, reference, [g[done] for g in geometry], outside,
+                                  config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

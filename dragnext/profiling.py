@@ -65,7 +65,10 @@ class PassCounter:
         """Count one UNet forward producing `output` (and its backward, if one comes)."""
         batch = output.shape[0]
         self._add(self.current, "forward", batch)
-        if output.requires_grad:
+        # A pass traced into a larger graph cannot count its backward from a tensor hook (dynamo
+        # refuses a hook's side effects); `dragnext.engine` compiles the UNet alone, so here
+        # the counting runs eagerly, and only a graph made of a whole iteration would miss it.
+        if output.requires_grad and not torch.compiler.is_compiling():
             output.register_hook(partial(self._on_backward, self.current, batch))
 
     def totals(self) -> dict[str, int]:

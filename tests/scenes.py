@@ -15,6 +15,7 @@ from PIL import Image
 from bench.cases import TYPES, make_case
 from bench.run import item_of
 from dragnext.ddim import DDIMSchedule
+from dragnext.features import FeatureMap
 from dragnext.instruction import EditItem, read_instruction
 
 # CI lays shared/ beside the checkout; DRAGBENCH_FIXTURES points elsewhere if needed.
@@ -52,8 +53,13 @@ def flat_schedule(n: int) -> DDIMSchedule:
     return DDIMSchedule(timesteps=list(range(-1, n)), alphas=torch.ones(n + 1, dtype=torch.float64))
 
 
+def as_features(x: torch.Tensor) -> FeatureMap:
+    """x as F at its own size (read at its pixels, it is x)."""
+    return FeatureMap((x,), tuple(x.shape[-2:]))
+
+
 def latent_as_features(z: torch.Tensor, t: int):
-    return torch.zeros_like(z), z
+    return torch.zeros_like(z), as_features(z)
 
 
 def point(x, y):

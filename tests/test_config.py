@@ -21,7 +21,7 @@ def test_defaults_are_the_papers():
         "attention": {"mutual": True, "start_layer": None},
         "output": {"paste_background": False, "paste_unswept": False, "paste_path": False},
         "review": {"min_drag_gap": -0.0644, "min_if_ed": 0.9229},  # tuned: docs/review-thresholds.json
-        "runtime": {"batch_size": None},
+        "runtime": {"batch_size": None, "compile": "off"},
     }
     assert EditConfig().inversion.start_step == 38  # T = round(50 * 0.75)
     assert EditConfig().inversion.start_step - EditConfig().pbsi.steps + 1 == 33  # T'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dragnext.lora
 from bench.cases import make_case
@@ -15,6 +16,7 @@ from bench.run import item_of
 from dragnext.config import PbsiConfig, build_config
 from dragnext.device_traffic import DeviceTraffic, on_meta
 from dragnext.edit import edit_batch
+from dragnext.features import FeatureMap
 from dragnext.geometry import RegionDrag, eta, sample
 from dragnext.pbsi import Fill, fill_in, geometry_plan, held_out, item_geometry, keep_at, region_loss
 from dragnext.tiny_model import in_memory_model
@@ -22,7 +24,6 @@ from tests.conftest import FAST
 from tests.scenes import point
 
 STAGES = ("lora", "inversion", "pbsi", "denoise")
-ITERATIONS = 3  # FAST's pbsi.iterations: every third PBSI phase ends a step
 
 
 class Unfused(torch.optim.AdamW):  # the fused kernel has no meta implementation
@@ -91,10 +92,8 @@ def test_no_step_of_an_inner_loop_waits_for_the_device_or_uploads(case, monkeypa
         allowed = 2 if (stage, method) == ("pbsi", "dragdiffusion") else 0
         assert all(traffic.syncs[p] == allowed for p in found), (stage, traffic.sync_ops)
         assert all(traffic.uploads[p] == 0 for p in found), (stage, {p: traffic.uploads[p] for p in found})
-        # a PBSI step's geometry goes up before the step, pinned and non-blocking: never inside it
-        steps_planned = stage == "pbsi" and method == "dragnext"
-        inside = [p for p in found if not (steps_planned and int(p.split(":")[1]) % ITERATIONS == 0)]
-        assert all(traffic.async_uploads[p] == 0 for p in inside), (stage, dict(traffic.async_uploads))
+        # the edit's geometry goes up before its first iteration, pinned and non-blocking
+        assert all(traffic.async_uploads[p] == 0 for p in found), (stage, dict(traffic.async_uploads))
     # the UNet is handed its timestep as a tensor already on the device: diffusers builds one
     # from an int at every call, an upload this counter cannot see
     assert timesteps and all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in timesteps)
@@ -123,23 +122,49 @@ def region_loss_before(F_k, F_ref, drags, progress):
     return loss
 
 
-def test_the_planned_geometry_is_the_geometry_of_each_iteration():
+def upsampled(maps: FeatureMap) -> torch.Tensor:
+    """F as it was made before it was read at points: every block upsampled, concatenated."""
+    return torch.cat([F.interpolate(m, size=maps.size, mode="bilinear", align_corners=False)
+                      for m in maps.maps], dim=1)
+
+
+def test_the_planned_geometry_and_the_point_sampled_features_are_those_of_each_iteration():
     drags = drags_of_each_kind()
     T, T_prime, K = 8, 3, 4
     progresses = [eta(t, k, T, T_prime, K) for t in range(T, T_prime - 1, -1) for k in range(1, K + 1)]
     handles = torch.stack([d.handle_mask for d in drags]).any(0)
     plan = geometry_plan(drags, progresses, torch.device("cpu"), handles)
     generator = torch.Generator().manual_seed(0)
-    F_k, F_ref = (torch.randn(1, 5, 24, 32, generator=generator) for _ in range(2))
+    # two blocks at F's half and quarter size, as the UNet's decoder gives them
+    F_k, F_ref = (FeatureMap((torch.randn(1, 3, 12, 16, generator=generator),
+                              torch.randn(1, 5, 6, 8, generator=generator)), (24, 32)) for _ in range(2))
     assert len(plan) == len(progresses)
     for geometry, progress in zip(plan, progresses, strict=True):
-        for (rho, count, grid), drag in zip(geometry.targets, drags, strict=True):
-            assert torch.equal(rho.bool(), drag.target_region(progress)) and count == int(rho.sum())
-            assert torch.allclose(grid, drag.correspondence(progress), atol=1e-6, rtol=0)
+        for target, drag in zip(geometry.targets, drags, strict=True):
+            rho, used = drag.target_region(progress), target.weight > 0
+            assert torch.allclose(target.weight[used], torch.tensor(1 / int(rho.sum())))
+            x, y = target.pixels[used].long().T
+            assert torch.equal(torch.zeros_like(rho).index_put_((y, x), torch.tensor(True)), rho)
+            sources = drag.correspondence(progress)[0, y, x]
+            assert torch.allclose(target.sources[used], sources, atol=1e-6, rtol=0)
+        # static shapes: each drag has as many points at every iteration
+        assert [len(t.weight) for t in geometry.targets] == [len(t.weight) for t in plan[0].targets]
         rhos = torch.stack([d.target_region(progress) for d in drags]).any(0)
         assert torch.equal(geometry.vacated[0].bool(), handles & ~rhos)
-        before = region_loss_before(F_k, F_ref, drags, progress)
+        before = region_loss_before(upsampled(F_k), upsampled(F_ref), drags, progress)
         assert torch.allclose(region_loss(F_k, F_ref, geometry), before, atol=1e-6, rtol=1e-6)
+
+
+def test_point_sampled_features_equal_the_upsampled_map_in_and_around_it():
+    generator = torch.Generator().manual_seed(3)
+    maps = FeatureMap((torch.randn(2, 3, 6, 8, generator=generator),
+                       torch.randn(2, 4, 12, 16, generator=generator)), (24, 32))
+    dense = upsampled(maps)
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
+    assert torch.allclose(maps.at(torch.stack([xs.flatten(), ys.flatten()], -1)), dense.flatten(2),
+                          atol=1e-6, rtol=1e-6)
+    grid = torch.rand(400, 2, generator=generator) * 2.4 - 1.2  # past the border: zero padding
+    assert torch.allclose(maps.sample(grid), sample(dense, grid[None, None])[:, :, 0], atol=1e-6, rtol=1e-6)
 
 
 def test_the_planned_keep_region_is_keep_at_each_progress():

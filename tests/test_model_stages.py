@@ -106,7 +106,9 @@ def test_feature_hooks_capture_the_configured_blocks_at_the_requested_size(tiny_
     with feature_hooks(tiny_model.unet, [1, 2], (12, 16)) as hooks:
         tiny_model.predict_noise(torch.randn(2, 4, 24, 32), 300, context)
         features = hooks.pop()
-    assert features.shape == (2, sum(channels), 12, 16) and features.dtype == torch.float32
+    assert features.shape == (2, sum(channels), 12, 16)
+    assert features.at(torch.zeros(1, 2)).shape == (2, sum(channels), 1)
+    assert features.at(torch.zeros(1, 2)).dtype == torch.float32
     assert not any(b._forward_hooks for b in tiny_model.unet.up_blocks)
     with feature_hooks(tiny_model.unet, [0, 1, 2, 3], (12, 16)) as hooks:  # the paper's: every stage
         tiny_model.predict_noise(torch.randn(1, 4, 24, 32), 300, context)

@@ -13,7 +13,7 @@ import dragnext.pbsi
 from dragnext.config import PbsiConfig
 from dragnext.geometry import RegionDrag
 from dragnext.pbsi import pbsi
-from tests.scenes import SIZE, flat_schedule, latent_as_features, point
+from tests.scenes import SIZE, as_features, flat_schedule, latent_as_features, point
 
 
 def run(kind: str, lam: float = 0.1, progressive: bool = True, forward=latent_as_features, **options):
@@ -79,7 +79,7 @@ def test_a_scaled_block_grows_into_its_target_and_the_background_holds(monkeypat
 
 
 def features_without_gradient(z: torch.Tensor, t: int):
-    return torch.zeros_like(z), z.detach()
+    return torch.zeros_like(z), as_features(z.detach())
 
 
 @pytest.mark.parametrize("sabotage", ["eta_stuck_at_zero", "identity_correspondence",
@@ -108,7 +108,7 @@ def orientation_blind(z: torch.Tensor, t: int):
     """Features that hold where there is content but not its shape: each pixel sees the mean
     over a 7x7 window (an object spanning a cell or two of a coarse feature map)."""
     blurred = torch.nn.functional.avg_pool2d(z, 7, stride=1, padding=3, count_include_pad=False)
-    return torch.zeros_like(z), blurred
+    return torch.zeros_like(z), as_features(blurred)
 
 
 def test_the_x0_loss_turns_a_bar_that_blurred_features_cannot_see_turn():

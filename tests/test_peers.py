@@ -9,7 +9,7 @@ from dragnext.geometry import RegionDrag
 from dragnext.peers.dragdiffusion import drag_diffusion
 from dragnext.peers.warp import warp_latent
 from tests.conftest import FAST
-from tests.scenes import SIZE, flat_schedule, latent_as_features, load_scene, point
+from tests.scenes import SIZE, as_features, flat_schedule, latent_as_features, load_scene, point
 
 
 def block_translate():
@@ -52,7 +52,7 @@ def test_dragdiffusions_motion_loss_is_the_originals_patch_sum():
     1: the original's (2r_m+1)²·l1_loss is 9 for r_m = 1. A handle within 2 px is done."""
     from dragnext.peers.dragdiffusion import _square, motion_supervision
 
-    xs = torch.arange(16, dtype=torch.float32).expand(1, 3, 16, 16)
+    xs = as_features(torch.arange(16, dtype=torch.float32).expand(1, 3, 16, 16))
     handles, targets = torch.tensor([[5.0, 5.0], [9.0, 9.0]]), torch.tensor([[10.0, 5.0], [10.5, 9.0]])
     loss = motion_supervision(xs, handles, targets, _square(1, "cpu"), reached_px=2.0)
     assert float(loss) == pytest.approx(9.0)

@@ -34,8 +34,7 @@ def test_denoising_and_x0_match_diffusers_ddim_step(prediction_type):
         alpha = schedule.alphas[k]
         eps = to_epsilon(fake_unet(theirs, int(t)), theirs, alpha, prediction_type)
         assert torch.allclose(predict_x0(theirs, eps, alpha), step.pred_original_sample, atol=1e-6, rtol=1e-5)
-        like = torch.empty(1, 1, 8, 8)  # x0_at resizes to F's size: the same size here
-        x0 = x0_at(schedule, theirs, eps, k, like)
+        x0 = x0_at(schedule, theirs, eps, k, (8, 8))  # x0_at resizes to F's size: the same size here
         assert torch.allclose(x0, step.pred_original_sample, atol=1e-6, rtol=1e-5)
         theirs = step.prev_sample
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5)

@@ -20,22 +20,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from dragnext.config import DragDiffusionConfig
 from dragnext.ddim import DDIMSchedule, denoise_step
+from dragnext.features import FeatureMap
 from dragnext.geometry import RegionDrag
 from dragnext.pbsi import Forward, background_loss
 from dragnext.resize import resize_soft_mask
 
 
-def _sample_points(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def _sample_points(features: FeatureMap, points: torch.Tensor) -> torch.Tensor:
     """Features at (N, 2) sub-pixel points (x, y), as (N, C)."""
-    h, w = features.shape[-2:]
+    h, w = features.size
     # scalars, not a tensor of them: a new tensor would be copied to the device at each call
     grid = torch.stack([(points[..., 0] + 0.5) * (2 / w) - 1, (points[..., 1] + 0.5) * (2 / h) - 1], dim=-1)
-    return F.grid_sample(features, grid[None, None].to(features.dtype), mode="bilinear",
-                         align_corners=False)[0, :, 0].T
+    return features.sample(grid)[0].T
 
 
 def _square(radius: int, device) -> torch.Tensor:
@@ -44,16 +43,16 @@ def _square(radius: int, device) -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
 
 
-def motion_supervision(F_k: torch.Tensor, handles: torch.Tensor, targets: torch.Tensor,
+def motion_supervision(F_k: FeatureMap, handles: torch.Tensor, targets: torch.Tensor,
                        patch: torch.Tensor, reached_px: float) -> torch.Tensor:
     """Σ over handles not yet reached of (2r_m + 1)² · mean |F(q + d_i) − sg(F(q))|.
 
     A reached handle is weighted out rather than skipped, so the host never asks the device
     which handles are done."""
-    loss = F_k.new_zeros(())
+    loss = handles.new_zeros((), dtype=torch.float32)
     for handle, target in zip(handles, targets, strict=True):
         remaining = (target - handle).norm()
-        active = (remaining >= reached_px).to(F_k.dtype)
+        active = (remaining >= reached_px).to(loss.dtype)
         q = handle + patch
         moved = _sample_points(F_k, q + (target - handle) / remaining.clamp_min(reached_px))
         loss = loss + active * len(patch) * (moved - _sample_points(F_k, q).detach()).abs().mean()
@@ -70,7 +69,7 @@ def drag_diffusion(trajectory: list[torch.Tensor], drags: list[RegionDrag], edit
     with torch.no_grad():
         eps_ref, F_0 = forward(z_ref, T)
         x_prev_ref = denoise_step(schedule, z_ref, eps_ref, T)
-    size = tuple(F_0.shape[-2:])
+    size = F_0.size
     handles = torch.stack([d.at(size).handle for d in drags]).to(F_0.device)
     targets = torch.stack([d.at(size).target for d in drags]).to(F_0.device)
     F_0_handles = _sample_points(F_0, handles)
