@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import generate, jobs, run
+from bench import generate, jobs, oracle, run
 from bench.cases import TYPES
 from dragnext import cli as library_cli
 from dragnext.config import ConfigError, build_config, read_config_file
@@ -26,6 +26,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     base = build_config(read_config_file(args.config) if args.config else None, args.set,
                         preset=model_preset(args.model)).to_record()
     methods = [run.Method.parse(m) for m in args.methods.split(";" if ";" in args.methods else ",") if m]
+    if not any(m.is_oracle for m in methods):  # every figure is read against its ceiling
+        methods.append(run.Method.parse(oracle.NAME))
     for method in methods:  # every method's config is checked before any of them runs
         try:
             build_config(base, method.overrides)
@@ -53,7 +55,9 @@ def add_commands(commands) -> None:
                        help="comma-separated; a method may carry overrides after ':' joined by "
                             "',' (then separate methods with ';'), e.g. "
                             "'dragnext;dragnext:pbsi.progressive=false'. Such variants are in the "
-                            "table and JSON; the grid shows the plain methods")
+                            "table and JSON; the grid shows the plain methods. 'oracle' (the "
+                            "expected image through the model's VAE and output path, the ceiling) "
+                            "is always added")
     bench.add_argument("--n", type=int, default=30, help="cases per drag type")
     bench.add_argument("--types", type=drag_types, default=TYPES,
                        help=f"comma-separated drag types (default: all of {','.join(TYPES)})")

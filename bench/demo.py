@@ -46,7 +46,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = str(Path(args.out) / "results.parquet")
     scored = ground_truth.score_results(str(DEMO_MANIFEST), read_results(results))
     print("\n".join(ground_truth.lines(scored)))
-    print(f"{sum(s['success'] == 1 for s in scored)} of {len(scored)} edits succeed against the ground truth")
+    succeeded, strictly = (sum(s[key] == 1 for s in scored) for key in ("success", "success_strict"))
+    print(f"{succeeded} of {len(scored)} edits succeed against the ground truth, {strictly} strictly")
     sheet = Path(args.out) / "previews.png"
     preview_sheet(results).save(sheet)
     print(f"previews (input | instruction | edited): {sheet}")

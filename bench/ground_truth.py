@@ -39,7 +39,8 @@ def score_results(manifest_uri: str, results: list[dict]) -> list[dict]:
 
 
 def lines(scored: list[dict]) -> list[str]:
-    """One line per item: success, the drag alone, the weakest neighbour, the preview."""
+    """One line per item: success, the drag alone, strict success with the object's IoU,
+    colour error and ghost, the weakest neighbour, the preview."""
     def yes(v):
         return "yes" if v else "no "
 
@@ -47,4 +48,6 @@ def lines(scored: list[dict]) -> list[str]:
         return "  — " if math.isnan(v) else f"{v:.2f}"
 
     return [f"{s['item_id']:14s} success {yes(s['success'])}  object {yes(s['success_object'])}  "
-            f"neighbour IoU {lowest(s['neighbour_iou'])}  {s['preview_uri']}" for s in scored]
+            f"strict {yes(s['success_strict'])} (IoU {s['iou']:.2f}, colour error {s['colour_err']:4.1f}, "
+            f"ghost {100 * s['ghost']:3.0f}%)  neighbour IoU {lowest(s['neighbour_iou'])}  {s['preview_uri']}"
+            for s in scored]

@@ -1,7 +1,8 @@
 """Run methods on benchmark cases with one model and score them against the ground truth.
 
 A method is a name with optional config overrides: `dragnext`, `warp`, `dragdiffusion`,
-or e.g. `dragnext:pbsi.progressive=false` (the paper's ablation).
+or e.g. `dragnext:pbsi.progressive=false` (the paper's ablation); `oracle` (bench.oracle)
+is the ceiling.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bench import oracle
 from bench.cases import TYPES, Case
 from dragnext.config import EditConfig, build_config, parse_overrides
 from dragnext.edit import edit
 from dragnext.instruction import Drag, EditItem, Instruction, validate_item
-from dragnext.metrics import image_fidelity, region_psnr, region_ssim, score_edit
+from dragnext.metrics import image_fidelity, region_psnr, region_ssim, score_edit, warp_agreement
 from dragnext.model import DragModel
 from dragnext.preview import enlarge, overlay
 
-METRICS = ("success", "success_object", "centroid_err", "neighbour_iou", "psnr_keep", "psnr_vacated",
-           "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "seconds")
+METRICS = ("success", "success_object", "success_strict", "iou", "colour_err", "ghost", "centroid_err",
+           "neighbour_iou", "psnr_keep", "psnr_vacated",
+           "psnr_gt", "ssim_gt", "if_ed", "if_th", "if_hh", "target_err", "vacated_residual", "seconds")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,11 @@ class Method:
     def parse(cls, text: str) -> Method:
         name, _, rest = text.partition(":")
         overrides = parse_overrides([part for part in rest.split(",") if part]) if rest else {}
-        return cls(text, {"method": name, **overrides})
+        return cls(text, overrides if name == oracle.NAME else {"method": name, **overrides})
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.label.partition(":")[0] == oracle.NAME
 
 
 def item_of(case: Case) -> EditItem:
@@ -53,7 +60,7 @@ def score(case: Case, item: EditItem, edited: Image.Image, seconds: float) -> di
             "psnr_gt": region_psnr(image, expected, region),
             "ssim_gt": region_ssim(image, expected, region),
             "if_ed": fidelity["if_ed_ssim"], "if_th": fidelity["if_th_ssim"],
-            "if_hh": fidelity["if_hh_ssim"], "seconds": seconds}
+            "if_hh": fidelity["if_hh_ssim"], **warp_agreement(item.image, edited, item), "seconds": seconds}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -92,17 +99,21 @@ def score_cases(model: DragModel, cases: list[Case], methods: list[Method], base
         config: EditConfig = build_config(base, method.overrides)
         scores, edited = [], []
         for case, item in tqdm(list(zip(cases, items, strict=True)), desc=method.label, disable=quiet):
-            key = _lora_key(case, config)
-            weights, lora_seconds = finetuned.get(key, (None, 0.0))
             start = time.perf_counter()
-            result = edit(item.image, item.instruction, model, config, item_id=case.case_id,
-                          lora_weights=weights)
-            seconds = time.perf_counter() - start + lora_seconds
-            if key and weights is None:
-                finetuned[key] = (result.lora_weights, result.timings["lora"])
-            edited.append(result.image)
-            scores.append({"case_id": case.case_id, "type": case.type,
-                           **score(case, item, result.image, seconds)})
+            if method.is_oracle:
+                image = oracle.oracle_image(model, item, Image.fromarray(case.expected.render()), config)
+                seconds = time.perf_counter() - start
+            else:
+                key = _lora_key(case, config)
+                weights, lora_seconds = finetuned.get(key, (None, 0.0))
+                result = edit(item.image, item.instruction, model, config, item_id=case.case_id,
+                              lora_weights=weights)
+                seconds = time.perf_counter() - start + lora_seconds
+                if key and weights is None:
+                    finetuned[key] = (result.lora_weights, result.timings["lora"])
+                image = result.image
+            edited.append(image)
+            scores.append({"case_id": case.case_id, "type": case.type, **score(case, item, image, seconds)})
         scored[method.label] = (scores, edited)
     return scored
 
@@ -127,7 +138,7 @@ def paired_keep(methods: dict) -> list[dict]:
     """`psnr_keep` of the first method and of each other plain method over the cases both
     edited successfully. An edit that leaves the object where it was leaves the rest of the
     picture as it was too, so a mean over every case rewards a method for failing."""
-    first, *peers = [label for label in methods if ":" not in label] or [None]
+    first, *peers = [label for label in methods if ":" not in label and label != oracle.NAME] or [None]
     pairs = []
     for peer in peers:
         theirs = {case["case_id"]: case for case in methods[peer]["cases"]}
@@ -147,7 +158,8 @@ def run(model: DragModel, cases: list[Case], methods: list[Method], base: dict,
 
 
 def table(results: dict) -> str:
-    header = f"{'method':34s} {'type':9s} {'n':>3s} {'success':>7s} {'object':>7s} {'nb_iou':>6s} " \
+    header = f"{'method':34s} {'type':9s} {'n':>3s} {'success':>7s} {'object':>7s} {'strict':>7s} " \
+             f"{'iou':>5s} {'col_err':>7s} {'ghost':>5s} {'nb_iou':>6s} " \
              f"{'cent_px':>7s} {'p_keep':>6s} {'p_vac':>6s} {'psnr_gt':>7s} " \
              f"{'IF_ed':>6s} {'IF_th':>6s} {'IF_hh':>6s} {'s/item':>7s}"
     lines = [header, "-" * len(header)]
@@ -157,9 +169,11 @@ def table(results: dict) -> str:
 
     for label, result in results["methods"].items():
         for kind, row in [("overall", result["overall"]), *result["by_type"].items()]:
-            success, whole = (None if row[m] is None else 100 * row[m] for m in ("success", "success_object"))
+            rates = " ".join(f"{fmt(None if row[m] is None else 100 * row[m], '6.0f')}%"
+                             for m in ("success", "success_object", "success_strict"))
             fidelity = " ".join(fmt(row[m], "6.3f") for m in ("if_ed", "if_th", "if_hh"))
-            lines.append(f"{label:34s} {kind:9s} {row['n']:3d} {fmt(success, '6.0f')}% {fmt(whole, '6.0f')}% "
+            lines.append(f"{label:34s} {kind:9s} {row['n']:3d} {rates} {fmt(row['iou'], '5.2f')} "
+                         f"{fmt(row['colour_err'], '7.1f')} {fmt(row['ghost'], '5.2f')} "
                          f"{fmt(row['neighbour_iou'], '6.3f')} {fmt(row['centroid_err'], '7.2f')} "
                          f"{fmt(row['psnr_keep'], '6.2f')} {fmt(row['psnr_vacated'], '6.2f')} "
                          f"{fmt(row['psnr_gt'], '7.2f')} {fidelity} {fmt(row['seconds'], '7.1f')}")

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import diffusers
 import transformers
-from PIL import Image
 from tqdm import tqdm
 
 from dragnext.config import ConfigError, build_config, read_config_file
-from dragnext.edit import STAGES, edit
-from dragnext.instruction import EditItem, InvalidItemError, read_image, read_instruction, validate_item
+from dragnext.edit import STAGES, edit_batch
+from dragnext.fingerprint import digest
+from dragnext.instruction import EditItem, InvalidItemError, read_instruction, read_photo, validate_item
 from dragnext.model import DEFAULT_MODEL, ModelNotFoundError, ModelSource, load_model, model_preset
 from dragnext.model_files import ModelFileError
 from dragnext.output_check import EditFailed
+from dragnext.photo_file import FORMAT_OF_SUFFIX, Provenance, available, edited_file
 from dragnext.style_lora import StyleLoraError
 from dragnext.tiny_model import ARCHS, save_tiny_model
 
@@ -66,13 +67,19 @@ class StageProgress:
         self.stages.close()
 
 
-def check_out_path(out: Path, inputs: list[Path]) -> None:
-    """`--out` must name a format PIL writes, and neither it nor its record (`.json` beside
-    it) may be one of the inputs."""
-    formats = Image.registered_extensions()
-    if out.suffix.lower() not in formats or formats[out.suffix.lower()] not in Image.SAVE:
+def out_format(out: Path) -> str:
+    """The `output.format` that `--out`'s extension names."""
+    fmt = FORMAT_OF_SUFFIX.get(out.suffix.lower())
+    if fmt is None or not available(fmt):
         raise OutputPathError(f"--out {out}: '{out.suffix or '(no extension)'}' is not an image format "
-                              "this can write (use .png, .jpg, .webp, …)")
+                              "this can write (use .png, .jpg, .webp or .avif)")
+    return fmt
+
+
+def check_out_path(out: Path, inputs: list[Path]) -> None:
+    """`--out` must name an output format (`dragnext.photo_file`), and neither it nor its
+    record (`.json` beside it) may be one of the inputs."""
+    out_format(out)
     if out.is_dir():
         raise OutputPathError(f"--out {out} is a folder; give a file name")
     existing = {p.resolve(): p for p in inputs if p.exists()}
@@ -87,20 +94,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_path(out, [Path(args.image), Path(args.instruction)])
     base = read_config_file(args.config) if args.config else None
-    config = build_config(base, args.set, preset=model_preset(args.model))
+    overrides = [*(args.set or []), f"output.format={out_format(out)}"]  # the extension names the format
+    config = build_config(base, overrides, preset=model_preset(args.model))
     item_id = args.item_id or out.stem
-    image = read_image(args.image, item_id)
+    photo = read_photo(args.image, item_id)
+    image = photo.image
     instruction = read_instruction(args.instruction, item_id, image.size)
-    validate_item(EditItem(image, instruction, item_id))  # before any model is loaded
+    item = validate_item(EditItem(image, instruction, item_id, photo=photo))  # before any model is loaded
     model = load_model(model_source(args), device=args.device)
     config.check_model(model.architecture)
     progress = StageProgress(enabled=not args.quiet)
     try:
-        result = edit(image, instruction, model, config, item_id=item_id, callback=progress)
+        [result] = edit_batch([item], model, config, callback=progress)
     finally:
         progress.close()
+    if isinstance(result, BaseException):
+        raise result
     out.parent.mkdir(parents=True, exist_ok=True)
-    result.image.save(out)
+    out.write_bytes(edited_file(result, Provenance(item_id, digest(config.output_record()))))
     record_path = out.with_suffix(".json")
     record = {"inputs": {"image": str(args.image), "instruction": str(args.instruction)},
               "output": str(out), **result.to_record()}

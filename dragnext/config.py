@@ -122,8 +122,11 @@ class AttentionConfig(_Section):
 
 
 class OutputConfig(_Section):
-    """What of the input is pasted back over the decoded edit."""
-    paste_background: bool = Field(False, description="blend the input back outside M")
+    """What of the input is pasted back over the decoded edit, and how the edited file is
+    written (`dragnext.photo`, `dragnext.photo_file`)."""
+    paste_background: bool = Field(
+        True, description="keep the input outside M: there the output is the input's own pixels, bit for "
+        "bit, at its own resolution, depth and colour profile (the blend's feather lies inside M)")
     paste_unswept: bool = Field(
         False, description="blend the input back wherever the drags do not pass (outside the region "
         "their target regions sweep, widened by 3% of the working size, at least 2 px): inside M too, so "
@@ -133,6 +136,18 @@ class OutputConfig(_Section):
         "end too: the edit is kept only on their handle and final target regions, widened as for "
         "paste_unswept. The path is background once the object has passed, so what the denoiser left "
         "along it (a trail, a smear of an object turned part-way) is replaced by the input")
+    paste_moved: bool = Field(
+        False, description="paste the handle regions' own pixels, moved by the drags' geometry (through "
+        "Π(1)), over their final target regions (widened by 2 px, feathered): a moved object keeps its exact "
+        "shape, colour and texture, and the edit makes what it vacates and its surroundings. Exact for "
+        "translate, rotate and scale; for a deform, the stretch field's warp of the handle's pixels")
+    format: Literal["png", "jpeg", "webp", "avif"] = Field(
+        "png", description="the edited file's format (png keeps 16 bits and alpha; jpeg has neither: "
+        "a transparent input is laid over white)")
+    quality: int = Field(95, ge=1, le=100, description="jpeg, webp and avif quality")
+    strip_metadata: bool = Field(
+        False, description="write no EXIF and no ICC profile (the provenance record stays): by default the "
+        "input's EXIF (orientation reset to 1, thumbnail dropped) and ICC profile are carried over")
 
 
 class ReviewConfig(_Section):
@@ -148,6 +163,13 @@ class ReviewConfig(_Section):
     min_if_ed: float | None = Field(
         0.9229, ge=0, le=1, description="flag when IF_ed (fidelity outside the editable mask) is below "
         "this: the picture changed where it should not have")
+    max_target_err: float | None = Field(
+        None, ge=0, le=255, description="flag when target_err (mean |RGB error| between the edit and the "
+        "input moved by the drags' geometry, on their final target regions) is above this: the object "
+        "arrived in the wrong shape or colour")
+    max_vacated_residual: float | None = Field(
+        None, ge=0, le=1, description="flag when vacated_residual (the share of what the drags vacate "
+        "that still looks as it did) is above this: a ghost of the object stayed behind")
 
 
 class RuntimeConfig(_Section):

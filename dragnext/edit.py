@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from dragnext.batching import batches
@@ -44,6 +45,7 @@ class EditResult:
     batch: dict  # size, item ids, and the batch each stage ran at (smaller after a split)
     reused: list[str] = field(default_factory=list)  # stages loaded from the cache
     lora_weights: Weights | None = field(default=None, repr=False)
+    weight: np.ndarray | None = field(default=None, repr=False)  # the edit's, per pixel (`paste_weight`)
 
     def to_record(self) -> dict:
         return {
@@ -58,7 +60,8 @@ class EditResult:
             "lora": self.lora_source,
             "batch": self.batch,
             "reused": sorted(self.reused),
-            "postprocess": [name for name, on in self.config.output.model_dump().items() if on],
+            "postprocess": [name for name, on in self.config.output.model_dump().items()
+                            if name.startswith("paste_") and on],
             "config": self.config.to_record(),
         }
 
@@ -84,7 +87,8 @@ def _edit_group(items: list[EditItem], model: DragModel, config: EditConfig, cac
                   config=config)
     ids = [item.item_id for item in items]
     return [run.error if run.error is not None else EditResult(
-        image=run.outputs["decode"], item=item, working_size=run.outputs["prepare"].size,
+        image=run.outputs["decode"].image, weight=run.outputs["decode"].weight, item=item,
+        working_size=run.outputs["prepare"].size,
         lora_source=_lora_source(config, run, bool(g)), lora_weights=run.outputs.get("lora"),
         batch={"size": len(items), "items": ids, "stage_sizes": run.batch_sizes}, reused=run.reused, **shared)
         for item, run, g in zip(items, runs, given, strict=True)]

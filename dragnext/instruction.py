@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
 from dragnext.geometry import SCALE_RANGE, scale_factors
 from dragnext.inline_mask import InlineMask, InvalidMask, check, decode
+from dragnext.photo import Photo, PhotoError, photo_of, register_heif, upright_size
 
 DragType = Literal["translate", "deform", "rotate", "scale"]
 DRAG_TYPES = ("translate", "deform", "rotate", "scale")
@@ -89,9 +90,10 @@ class Instruction:
 
 @dataclass(frozen=True)
 class EditItem:
-    image: Image.Image
+    image: Image.Image  # upright 8-bit sRGB RGB: what the model edits
     instruction: Instruction
     item_id: str = "item"
+    photo: Photo | None = field(default=None, repr=False, compare=False)  # the file's own pixels
 
     @property
     def size(self) -> tuple[int, int]:
@@ -167,7 +169,9 @@ def _bomb_pixels(error: Exception) -> str:
 
 
 def open_image_header(source: str | Path | BinaryIO, item: str, field: str) -> Image.Image:
-    """The image opened lazily (header only), refused before decoding if it is too large."""
+    """The image opened lazily (header only), refused before decoding if it is too large.
+    Its upright size (what coordinates are checked against) is `photo.upright_size`."""
+    register_heif()
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning: the size is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -209,10 +213,21 @@ def _open_image(source: str | Path | BinaryIO, item: str, field: str) -> Image.I
     return image
 
 
-def read_image(source: str | Path | BinaryIO, item: str, field: str = "image") -> Image.Image:
+def read_photo(source: str | Path | BinaryIO, item: str, field: str = "image") -> Photo:
+    """An input picture, upright, with what its file holds (`dragnext.photo`)."""
     image = _open_image(source, item, field)
-    check_image_shape(image.size, item, field)
-    return image.convert("RGB")
+    check_image_shape(upright_size(image), item, field)
+    try:
+        return photo_of(image)
+    except PhotoError as error:
+        raise InvalidItemError(item, field, str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidItemError(item, field, f"not a readable image ({error})") from None
+
+
+def read_image(source: str | Path | BinaryIO, item: str, field: str = "image") -> Image.Image:
+    """The picture the model edits: upright (EXIF orientation applied), 8-bit sRGB RGB."""
+    return read_photo(source, item, field).image
 
 
 def read_mask(source: str | Path | BinaryIO, item: str, field: str) -> np.ndarray:

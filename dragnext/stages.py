@@ -24,7 +24,7 @@ from dragnext.config import EditConfig, OutputConfig
 from dragnext.ddim import DDIMSchedule, invert
 from dragnext.denoise import denoise_edited
 from dragnext.features import feature_hooks
-from dragnext.geometry import RegionDrag, dilate, settled_region, swept_region
+from dragnext.geometry import RegionDrag, dilate, sample, settled_region, swept_region
 from dragnext.instruction import EditItem
 from dragnext.lora import lora_applied, train_lora
 from dragnext.model import DragModel
@@ -38,6 +38,9 @@ Callback = Callable[[str, int, int], None]  # (stage, done, total)
 # `output.paste_unswept` and `paste_path` widen the region they keep by this share of the working
 # size (at least the px): the moved object's soft edge and the denoiser's blur around it stay the edit's.
 PASTE_MARGIN, PASTE_MARGIN_PX = 0.03, 2
+# `output.paste_moved` keeps the moved pixels this far past each final target region: the
+# object's own anti-aliased edge and a sliver of what surrounded it, feathered into the edit.
+MOVED_EDGE_PX = 2
 Outputs = list[dict[str, Any]]  # per item: stage name → its output
 
 
@@ -206,18 +209,55 @@ def edited_region(prepared: Prepared, output: OutputConfig) -> torch.Tensor | No
     return region
 
 
-def paste_outside(edited: Image.Image, original: Image.Image, region: np.ndarray) -> Image.Image:
-    """Blend the original back outside `region`, feathered so no seam shows."""
-    radius = max(1.0, 0.01 * max(original.size))
-    alpha = Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
+def paste_weight(region: np.ndarray) -> np.ndarray:
+    """The edit's weight over the input: 1 well inside `region`, feathered over a few pixels
+    inside its edge so no seam shows, and exactly 0 outside it (the input's own pixels)."""
+    radius = max(1.0, 0.01 * max(region.shape))
+    blurred = Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
+    # the blur is ½ at the edge: stretched so it reaches 0 there and 1 a radius or so inside
+    return np.clip(2 * np.asarray(blurred, np.float32) / 255 - 1, 0, 1) * region
+
+
+def paste_outside(edited: Image.Image, original: Image.Image, weight: np.ndarray) -> Image.Image:
+    """`edited` over `original` with `paste_weight`'s weight."""
+    alpha = Image.fromarray((weight * 255).round().astype(np.uint8))
     return Image.composite(edited, original.convert("RGB"), alpha)
 
 
-def decode_images(batch: Batch, done: Outputs) -> list[Image.Image | EditFailed]:
+def paste_moved(edited: Image.Image, item: EditItem, weight: np.ndarray | None,
+                editable_only: bool) -> tuple[Image.Image, np.ndarray | None]:
+    """`output.paste_moved`: each final target region ρ_i(1) (widened by `MOVED_EDGE_PX`,
+    feathered) takes the input's own pixels through Π_i(1), i.e. the handle region moved by
+    the drag's geometry; the edit keeps the rest (what is vacated, the surroundings). Returns
+    the image and the edit's weight grown to cover what was pasted (within M when
+    `editable_only`)."""
+    height, width = item.image.height, item.image.width
+    x = torch.from_numpy(np.asarray(item.image.convert("RGB"), np.float32)).permute(2, 0, 1)[None]
+    y = torch.from_numpy(np.asarray(edited, np.float32)).permute(2, 0, 1)[None]
+    covered = np.zeros((height, width), np.float32)
+    for drag in region_drags(item, (height, width)):
+        region = dilate(drag.target_region(1.0), MOVED_EDGE_PX).numpy()
+        if editable_only:
+            region = region & item.editable
+        w = paste_weight(region)
+        moved = sample(x, drag.correspondence(1.0))
+        y = torch.from_numpy(w)[None, None] * moved + torch.from_numpy(1 - w)[None, None] * y
+        covered = np.maximum(covered, w)
+    image = Image.fromarray(y[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
+    return image, covered if weight is None else np.maximum(weight, covered)
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # 8-bit sRGB RGB at the input size, the input pasted back where `weight` < 1
+    weight: np.ndarray | None  # the edit's weight per input pixel (`paste_weight`); None: 1 everywhere
+
+
+def decode_images(batch: Batch, done: Outputs) -> list[Decoded | EditFailed]:
     """Each edited image at its input size, or `EditFailed` for one that cannot be right
     (non-finite, or flat where the input is not)."""
     x = batch.model.decode(_stack(done, "denoise"))
-    images: list[Image.Image | EditFailed] = []
+    images: list[Decoded | EditFailed] = []
     for item, x_b, d in zip(batch.items, x.split(1), done, strict=True):
         try:
             check_latent(x_b, "the decoded image")
@@ -226,10 +266,16 @@ def decode_images(batch: Batch, done: Outputs) -> list[Image.Image | EditFailed]
         except EditFailed as failed:
             images.append(failed)
             continue
-        region = edited_region(d["prepare"], batch.config.output)
+        region, weight = edited_region(d["prepare"], batch.config.output), None
         if region is not None:
             width, height = item.size
-            edited = paste_outside(edited, item.image, resize_mask(region.cpu(), (height, width)).numpy())
-        images.append(edited)
+            region = resize_mask(region.cpu(), (height, width)).numpy()
+            if batch.config.output.paste_background:  # M at the input's resolution, not the working one
+                region = region & item.editable
+            weight = paste_weight(region)
+            edited = paste_outside(edited, item.image, weight)
+        if batch.config.output.paste_moved:
+            edited, weight = paste_moved(edited, item, weight, batch.config.output.paste_background)
+        images.append(Decoded(edited, weight))
     batch.notify("decode", 1, 1)
     return images

@@ -26,10 +26,11 @@ from dragnext.instruction import (
     check_spec,
     open_image_header,
     parse_instruction,
-    read_image,
     read_mask,
+    read_photo,
     validate_item,
 )
+from dragnext.photo import upright_size
 from manifests.digest import file_identity, input_digest
 from manifests.schema import (
     MANIFEST,
@@ -265,8 +266,9 @@ def check_image(row: dict, spec: InstructionSpec, policy: UriPolicy, once: Once)
         # a header past the first bytes (a JPEG with a large EXIF block): read it all
         whole = _fetch(row["image_uri"], policy, item, "image_uri", once)
         image = open_image_header(whole, item, "image_uri")
-    check_image_shape(image.size, item, "image_uri")
-    _in_columns(row, lambda: check_spec(spec, item, image.size))
+    size = upright_size(image)  # the instruction's coordinates are on the upright picture
+    check_image_shape(size, item, "image_uri")
+    _in_columns(row, lambda: check_spec(spec, item, size))
     for field, uri in _file_fields(spec, row).items():  # masks: a look, not a read
         if field != "image_uri":
             _look(uri, policy, item, field, once)
@@ -279,10 +281,10 @@ def load_item(row: dict, policy: UriPolicy) -> EditItem:
     def load() -> EditItem:
         spec = parse_instruction(instruction_of(row), item)
         once = Once()  # a worker reads each file fresh
-        image = read_image(_fetch(row["image_uri"], policy, item, "image_uri", once), item, "image_uri")
+        photo = read_photo(_fetch(row["image_uri"], policy, item, "image_uri", once), item, "image_uri")
         instruction = build_instruction(spec, item, lambda ref, field: read_mask(
-            _fetch(ref, policy, item, field, once), item, field), image.size)
-        return validate_item(EditItem(image, instruction, item))
+            _fetch(ref, policy, item, field, once), item, field), photo.size)
+        return validate_item(EditItem(photo.image, instruction, item, photo=photo))
 
     return _in_columns(row, lambda: isolated(item, load))
 

@@ -49,6 +49,7 @@ RESULTS = pa.schema([
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("image_uri", pa.string()),
+    pa.field("image_format", pa.string()),  # `output.format` of the edited file: png, jpeg, webp, avif
     pa.field("preview_uri", pa.string()),
     pa.field("record_uri", pa.string()),
     pa.field("metrics", pa.map_(pa.string(), pa.float64())),

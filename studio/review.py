@@ -4,7 +4,7 @@ are fetched), one item's record and files, and sending a selection back as a ret
 
 A results file is untrusted input like a manifest: a row's `preview_uri`, `image_uri` and
 `record_uri` are read only where the studio's roots allow (`studio/roots.py`), and served
-only as what they are (a PNG, JPEG, WebP or GIF image; a JSON record)."""
+only as what they are (a PNG, JPEG, WebP, AVIF or GIF image; a JSON record)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from studio.roots import Refused
 
 FILE_KINDS = ("preview_uri", "image_uri", "record_uri")
 PLAIN_SORTS = ("item_id", "status", "attempts")
-SERVED_IMAGES = ("PNG", "JPEG", "WEBP", "GIF")  # what a browser shows as an <img>
+SERVED_IMAGES = ("PNG", "JPEG", "WEBP", "AVIF", "GIF")  # what a browser shows as an <img>
 # Results files kept open; the least recently used is dropped.
 OPEN_RESULTS = 8
 
@@ -228,8 +228,9 @@ def served_type(kind: str, item_id: str, data: bytes) -> str:
     except (OSError, ValueError):
         found = None
     if found not in SERVED_IMAGES:
-        raise NotServable(f"{kind}: item '{item_id}' names a file that is not a PNG, JPEG, WebP or GIF image")
-    return Image.MIME[found]
+        raise NotServable(f"{kind}: item '{item_id}' names a file that is not a PNG, JPEG, WebP, AVIF "
+                          "or GIF image")
+    return Image.MIME.get(found, f"image/{found.lower()}")  # Pillow names no MIME type for AVIF
 
 
 class ResultsCache:

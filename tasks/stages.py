@@ -22,8 +22,9 @@ from dragnext.config import EditConfig
 from dragnext.edit import EditResult, edit_batch
 from dragnext.fingerprint import digest
 from dragnext.instruction import EditItem, InvalidItemError
-from dragnext.metrics import image_fidelity
+from dragnext.metrics import image_fidelity, warp_agreement
 from dragnext.model_source import ModelSource
+from dragnext.photo_file import SUFFIX, Provenance, edited_file
 from dragnext.preview import preview
 from dragnext.review import review_reasons
 from manifests.items import load_item
@@ -79,7 +80,7 @@ class ItemContext:
 def result_row(ctx: ItemContext, status: str, attempts: int, error: str | None = None,
                **fields: Any) -> dict:
     return {"item_id": ctx.item_id, "status": status, "error": error, "image_uri": None,
-            "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
+            "image_format": None, "preview_uri": None, "record_uri": None, "metrics": None, "timings_s": None,
             "attempts": attempts, "config_hash": ctx.config_hash, "device": None,
             "needs_review": None, "review_reasons": None,
             "input_digest": ctx.input_digest if status == "succeeded" else None, **fields}
@@ -108,10 +109,11 @@ def failed_outcome(ctx: ItemContext, attempt: int, error: BaseException) -> Outc
 def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, attempt: int) -> dict:
     """The item's image, preview and record; its results row."""
     item, edited = result.item, result.image
-    metrics = image_fidelity(item.image, edited, item)
+    metrics = {**image_fidelity(item.image, edited, item), **warp_agreement(item.image, edited, item)}
     reasons = review_reasons(metrics, ctx.edit_config.review)
-    uris = {"image_uri": join(ctx.item_dir, "edited.png"), "preview_uri": join(ctx.item_dir, "preview.png"),
-            "record_uri": join(ctx.item_dir, "record.json")}
+    fmt = ctx.edit_config.output.format
+    uris = {"image_uri": join(ctx.item_dir, "edited" + SUFFIX[fmt]),
+            "preview_uri": join(ctx.item_dir, "preview.png"), "record_uri": join(ctx.item_dir, "record.json")}
     record = {
         **result.to_record(), "model_fingerprint": ctx.model_fingerprint,
         "input_digest": ctx.input_digest, "config_hash": ctx.config_hash, "metrics": metrics,
@@ -123,11 +125,12 @@ def _write_outputs(ctx: ItemContext, result: EditResult, worker: WorkerState, at
                    "grandparent_pid": _parent_of(os.getppid())},
         "outputs": uris,
     }
-    write_bytes(uris["image_uri"], _png(edited))
+    write_bytes(uris["image_uri"], edited_file(result, Provenance(item.item_id, ctx.config_hash)))
     write_bytes(uris["preview_uri"], _png(preview(item, edited)))
     write_bytes(uris["record_uri"], json.dumps(record, indent=2).encode())
     return result_row(ctx, "succeeded", attempt, metrics={k: v for k, v in metrics.items() if v is not None},
                       timings_s=result.timings, device=result.device, needs_review=bool(reasons),
+                      image_format=fmt,
                       review_reasons="; ".join(reasons) or None, **uris)
 
 

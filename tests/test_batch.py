@@ -129,7 +129,8 @@ def test_a_stage_key_changes_with_exactly_what_the_stage_reads(scene):
     assert changed("pbsi.lr=0.03") == {"pbsi", "denoise", "decode"}
     assert changed("dragdiffusion.lr=0.03") == {"pbsi", "denoise", "decode"}
     assert changed("lora.rank=4") == {"lora", "inversion", "pbsi", "denoise", "decode"}
-    assert changed("output.paste_background=true") == {"decode"}
+    assert changed("output.paste_background=false") == {"decode"}  # the default keeps the input outside M
+    assert changed("output.format=jpeg") == {"decode"}
     assert changed("runtime.batch_size=2") == set()
     assert changed("review.min_if_ed=0.5", "review.min_drag_gap=null") == set()  # judges, does not change
     assert changed(fingerprint="model@2") == set(STAGES)

@@ -48,6 +48,49 @@ def test_with_neighbours_the_ground_truth_passes_and_the_unedited_input_fails(ki
             assert truth["neighbour_iou"] == 1.0
 
 
+@pytest.mark.parametrize("kind", TYPES)
+def test_strictly_the_ground_truth_passes_and_the_unedited_input_fails(kind):
+    for case in [c for c in CASES if c.type == kind]:
+        truth, unedited = scores(case, case.expected.render()), scores(case, case.scene.render())
+        assert truth["success_strict"] == 1 and truth["colour_err"] == 0 and truth["ghost"] == 0
+        assert truth["iou"] == 1.0 and unedited["success_strict"] == 0
+
+
+def test_a_ghost_left_at_the_old_place_fails_strictly_though_the_drag_succeeds():
+    case = next(c for c in CASES if c.case_id == "translate-0001")
+    ghosted = case.expected.render().copy()
+    before, after = colour_mask(case.scene.render(), case.colour), colour_mask(ghosted, case.colour)
+    old = before & ~after
+    rows = np.zeros_like(old)
+    rows[::4] = True  # every fourth row of the old place: a ghost, not a second object
+    ghosted[old & rows] = case.scene.render()[old & rows]
+    result = scores(case, ghosted)
+    assert result["success"] == 1 and result["iou"] >= 0.8 and result["centroid_err"] <= 2
+    assert 0.15 < result["ghost"] < 0.3 and result["success_strict"] == 0
+
+
+def test_colour_error_is_the_mean_rgb_error_inside_the_expected_object():
+    case = next(c for c in CASES if c.type == "rotate")
+    shifted = case.expected.render().astype(int)
+    inside = colour_mask(shifted, case.colour)
+    shifted[inside] = (shifted[inside] + np.sign(127 - shifted[inside]) * 20).clip(0, 255)
+    result = scores(case, shifted.astype(np.uint8))
+    assert result["colour_err"] == pytest.approx(20, abs=0.5)  # the object's whole core shifted by 20
+    assert result["success_strict"] == 1  # within 40, mask and place intact
+
+
+def test_a_smeared_object_succeeds_leniently_and_fails_strictly():
+    from PIL import Image, ImageFilter
+
+    case = next(c for c in CASES if c.type == "translate" and c.neighbours)
+    expected = case.expected.render()
+    inside = widened(colour_mask(expected, case.colour), 3)
+    blurred = np.asarray(Image.fromarray(expected).filter(ImageFilter.GaussianBlur(2)))
+    smeared = np.where(inside[..., None], blurred, expected)
+    result = scores(case, smeared)
+    assert result["success"] == 1 and result["iou"] < 0.8 and result["success_strict"] == 0
+
+
 def test_an_edit_that_breaks_a_neighbour_fails_though_the_object_moved():
     case = next(c for c in CASES if c.type == "translate" and c.neighbours)
     broken = case.expected.render().copy()
@@ -135,8 +178,13 @@ def test_the_bench_command_prints_a_table_and_writes_json_and_a_grid(tiny_model_
     for row in [warp["overall"], *warp["by_type"].values()]:
         assert {"success", "centroid_err", "psnr_gt", "if_ed", "if_th", "if_hh", "seconds", "n"} <= set(row)
     assert results["methods"]["warp:seed=1"]["config"]["seed"] == 1  # a variant: in the JSON ...
-    # ... not the grid: input, instruction, expected, warp
-    assert Image.open(out / "grid.png").size[0] == 4 * 258
+    oracle = results["methods"]["oracle"]  # always added: the ceiling
+    assert oracle["config"]["method"] == "dragnext" and oracle["overall"]["n"] == len(TYPES)
+    assert {"success_strict", "iou", "colour_err", "ghost"} <= set(oracle["overall"])
+    assert results["paired_keep"] == []  # the oracle is the ceiling, not a peer
+    # ... not the grid: input, instruction, expected, warp, oracle
+    assert Image.open(out / "grid.png").size[0] == 5 * 258
+    assert "strict" in printed and "oracle" in printed
     assert (out / "manifest.parquet").exists() and (out / "ground_truth.parquet").exists()
 
 

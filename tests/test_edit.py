@@ -52,12 +52,14 @@ def test_pasting_the_background_keeps_the_input_outside_the_editable_mask(tiny_m
     spec["editable_mask"] = save_mask(folder / "editable.png", editable)
     spec["drags"] = spec["drags"][:1]
     image, instruction = load_scene(folder, spec)
-    config = build_config(overrides=FAST + ["output.paste_background=true", "lora.enabled=false"])
-    result = edit(image, instruction, tiny_model, config)
-    far = np.zeros_like(editable)
-    far[:, 100:] = True
-    assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
+    result = edit(image, instruction, tiny_model, build_config(overrides=FAST + ["lora.enabled=false"]))
+    assert np.array_equal(np.asarray(result.image)[~editable], np.asarray(image)[~editable])  # by default
     assert result.to_record()["postprocess"] == ["paste_background"]
+    assert result.weight is not None and not result.weight[~editable].any()  # the feather lies inside M
+    off = edit(image, instruction, tiny_model,
+               build_config(overrides=FAST + ["lora.enabled=false", "output.paste_background=false"]))
+    assert not np.array_equal(np.asarray(off.image)[~editable], np.asarray(image)[~editable])
+    assert off.weight is None and off.to_record()["postprocess"] == []
     assert result.lora_source == "disabled"
 
 
@@ -80,7 +82,7 @@ def test_pasting_the_unswept_keeps_the_input_inside_m_away_from_the_drag(tiny_mo
     assert far.sum() > 100 and np.array_equal(edited[far], original[far])
     assert not np.array_equal(unpasted[far], original[far])  # without the paste, the model re-renders it
     assert np.array_equal(edited[swept], unpasted[swept])  # where the drag passes, the edit is kept
-    assert result.to_record()["postprocess"] == ["paste_unswept"]
+    assert result.to_record()["postprocess"] == ["paste_background", "paste_unswept"]
 
 
 def test_pasting_the_path_keeps_only_where_the_object_starts_and_ends(tiny_model, scene):
@@ -103,7 +105,7 @@ def test_pasting_the_path_keeps_only_where_the_object_starts_and_ends(tiny_model
     assert not np.array_equal(kept[path], original[path])  # paste_unswept alone keeps the edit there
     inner = ~np.asarray(Image.fromarray(~target).filter(ImageFilter.MaxFilter(9)))
     assert inner.sum() > 50 and np.array_equal(edited[inner], kept[inner])  # where it ends: the edit
-    assert result.to_record()["postprocess"] == ["paste_unswept", "paste_path"]
+    assert result.to_record()["postprocess"] == ["paste_background", "paste_unswept", "paste_path"]
 
 
 def test_the_edit_command_writes_the_image_and_its_record(tiny_model_dir, scene, tmp_path):

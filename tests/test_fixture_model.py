@@ -63,3 +63,26 @@ def test_the_fixture_vae_alone_keeps_the_benchmarks_neighbours():
         kept += [iou(colour_mask(again, c), colour_mask(np.asarray(image), c)) >= 0.8
                  for c in case.neighbour_colours]
     assert len(kept) > 120 and np.mean(kept) >= 0.95
+
+
+def test_the_oracle_is_the_expected_image_through_the_vae_and_the_presets_paste():
+    """The ceiling row: nearly every expected image passes the strict rule through the
+    fixture's VAE, and what the preset pastes back is the input's own pixels."""
+    from bench import oracle, run
+    from bench.generate import cases
+    from dragnext.config import build_config
+    from dragnext.stages import edited_region, prepare
+
+    model = load_model(str(FIXTURE), device="cpu")
+    config = build_config(preset=model_preset(FIXTURE))
+    assert config.output.paste_unswept and config.output.paste_path
+    strict = []
+    for case in cases(3, seed=0):
+        item = run.item_of(case)
+        image = oracle.oracle_image(model, item, Image.fromarray(case.expected.render()), config)
+        scores = run.score(case, item, image, 0.0)
+        strict.append(scores["success_strict"])
+        [prepared] = prepare(oracle.Batch([item], model, config, lambda *a: None), [])
+        outside = ~edited_region(prepared, config.output).numpy()  # the feather lies inside
+        assert np.array_equal(np.asarray(image)[outside], case.scene.render()[outside])
+    assert np.mean(strict) >= 0.75

@@ -86,6 +86,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
         record = json.loads(read_bytes(row["record_uri"]))
         assert set(record["timings_s"]) == set(STAGES)
         assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
+        assert record["metrics"]["target_err"] == row["metrics"]["target_err"] >= 0  # the shape signals
     records = {i: json.loads(read_bytes(results[i]["record_uri"]))
                for i in ("inline-masks", first["item_id"])}
     assert records["inline-masks"]["item"]["drags"] == records[first["item_id"]]["item"]["drags"]  # same ϑ

@@ -9,13 +9,17 @@ from PIL import Image
 from bench.cases import TYPES, make_case
 from bench.run import item_of
 from dragnext.config import EditConfig, ReviewConfig, build_config
-from dragnext.metrics import image_fidelity
+from dragnext.metrics import colour_mask, image_fidelity, warp_agreement
 from dragnext.review import review_reasons
+
+SHAPE_FLAGS = ReviewConfig(min_drag_gap=None, min_if_ed=None, max_target_err=12, max_vacated_residual=0.1)
 
 
 def flags(case, edited: np.ndarray, config: ReviewConfig | None = None) -> list[str]:
     item = item_of(case)
-    return review_reasons(image_fidelity(item.image, Image.fromarray(edited), item), config or ReviewConfig())
+    image = Image.fromarray(edited)
+    metrics = {**image_fidelity(item.image, image, item), **warp_agreement(item.image, image, item)}
+    return review_reasons(metrics, config or ReviewConfig())
 
 
 @pytest.mark.parametrize("kind", TYPES)
@@ -48,3 +52,45 @@ def test_review_thresholds_do_not_change_digests():
     assert base.output_record() == stricter.output_record()
     assert "review" in base.to_record() and "review" not in base.output_record()
     assert EditConfig().review == ReviewConfig()
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_the_shape_flags_pass_the_ground_truth_and_catch_the_input_left_in_place(kind):
+    caught = 0
+    for seed in range(10):
+        case = make_case(kind, seed)
+        assert flags(case, case.expected.render(), SHAPE_FLAGS) == [], (kind, seed)
+        caught += bool(flags(case, case.scene.render(), SHAPE_FLAGS))
+    assert caught >= (5 if kind == "deform" else 8), kind  # a stretch vacates nothing, a bend little
+
+
+def test_an_object_that_arrives_in_another_colour_or_leaves_a_ghost_is_flagged():
+    case = make_case("translate", 1)
+    expected = case.expected.render()
+    recoloured = expected.copy()
+    recoloured[colour_mask(expected, case.colour)] = (20, 20, 20)  # a green triangle come out black
+    [reason] = flags(case, recoloured, SHAPE_FLAGS)
+    assert reason.startswith("wrong object: target_err = ")
+    ghosted = expected.copy()
+    old = colour_mask(case.scene.render(), case.colour) & ~colour_mask(expected, case.colour)
+    ghosted[old] = case.scene.render()[old]
+    assert any(r.startswith("ghost left: vacated_residual = ") for r in flags(case, ghosted, SHAPE_FLAGS))
+
+
+def test_the_thresholds_are_tuned_together_within_the_review_budget():
+    from bench.review_thresholds import caught, tune
+
+    def case(i, target_err, residual, good):
+        return {"case_id": f"translate-{i:04d}", "type": "translate", "if_ed": 1.0, "if_th": 0.9,
+                "if_hh": 0.5, "target_err": target_err, "vacated_residual": residual,
+                "success": 1.0, "success_strict": float(good)}
+
+    successes = [case(i, 5 + i, 0.0, True) for i in range(20)]  # target_err 5 … 24
+    misses = [case(20 + i, 30 + i, 0.0, False) for i in range(5)] + \
+             [case(30 + i, 8.0, 0.6, False) for i in range(5)]  # right colour, a ghost
+    groups = {"misses": misses, "unedited": [], "successes": successes}
+    chosen = tune(groups, max_flagged=0.1)
+    assert chosen["min_drag_gap"] is None and chosen["min_if_ed"] is None  # they separate nothing
+    assert 22 <= chosen["max_target_err"] < 30 and 0 <= chosen["max_vacated_residual"] < 0.6
+    assert caught(groups, chosen, 0.1) == 10
+    assert sum(c["target_err"] > chosen["max_target_err"] for c in successes) <= 2

@@ -12,7 +12,8 @@ from dragnext.metrics.ground_truth import (
            score_drag,
            score_edit,
 )
+from dragnext.metrics.warp_agreement import warp_agreement
 
 __all__ = ["DISTANCE", "DragScore", "centroid", "colour_mask", "image_fidelity", "iou", "region_psnr",
            "region_ssim", "score_drag", "score_edit",
-           "ssim_map"]
+           "ssim_map", "warp_agreement"]

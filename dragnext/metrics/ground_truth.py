@@ -14,6 +14,12 @@ leave alone, found by its colour) must overlap itself in the expected image with
 expected image inside the editable mask M but away from the object's old and new
 footprints (each widened by 2 px for its anti-aliased edge); `psnr_vacated` the PSNR on
 what the object leaves: its old footprint outside its new one (widened the same way).
+
+The strict rule (`success_strict`) is what a person accepts: the object's mask overlaps the
+expected one with IoU ≥ 0.8 (`iou`), its centroid within 2 px, its colour kept (`colour_err`,
+the mean |RGB error| to the expected image inside the expected object eroded by 1 px, at
+most 40 of 255), no ghost left behind (`ghost`, the share of the vacated pixels, eroded by
+1 px, that still segment as the object, at most 10%), and every neighbour at IoU ≥ 0.9.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from dragnext.metrics.fidelity import ssim_map
 IOU_MIN, CENTROID_MAX_PX, MARGIN = 0.5, 4.0, 0.1
 NEIGHBOUR_IOU_MIN = 0.8
 EDGE_PX = 2
+STRICT_IOU_MIN, STRICT_CENTROID_MAX_PX, COLOUR_ERR_MAX, GHOST_MAX = 0.8, 2.0, 40.0, 0.1
+STRICT_NEIGHBOUR_IOU_MIN = 0.9
 
 
 def _float(image: np.ndarray) -> np.ndarray:
@@ -89,6 +97,19 @@ def widened(mask: np.ndarray, px: int = EDGE_PX) -> np.ndarray:
     return np.asarray(grown) > 0
 
 
+def eroded(mask: np.ndarray, px: int = 1) -> np.ndarray:
+    """`mask` shrunk by `px` pixels (a square neighbourhood): its anti-aliased edge dropped."""
+    shrunk = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * px + 1))
+    return np.asarray(shrunk) > 0
+
+
+def colour_error(edited: np.ndarray, expected: np.ndarray, region: np.ndarray) -> float:
+    """Mean |RGB error| (0–255) over `region`'s pixels; nan when it is empty."""
+    if not region.any():
+        return math.nan
+    return float(np.abs(np.asarray(edited, np.float64) - np.asarray(expected, np.float64))[region].mean())
+
+
 def score_edit(original: np.ndarray, edited: np.ndarray, expected: np.ndarray,
                colour: tuple[int, int, int], neighbour_colours: list[tuple[int, int, int]],
                editable: np.ndarray) -> dict:
@@ -99,11 +120,20 @@ def score_edit(original: np.ndarray, edited: np.ndarray, expected: np.ndarray,
     neighbour_iou = min(neighbours, default=1.0)
     keep = editable & ~widened(before | after)
     vacated = before & ~widened(after)
+    core = eroded(after) if eroded(after).any() else after  # a thin object keeps its 1-px core
+    colour_err = colour_error(edited, expected, core)
+    left = eroded(before & ~after)
+    ghost = float(colour_mask(edited, colour)[left].mean()) if left.any() else 0.0
+    strict = (drag.iou_expected >= STRICT_IOU_MIN and drag.centroid_err <= STRICT_CENTROID_MAX_PX
+              and colour_err <= COLOUR_ERR_MAX and ghost <= GHOST_MAX
+              and neighbour_iou >= STRICT_NEIGHBOUR_IOU_MIN)
 
     def psnr(region):
         return region_psnr(edited, expected, region) if region.any() else math.nan
 
     return {"success": float(drag.success and neighbour_iou >= NEIGHBOUR_IOU_MIN),
-            "success_object": float(drag.success), "centroid_err": drag.centroid_err,
+            "success_object": float(drag.success), "success_strict": float(strict),
+            "iou": drag.iou_expected, "colour_err": colour_err, "ghost": ghost,
+            "centroid_err": drag.centroid_err,
             "neighbour_iou": neighbour_iou if neighbours else math.nan,
             "psnr_keep": psnr(keep), "psnr_vacated": psnr(vacated)}
