@@ -20,8 +20,8 @@ def test_defaults_are_the_papers():
         "features": {"blocks": None},
         "attention": {"mutual": True, "start_layer": None},
         # nothing outside M changes, for every model; the file as the input's (dragnext.photo_file)
-        "output": {"paste_background": True, "paste_unswept": False, "paste_path": False, "format": "png",
-                   "quality": 95, "strip_metadata": False},
+        "output": {"paste_background": True, "paste_unswept": False, "paste_path": False,
+                   "paste_moved": False, "format": "png", "quality": 95, "strip_metadata": False},
         "review": {"min_drag_gap": -0.0644, "min_if_ed": 0.9229, "max_target_err": None,
                    "max_vacated_residual": None},  # tuned: docs/review-thresholds.json
         "runtime": {"batch_size": None, "compile": "off"},
