@@ -165,6 +165,11 @@ def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
     return grown > 0
 
 
+def erode(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
+    """A bool (H, W) mask shrunk by `px` pixels (a square neighbourhood)."""
+    return ~dilate(~mask, px)
+
+
 def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear sampling of (N, C, H, W) at a grid from `RegionDrag.correspondence`."""
     return F.grid_sample(x, grid.to(x.dtype).expand(x.shape[0], -1, -1, -1),

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms
 
+from dragnext.geometry import dilate, sample
+
 ORIENTATION = 0x0112  # EXIF tag
 _SWAPS_SIDES = {5, 6, 7, 8}  # the orientations that turn the stored picture a quarter
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -104,11 +106,14 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
 
 
 def _from_srgb(image: Image.Image, icc: bytes, mode: str) -> Image.Image:
-    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-    return ImageCms.profileToProfile(image, _SRGB, profile, outputMode=mode)
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(image, _SRGB, profile, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError) as error:  # a profile that converts one way only
+        raise PhotoError(f"the edit cannot be converted back into its ICC profile ({error})") from None
 
 
-def _eight_bit(own: np.ndarray) -> np.ndarray:
+def eight_bit(own: np.ndarray) -> np.ndarray:
     return own if own.dtype == np.uint8 else ((own.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
@@ -116,7 +121,7 @@ def _own_pixels(upright: Image.Image) -> tuple[np.ndarray, np.ndarray | None, Im
     """(own pixels, alpha, the 8-bit picture in the file's colour space) of an upright image."""
     if upright.mode in _GREY16:
         own = np.asarray(upright, dtype=np.uint32).clip(0, 65535).astype(np.uint16)[..., None]
-        return own, None, Image.fromarray(_eight_bit(own)[..., 0], "L")
+        return own, None, Image.fromarray(eight_bit(own)[..., 0], "L")
     if upright.mode == "P":
         upright = upright.convert("RGBA" if "transparency" in upright.info else "RGB")
     alpha = None
@@ -142,7 +147,7 @@ def photo_of(image: Image.Image) -> Photo:
         rgb = _to_srgb(shown, icc)
     if alpha is not None:  # over white: a cut-out product is edited on the page it is shown on
         white = Image.new("RGB", rgb.size, (255, 255, 255))
-        rgb = Image.composite(rgb, white, Image.fromarray(_eight_bit(alpha)))
+        rgb = Image.composite(rgb, white, Image.fromarray(eight_bit(alpha)))
     return Photo(image=rgb, own=own, alpha=alpha, icc=icc, exif=_exif_without_orientation(image),
                  source_mode=image.mode)
 
@@ -151,8 +156,6 @@ def moved_alpha(alpha: np.ndarray, drags) -> np.ndarray:
     """The input's alpha moved by the drags (`RegionDrag`s at the input size), as float in
     [0, 1]: each final target region takes its source's alpha through Π(1); what a handle
     region vacates takes the median alpha of the ring just outside it (the background's)."""
-    from dragnext.geometry import dilate, sample
-
     a = torch.from_numpy(alpha.astype(np.float32) / np.iinfo(alpha.dtype).max)
     out = a.clone()
     for drag in drags:

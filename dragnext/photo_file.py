@@ -18,12 +18,11 @@ import numpy as np
 from PIL import Image, PngImagePlugin, features
 
 from dragnext.config import OutputConfig
-from dragnext.photo import Photo, compose, photo_of
+from dragnext.photo import Photo, compose, eight_bit, photo_of
 
 PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "avif": ".avif"}
 FORMAT_OF_SUFFIX = {**{suffix: fmt for fmt, suffix in SUFFIX.items()}, ".jpeg": "jpeg"}
-MEDIA_TYPE = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 
 
 def tool_version() -> str:
@@ -61,12 +60,11 @@ def available(fmt: str) -> bool:
 def _picture(own: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
     if own.dtype == np.uint16 and fmt == "png" and alpha is None and own.shape[-1] == 1:
         return Image.fromarray(np.ascontiguousarray(own[..., 0]))  # uint16: I;16
-    eight = own if own.dtype == np.uint8 else ((own.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    eight = eight_bit(own)
     picture = Image.fromarray(eight[..., 0], "L") if eight.shape[-1] == 1 else Image.fromarray(eight, "RGB")
     if alpha is None:
         return picture
-    a = alpha if alpha.dtype == np.uint8 else ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    mask = Image.fromarray(a, "L")
+    mask = Image.fromarray(eight_bit(alpha), "L")
     if fmt == "jpeg":
         return Image.composite(picture, Image.new(picture.mode, picture.size, 255), mask)
     picture.putalpha(mask)
@@ -101,6 +99,7 @@ def edited_file(result, provenance: Provenance) -> bytes:
 
     item = result.item
     photo = item.photo or photo_of(item.image)
-    own, alpha = compose(photo, result.image, result.weight, region_drags(item, (item.image.height,
-                                                                                 item.image.width)))
+    # the drags at full resolution only move an alpha channel: an opaque picture needs none
+    drags = region_drags(item, (item.image.height, item.image.width)) if photo.alpha is not None else []
+    own, alpha = compose(photo, result.image, result.weight, drags)
     return encode(own, alpha, photo, result.config.output, provenance)

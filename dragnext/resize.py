@@ -58,6 +58,11 @@ def image_to_tensor(image: Image.Image, size: Size) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
+def rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """An image's RGB values as a (1, 3, H, W) float tensor in 0–255, at its own size."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+
+
 def tensor_to_image(x: torch.Tensor, width: int, height: int) -> Image.Image:
     """A (1, 3, H, W) tensor in [-1, 1] as an RGB PIL image of `width` x `height`."""
     array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()

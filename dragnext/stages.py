@@ -32,7 +32,15 @@ from dragnext.output_check import EditFailed, check_image, check_latent
 from dragnext.pbsi import pbsi
 from dragnext.peers.dragdiffusion import drag_diffusion
 from dragnext.peers.warp import warp_latent
-from dragnext.resize import Size, image_to_tensor, resize_mask, scale_point, tensor_to_image, working_size
+from dragnext.resize import (
+    Size,
+    image_to_tensor,
+    resize_mask,
+    rgb_tensor,
+    scale_point,
+    tensor_to_image,
+    working_size,
+)
 
 Callback = Callable[[str, int, int], None]  # (stage, done, total)
 # `output.paste_unswept` and `paste_path` widen the region they keep by this share of the working
@@ -232,8 +240,7 @@ def paste_moved(edited: Image.Image, item: EditItem, weight: np.ndarray | None,
     the image and the edit's weight grown to cover what was pasted (within M when
     `editable_only`)."""
     height, width = item.image.height, item.image.width
-    x = torch.from_numpy(np.asarray(item.image.convert("RGB"), np.float32)).permute(2, 0, 1)[None]
-    y = torch.from_numpy(np.asarray(edited, np.float32)).permute(2, 0, 1)[None]
+    x, y = rgb_tensor(item.image), rgb_tensor(edited)
     covered = np.zeros((height, width), np.float32)
     for drag in region_drags(item, (height, width)):
         region = dilate(drag.target_region(1.0), MOVED_EDGE_PX).numpy()

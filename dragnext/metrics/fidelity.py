@@ -18,12 +18,9 @@ from PIL import Image
 
 from dragnext.geometry import sample
 from dragnext.instruction import EditItem
+from dragnext.resize import rgb_tensor
 
 DISTANCE = "ssim"
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -56,7 +53,7 @@ def image_fidelity(original: Image.Image, edited: Image.Image, item: EditItem) -
 
     if edited.size != original.size:
         raise ValueError(f"edited image is {edited.size}, original is {original.size}")
-    x, y = _to_tensor(original), _to_tensor(edited)
+    x, y = rgb_tensor(original) / 255, rgb_tensor(edited) / 255
     outside = torch.from_numpy(~item.editable)
     drags = region_drags(item, (original.height, original.width))
     handle_scores, target_scores = [], []

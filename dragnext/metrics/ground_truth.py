@@ -120,7 +120,8 @@ def score_edit(original: np.ndarray, edited: np.ndarray, expected: np.ndarray,
     neighbour_iou = min(neighbours, default=1.0)
     keep = editable & ~widened(before | after)
     vacated = before & ~widened(after)
-    core = eroded(after) if eroded(after).any() else after  # a thin object keeps its 1-px core
+    core = eroded(after)
+    core = core if core.any() else after  # a thin object keeps its 1-px core
     colour_err = colour_error(edited, expected, core)
     left = eroded(before & ~after)
     ghost = float(colour_mask(edited, colour)[left].mean()) if left.any() else 0.0

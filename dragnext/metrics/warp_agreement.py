@@ -17,22 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from dragnext.geometry import sample
+from dragnext.geometry import erode, sample
 from dragnext.instruction import EditItem
+from dragnext.resize import rgb_tensor
 
 RESIDUAL_DISTANCE = 45.0  # RGB distance, as the benchmark's colour masks: "still looks like it was"
-
-
-def _rgb(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def _eroded(mask: torch.Tensor) -> torch.Tensor:
-    """A bool (H, W) mask shrunk by 1 px: its anti-aliased edge dropped."""
-    return -F.max_pool2d(-mask.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0.5
 
 
 def warp_agreement(original: Image.Image, edited: Image.Image, item: EditItem) -> dict[str, float | None]:
@@ -40,17 +31,18 @@ def warp_agreement(original: Image.Image, edited: Image.Image, item: EditItem) -
     input-size images."""
     from dragnext.stages import region_drags
 
-    x, y = _rgb(original), _rgb(edited)
+    x, y = rgb_tensor(original), rgb_tensor(edited)
     drags = region_drags(item, (original.height, original.width))
     targets = [d.target_region(1.0) for d in drags]
     errors = []
     for d, rho in zip(drags, targets, strict=True):
-        core = _eroded(rho) if _eroded(rho).any() else rho  # a thin target keeps its 1-px core
+        core = erode(rho)
+        core = core if core.any() else rho  # a thin target keeps its 1-px core
         if core.any():
             moved = sample(x, d.correspondence(1.0))
             errors.append(float((y - moved).abs().mean(dim=1)[0][core].mean()))
     vacated = torch.stack([d.handle_mask for d in drags]).any(0) & ~torch.stack(targets).any(0)
-    vacated = _eroded(vacated)
+    vacated = erode(vacated)
     residual = None
     if vacated.any():
         still = torch.linalg.vector_norm(y - x, dim=1)[0] <= RESIDUAL_DISTANCE
