@@ -86,7 +86,7 @@ def test_a_dragbench_manifest_with_invalid_rows_runs_on_s3(tmp_path, s3_bucket, 
         record = json.loads(read_bytes(row["record_uri"]))
         assert set(record["timings_s"]) == set(STAGES)
         assert record["metrics"]["if_th_ssim"] is not None and row["metrics"]
-        assert record["metrics"]["target_err"] == row["metrics"]["target_err"] >= 0  # the shape signals
+        assert record["metrics"]["target_err"] == dict(row["metrics"])["target_err"] >= 0  # the shape signals
     records = {i: json.loads(read_bytes(results[i]["record_uri"]))
                for i in ("inline-masks", first["item_id"])}
     assert records["inline-masks"]["item"]["drags"] == records[first["item_id"]]["item"]["drags"]  # same ϑ
@@ -204,8 +204,8 @@ def test_the_run_command_hands_workers_batches_and_keeps_one_row_per_item(tmp_pa
     from manifests.examples import DEMO_MANIFEST
 
     out = tmp_path / "out"
-    # review: every edit changes M's outside a little (the VAE), so IF_ed < 1 flags them all
-    review = ["review.min_if_ed=1.0", "review.min_drag_gap=null"]
+    # review: without the paste every edit changes M's outside a little (the VAE), so IF_ed < 1 flags them all
+    review = ["output.paste_background=false", "review.min_if_ed=1.0", "review.min_drag_gap=null"]
     sets = [a for s in [*FAST, "runtime.batch_size=4", *review] for a in ("--set", s)]
     assert main(["run", str(DEMO_MANIFEST), "--output", str(out), "--model", str(tiny_model_dir),
                  "--workers", "2", *sets]) == 0  # flags are not failures
