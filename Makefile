@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup docs docs-serve test test-integration test-ui test-all demo studio studio-screenshots preview-timing chaos overhead throughput manifest-scale family-profiles gpu-check \
+.PHONY: setup docs docs-serve test test-integration test-ui test-all demo studio studio-screenshots preview-timing photo-memory chaos overhead throughput manifest-scale family-profiles gpu-check \
 	review-thresholds \
 	gpu-wheels clean
 
@@ -59,6 +59,10 @@ test-all: test test-integration test-ui
 preview-timing: setup
 	$(BIN)/python -m bench.instant_preview --json docs/instant-preview.json
 
+# Peak memory and time of one `dragnext edit` of a 1024-4096 px photo, crop on and off (docs/guides/photos.md).
+photo-memory: setup
+	$(BIN)/python -m bench.photo_memory --json docs/photo-memory.json
+
 # Author drags and review results in the browser, on the fixture model and the demo scenes.
 studio: setup
 	$(BIN)/dragnext studio --allow-prefix $(CURDIR)/manifests/examples/bench --write-prefix $(CURDIR)/out/authored
@@ -104,12 +108,15 @@ family-profiles: setup
 # and the reported seed (0), 30 cases per type each (about 11 minutes each here), then
 # bench/review_thresholds.py picks the thresholds on the first and reports them on the second.
 review-thresholds: setup
-	$(BIN)/dragnext -q bench --n 30 --seed 1000 --jobs 2 --methods dragnext --out out/bench-tune \
-		--json docs/bench-dragnext-seed1000.json
-	$(BIN)/dragnext -q bench --n 30 --seed 0 --jobs 2 --methods dragnext --out out/bench-seed0 \
-		--json docs/bench-dragnext-seed0.json
-	$(BIN)/python -m bench.review_thresholds --tune docs/bench-dragnext-seed1000.json \
-		--report docs/bench-dragnext-seed0.json --json docs/review-thresholds.json
+	$(BIN)/dragnext -q bench --n 30 --seed 1000 --jobs 2 --out out/bench-tune \
+		--methods 'dragnext;dragnext:output.paste_moved=false' --json docs/review/bench-seed1000.json
+	$(BIN)/dragnext -q bench --n 30 --seed 0 --jobs 2 --out out/bench-seed0 \
+		--methods 'dragnext;dragnext:output.paste_moved=false' --json docs/review/bench-seed0.json
+	$(BIN)/python -m bench.review_thresholds --tune docs/review/bench-seed1000.json \
+		--report docs/review/bench-seed0.json --json docs/review/thresholds-preset.json
+	$(BIN)/python -m bench.review_thresholds --tune docs/review/bench-seed1000.json \
+		--report docs/review/bench-seed0.json --method dragnext:output.paste_moved=false \
+		--json docs/review-thresholds.json
 
 # On a CUDA machine: the SD1.5-size model, `pytest -m gpu`, `dragnext profile` at 512 px with
 # LoRA on and off; writes docs/gpu-profile.json (bench/gpu_check.py). Needs no network: with

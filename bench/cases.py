@@ -232,3 +232,23 @@ def with_neighbours(case: Case, rng: np.random.Generator, tries: int = 600) -> C
     add = lambda s: Scene(s.height, s.width, s.background, (*s.shapes[:last], *neighbours, s.shapes[last]))
     return Case(case.case_id, case.type, add(case.scene), add(case.expected), case.handle, case.target,
                 case.center, len(neighbours))
+
+
+def enlarged(case: Case, factor: int) -> Case:
+    """`case` at `factor` times the side with its shapes at their own size: a small object in
+    a big picture, the case's shapes moved together to a place drawn from its id (the
+    background is the case's, rendered at the new size)."""
+    if factor == 1:
+        return case
+    scene, side = case.scene, case.scene.width * factor
+    rng = np.random.default_rng([factor, *case.case_id.encode()])
+    d = tuple(float(rng.integers(0, side - length + 1)) for length in (scene.width, scene.height))
+
+    def moved(s: Scene) -> Scene:
+        return Scene(side, side, s.background, tuple(shape.moved(d) for shape in s.shapes))
+
+    def shifted(p):
+        return None if p is None else (p[0] + d[0], p[1] + d[1])
+
+    return Case(f"{case.case_id}.x{factor}", case.type, moved(scene), moved(case.expected),
+                shifted(case.handle), shifted(case.target), shifted(case.center), case.neighbours)

@@ -34,7 +34,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ConfigError as error:
             raise ConfigError(f"method {method.label!r}: {error} (a method with several overrides "
                               "needs ';' between methods, e.g. 'dragnext:a=1,b=2;')") from None
-    cases = generate.cases(args.n, args.seed, args.types)
+    cases = generate.cases(args.n, args.seed, args.types, args.scale)
     out = Path(args.out)
     generate.write(cases, str(out))  # the same cases as a manifest, for `dragnext run`
     if args.jobs > 1:
@@ -61,6 +61,10 @@ def add_commands(commands) -> None:
     bench.add_argument("--n", type=int, default=30, help="cases per drag type")
     bench.add_argument("--types", type=drag_types, default=TYPES,
                        help=f"comma-separated drag types (default: all of {','.join(TYPES)})")
+    bench.add_argument("--scale", type=int, choices=range(1, 9), default=1, metavar="K",
+                       help="each case in a picture K times bigger (1-8), its shapes at their own size: a "
+                            "small object in a big photo, what `crop` is for (compare 'dragnext;"
+                            "dragnext:crop.enabled=false')")
     bench.add_argument("--seed", type=int, default=0, help="the first case's seed: cases are seeds seed … "
                        "seed+n−1 of each type (tune on other seeds than those reported)")
     bench.add_argument("--jobs", type=int, default=1, help="processes, one CPU thread each (default 1: "

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from bench.cases import TYPES, Case, make_case
+from bench.cases import TYPES, Case, enlarged, make_case
 from manifests.schema import write_manifest, write_table
 from manifests.storage import join, write_bytes
 
@@ -28,9 +28,10 @@ def _point(p) -> dict | None:
     return None if p is None else {"x": float(p[0]), "y": float(p[1])}
 
 
-def cases(n: int, seed: int, types: tuple[str, ...] = TYPES) -> list[Case]:
-    """n cases of each drag type, seeds seed … seed + n − 1."""
-    return [make_case(kind, seed + i) for kind in types for i in range(n)]
+def cases(n: int, seed: int, types: tuple[str, ...] = TYPES, scale: int = 1) -> list[Case]:
+    """n cases of each drag type, seeds seed … seed + n − 1; `scale` > 1: each in a picture that
+    many times bigger, its shapes at their own size (`enlarged`)."""
+    return [enlarged(make_case(kind, seed + i), scale) for kind in types for i in range(n)]
 
 
 def write(all_cases: list[Case], out: str) -> str:

@@ -14,6 +14,7 @@ misses, of unchanged inputs and of successes flagged. Reads `dragnext bench` res
 (their `cases`).
 
     python -m bench.review_thresholds --tune TUNE.json --report REPORT.json [--method dragnext]
+                                      [--tune-method LABEL]
                                       [--rule strict|lenient] [--max-flagged-successes 0.1]
                                       [--json docs/review-thresholds.json]
 """
@@ -24,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.cases import make_case
+from bench.cases import enlarged, make_case
 from bench.run import item_of
 from dragnext.config import ReviewConfig
 from dragnext.metrics import image_fidelity, warp_agreement
@@ -48,8 +49,9 @@ def metrics_of(case: dict) -> dict[str, float | None]:
 
 def unedited(case: dict) -> dict:
     """The case scored as if the edit had returned its input unchanged."""
-    kind, _, seed = case["case_id"].rpartition("-")
-    item = item_of(make_case(kind, int(seed)))
+    name, _, factor = case["case_id"].partition(".x")  # `enlarged` cases end in .xK
+    kind, _, seed = name.rpartition("-")
+    item = item_of(enlarged(make_case(kind, int(seed)), int(factor or 1)))
     fidelity = image_fidelity(item.image, item.image, item)
     return {"case_id": case["case_id"], "type": case["type"], "success": 0.0, "success_strict": 0.0,
             **{name: fidelity[f"{name}_{DISTANCE}"] for name in ("if_ed", "if_th", "if_hh")},
@@ -83,32 +85,41 @@ def value(case: dict, flag: str) -> float | None:
 
 
 def candidates(values: list[float | None], flag: str) -> list[float]:
-    """Thresholds just past each value (a `min_` flag fires below its threshold, a `max_` one
-    above), within the key's bounds."""
+    """Every way to split the values: midway between each two neighbouring ones (as far from
+    the one as from the other), and just past the last one it can fire on (a `min_` flag fires
+    below its threshold, a `max_` one above), within the key's bounds."""
     above, top = FLAGS[flag][1], 255.0 if flag == "max_target_err" else 1.0
-    if above:
-        return sorted({max(round(v - 1e-4, 4), 0.0) for v in values if v is not None})
-    return sorted({min(round(v + 1e-4, 4), top) for v in values if v is not None})
+    seen = sorted({v for v in values if v is not None})
+    if not seen:
+        return []
+    middles = [round((a + b) / 2, 4) for a, b in zip(seen, seen[1:], strict=False)]
+    edge = [max(round(seen[0] - 1e-4, 4), 0.0)] if above else [min(round(seen[-1] + 1e-4, 4), top)]
+    return sorted(set(middles + edge))
 
 
-def caught(groups: dict[str, list[dict]], thresholds: dict, max_flagged: float) -> int:
-    """Bad edits flagged with these thresholds all on; -1 when they flag more of the successes
-    than the budget allows."""
+def caught(groups: dict[str, list[dict]], thresholds: dict, max_flagged: float) -> tuple[int, int]:
+    """(bad edits flagged, −successes flagged) with these thresholds all on, larger is better;
+    (−1, 0) when they flag more of the successes than the budget allows."""
     config = ReviewConfig(**thresholds)
-    if sum(flagged(c, config) for c in groups["successes"]) > max_flagged * len(groups["successes"]):
-        return -1
-    return sum(flagged(c, config) for c in groups["misses"] + groups["unedited"])
+    looks = sum(flagged(c, config) for c in groups["successes"])
+    if looks > max_flagged * len(groups["successes"]):
+        return -1, 0
+    return sum(flagged(c, config) for c in groups["misses"] + groups["unedited"]), -looks
 
 
 def tune(groups: dict[str, list[dict]], max_flagged: float) -> dict[str, float | None]:
     """The flags' thresholds: the most bad edits caught with every flag on together, within
-    the review budget (a flag left None when it catches nothing more within it)."""
+    the review budget, then the fewest looks at good edits; of thresholds that tie on both, the
+    least eager. Each candidate lies midway between two cases (`candidates`): a threshold at
+    the good edits' very edge would flag the first photo a little worse than the bench's flat
+    colours. A flag is left None when it catches nothing more."""
     cases = [c for kind in KINDS for c in groups[kind]]
     chosen: dict[str, float | None] = dict.fromkeys(FLAGS)
     for _ in range(ROUNDS):
         for flag in FLAGS:
             best, most = None, caught(groups, chosen | {flag: None}, max_flagged)
-            for threshold in candidates([value(c, flag) for c in cases], flag):
+            # the least eager first, so a tie keeps it: high thresholds of a `max_` flag, low of a `min_`
+            for threshold in candidates([value(c, flag) for c in cases], flag)[::-1 if FLAGS[flag][1] else 1]:
                 if (n := caught(groups, chosen | {flag: threshold}, max_flagged)) > most:
                     best, most = threshold, n
             chosen[flag] = best
@@ -128,17 +139,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", required=True, help="bench results JSON on the tuning seeds")
     parser.add_argument("--report", required=True, help="bench results JSON on the reported seed")
-    parser.add_argument("--method", default="dragnext")
+    parser.add_argument("--method", default="dragnext", help="the method's label in the report JSON")
+    parser.add_argument("--tune-method", help="its label in the tuning JSON (default: --method)")
     parser.add_argument("--rule", choices=RULES, default="strict", help="which failures are misses")
     parser.add_argument("--max-flagged-successes", type=float, default=0.1)
     parser.add_argument("--json", default="docs/review-thresholds.json")
     args = parser.parse_args()
-    tuning, reported = (populations(json.loads(Path(p).read_text())["methods"][args.method]["cases"],
-                                    args.rule) for p in (args.tune, args.report))
+    tuning, reported = (populations(json.loads(Path(path).read_text())["methods"][method]["cases"], args.rule)
+                        for path, method in ((args.tune, args.tune_method or args.method),
+                                             (args.report, args.method)))
     chosen = tune(tuning, args.max_flagged_successes)
     config = ReviewConfig(**chosen)
     report = {
-        "method": args.method, "rule": args.rule, "max_flagged_successes": args.max_flagged_successes,
+        "method": args.method, "tune_method": args.tune_method or args.method, "rule": args.rule,
+        "max_flagged_successes": args.max_flagged_successes,
         "tune": args.tune, "report": args.report, "thresholds": chosen,
         "tuning": {"any": rates(tuning, config), **{f: rates(tuning, config, f) for f in FLAGS}},
         "reported": {"any": rates(reported, config), **{f: rates(reported, config, f) for f in FLAGS},

@@ -78,7 +78,9 @@ def _lora_key(case: Case, config: EditConfig) -> tuple | None:
     on the method); each is still charged the finetune's time."""
     if not config.lora.enabled:
         return None
-    return case.case_id, config.size, config.seed, json.dumps(config.lora.model_dump(), sort_keys=True)
+    # the crop decides the picture the LoRA is trained on
+    return (case.case_id, config.size, config.seed, json.dumps(config.lora.model_dump(), sort_keys=True),
+            json.dumps(config.crop.model_dump(), sort_keys=True))
 
 
 def types_of(cases: list[Case]) -> list[str]:

@@ -150,25 +150,39 @@ class OutputConfig(_Section):
         "input's EXIF (orientation reset to 1, thumbnail dropped) and ICC profile are carried over")
 
 
+class CropConfig(_Section):
+    """Edit where the edit is (`dragnext.crop`): an input larger than the working size is edited
+    on a box around what its drags touch and pasted back at its own resolution."""
+    enabled: bool = Field(
+        True, description="edit an input larger than the working size on the box around the region its "
+        "drags pass through (at least the working size each way), not on the whole picture shrunk to the "
+        "working size; outside the box the output is the input's own pixels")
+    margin: float = Field(
+        0.25, ge=0, le=4, description="context kept around the drags' region on each side, as a share of "
+        "that region's longer side")
+
+
 class ReviewConfig(_Section):
     """When a succeeded item is flagged `needs_review`: its own metrics (`dragnext.review`)
-    say the drag probably did not happen or hurt the picture. The defaults are tuned on the
-    benchmark's tuning seeds (docs/review-thresholds.json; `min_if_ed` from the derivation
-    before the preset pasted the input back outside the drags, which makes IF_ed 1 there and
-    leaves that flag nothing to be tuned on); None turns a flag off. Left out of every digest:
-    a flag judges an output, it does not change it."""
+    say the drag probably did not happen, hurt the picture, gave the object the wrong shape or
+    left a ghost. The defaults are tuned together on the benchmark's tuning seeds with the
+    fixture's preset less `output.paste_moved` (docs/review-thresholds.json; `min_if_ed` from
+    the derivation before the preset pasted the input back outside the drags, which makes
+    IF_ed 1 there and leaves that flag nothing to be tuned on); a model's preset may carry its
+    own (the fixture's does). None turns a flag off. Left out of every digest: a flag judges
+    an output, it does not change it."""
     min_drag_gap: float | None = Field(
-        -0.0644, ge=-1, le=1, description="flag when IF_th - IF_hh is below this: the content looks more "
+        -0.1685, ge=-1, le=1, description="flag when IF_th - IF_hh is below this: the content looks more "
         "like it stayed at the handle than arrived at the target")
     min_if_ed: float | None = Field(
         0.9229, ge=0, le=1, description="flag when IF_ed (fidelity outside the editable mask) is below "
         "this: the picture changed where it should not have")
     max_target_err: float | None = Field(
-        None, ge=0, le=255, description="flag when target_err (mean |RGB error| between the edit and the "
+        8.303, ge=0, le=255, description="flag when target_err (mean |RGB error| between the edit and the "
         "input moved by the drags' geometry, on their final target regions) is above this: the object "
         "arrived in the wrong shape or colour")
     max_vacated_residual: float | None = Field(
-        None, ge=0, le=1, description="flag when vacated_residual (the share of what the drags vacate "
+        0.0775, ge=0, le=1, description="flag when vacated_residual (the share of what the drags vacate "
         "that still looks as it did) is above this: a ghost of the object stayed behind")
 
 
@@ -198,6 +212,7 @@ class EditConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    crop: CropConfig = Field(default_factory=CropConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

@@ -9,13 +9,14 @@ each group together; one item's failure is that item's alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from dragnext.batching import batches
 from dragnext.config import EditConfig
+from dragnext.crop import Box, crop_box, crop_item, uncrop
 from dragnext.engine import check_compile
 from dragnext.graph import STAGES, ItemRun, StageCache, run_graph, stage_keys
 from dragnext.instruction import EditItem, Instruction, InvalidItemError, validate_item
@@ -46,6 +47,7 @@ class EditResult:
     reused: list[str] = field(default_factory=list)  # stages loaded from the cache
     lora_weights: Weights | None = field(default=None, repr=False)
     weight: np.ndarray | None = field(default=None, repr=False)  # the edit's, per pixel (`paste_weight`)
+    crop: Box | None = None  # the box it was edited on (`dragnext.crop`); None: the whole image
 
     def to_record(self) -> dict:
         return {
@@ -54,6 +56,7 @@ class EditResult:
             "device": self.device,
             "dtype": self.dtype,
             "working_size": {"height": self.working_size[0], "width": self.working_size[1]},
+            "crop": None if self.crop is None else self.crop.to_record(),
             "timings_s": self.timings,
             "unet_passes": self.unet_passes,
             "peak_memory": self.peak_memory,
@@ -123,14 +126,26 @@ def edit_batch(items: list[EditItem], model: DragModel, config: EditConfig | lis
         for warning in items[i].instruction.warnings:
             log.warning("item '%s': %s", item.item_id, warning)
         valid.append(i)
-    for members in batches([items[i] for i in valid], [configs[i] for i in valid], model, item_mb_at_512):
+    side = {i: configs[i].working_side(model.architecture) for i in valid}
+    boxes = {i: crop_box(items[i], side[i], configs[i].crop) for i in valid}
+    edited = {i: items[i] if boxes[i] is None else crop_item(items[i], boxes[i]) for i in valid}
+    for members in batches([edited[i] for i in valid], [configs[i] for i in valid], model, item_mb_at_512):
         group = [valid[m] for m in members]
-        results = _edit_group([items[i] for i in group], model, configs[group[0]], cache,
+        results = _edit_group([edited[i] for i in group], model, configs[group[0]], cache,
                               model_fingerprint or model.source.fingerprint(), [weights[i] for i in group],
                               notify)
         for i, result in zip(group, results, strict=True):
-            out[i] = result
+            out[i] = _uncropped(result, items[i], boxes[i])
     return out
+
+
+def _uncropped(result: EditResult | BaseException, item: EditItem,
+               box: Box | None) -> EditResult | BaseException:
+    """A box's result as the whole input's."""
+    if box is None or isinstance(result, BaseException):
+        return result
+    image, weight = uncrop(item, box, result.image, result.weight)
+    return replace(result, image=image, weight=weight, item=item, crop=box)
 
 
 def edit(image: Image.Image, instruction: Instruction, model: DragModel,

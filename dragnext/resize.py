@@ -41,6 +41,12 @@ def resize_mask(mask: torch.Tensor, size: Size) -> torch.Tensor:
     return hard if hard.any() or not mask.any() else soft > 0
 
 
+def touched_cells(mask: torch.Tensor, size: Size) -> torch.Tensor:
+    """A boolean (H, W) mask at `size` with every cell that any pixel of `mask` touches: a
+    superset of it, thin parts included (what must not fall outside a box)."""
+    return F.adaptive_max_pool2d(mask.float()[None, None], size)[0, 0] > 0
+
+
 def resize_soft_mask(mask: torch.Tensor, size: Size) -> torch.Tensor:
     """The fraction of each output pixel covered by the mask, as float (H, W)."""
     soft = mask.float()[None, None]

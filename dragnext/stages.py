@@ -39,6 +39,7 @@ from dragnext.resize import (
     rgb_tensor,
     scale_point,
     tensor_to_image,
+    touched_cells,
     working_size,
 )
 
@@ -82,15 +83,17 @@ def item_working_size(item: EditItem, model: DragModel, config: EditConfig) -> S
     return working_size(width, height, config.working_side(model.architecture), model.size_multiple)
 
 
-def region_drags(item: EditItem, size: Size) -> list[RegionDrag]:
-    """The item's drags as `RegionDrag`s at `size` (a scale keeps its input-resolution factors)."""
+def region_drags(item: EditItem, size: Size, touched: bool = False) -> list[RegionDrag]:
+    """The item's drags as `RegionDrag`s at `size` (a scale keeps its input-resolution factors);
+    `touched`: each handle mask with every cell a pixel of it touches (`touched_cells`)."""
     input_size = (item.image.height, item.image.width)
+    shrink = touched_cells if touched else resize_mask
 
     def point(p):
         return None if p is None else scale_point(torch.tensor(p, dtype=torch.float64),
                                                   input_size, size)
 
-    return [RegionDrag(d.type, resize_mask(torch.from_numpy(d.handle_mask), size),
+    return [RegionDrag(d.type, shrink(torch.from_numpy(d.handle_mask), size),
                        point(d.handle), point(d.target), point(d.center), d.axis or "uniform", d.factors)
             for d in item.instruction.drags]
 
@@ -217,10 +220,11 @@ def edited_region(prepared: Prepared, output: OutputConfig) -> torch.Tensor | No
     return region
 
 
-def paste_weight(region: np.ndarray) -> np.ndarray:
+def paste_weight(region: np.ndarray, extent: int | None = None) -> np.ndarray:
     """The edit's weight over the input: 1 well inside `region`, feathered over a few pixels
-    inside its edge so no seam shows, and exactly 0 outside it (the input's own pixels)."""
-    radius = max(1.0, 0.01 * max(region.shape))
+    (1% of `extent`, by default the picture's longer side) inside its edge so no seam shows,
+    and exactly 0 outside it (the input's own pixels)."""
+    radius = max(1.0, 0.01 * (extent or max(region.shape)))
     blurred = Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
     # the blur is ½ at the edge: stretched so it reaches 0 there and 1 a radius or so inside
     return np.clip(2 * np.asarray(blurred, np.float32) / 255 - 1, 0, 1) * region

@@ -324,3 +324,22 @@ def test_psnr_keep_is_paired_on_the_cases_both_methods_get_right():
     printed = table({"methods": {}, "paired_keep": pairs})
     assert "psnr_keep where dragnext and warp both succeed (n = 2): 41.50 vs 39.50 dB" in printed
     assert paired_keep({"dragnext": methods["dragnext"]}) == []
+
+
+def test_the_bench_puts_its_cases_in_bigger_pictures_with_scale(tiny_model_dir, tmp_path):
+    """`--scale 2`: 128 px pictures with the 64 px cases' shapes; the crop edits a box of them."""
+    import json
+
+    from PIL import Image
+
+    from command.main import main
+    from tests.conftest import FAST
+
+    sets = [a for s in FAST for a in ("--set", s)]
+    assert main(["-q", "bench", "--model", str(tiny_model_dir), "--methods", "warp", "--n", "1",
+                 "--types", "translate", "--scale", "2", "--out", str(tmp_path / "b"),
+                 "--json", str(tmp_path / "r.json"), *sets]) == 0
+    [case] = json.loads((tmp_path / "r.json").read_text())["methods"]["warp"]["cases"]
+    assert case["case_id"] == "translate-0000.x2"
+    [row] = read_table(str(tmp_path / "b" / "manifest.parquet")).to_pylist()
+    assert Image.open(tmp_path / "b" / row["image_uri"]).size == (128, 128)

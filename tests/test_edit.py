@@ -52,12 +52,13 @@ def test_pasting_the_background_keeps_the_input_outside_the_editable_mask(tiny_m
     spec["editable_mask"] = save_mask(folder / "editable.png", editable)
     spec["drags"] = spec["drags"][:1]
     image, instruction = load_scene(folder, spec)
-    result = edit(image, instruction, tiny_model, build_config(overrides=FAST + ["lora.enabled=false"]))
+    whole = ["lora.enabled=false", "crop.enabled=false"]  # the whole picture: the crop keeps its outside too
+    result = edit(image, instruction, tiny_model, build_config(overrides=FAST + whole))
     assert np.array_equal(np.asarray(result.image)[~editable], np.asarray(image)[~editable])  # by default
     assert result.to_record()["postprocess"] == ["paste_background"]
     assert result.weight is not None and not result.weight[~editable].any()  # the feather lies inside M
     off = edit(image, instruction, tiny_model,
-               build_config(overrides=FAST + ["lora.enabled=false", "output.paste_background=false"]))
+               build_config(overrides=FAST + whole + ["output.paste_background=false"]))
     assert not np.array_equal(np.asarray(off.image)[~editable], np.asarray(image)[~editable])
     assert off.weight is None and off.to_record()["postprocess"] == []
     assert result.lora_source == "disabled"
@@ -67,9 +68,10 @@ def test_pasting_the_unswept_keeps_the_input_inside_m_away_from_the_drag(tiny_mo
     folder, spec = scene
     spec["drags"] = spec["drags"][:1]
     image, instruction = load_scene(folder, spec)
-    config = build_config(overrides=FAST + ["output.paste_unswept=true", "lora.enabled=false"])
+    whole = ["lora.enabled=false", "crop.enabled=false"]  # the paste's geometry on the whole picture
+    config = build_config(overrides=FAST + ["output.paste_unswept=true", *whole])
     result = edit(image, instruction, tiny_model, config)
-    plain = edit(image, instruction, tiny_model, build_config(overrides=FAST + ["lora.enabled=false"]))
+    plain = edit(image, instruction, tiny_model, build_config(overrides=FAST + whole))
     [drag] = instruction.drags
     edited, original, unpasted = (np.asarray(i.image if hasattr(i, "image") else i).astype(int)
                                   for i in (result, image, plain))

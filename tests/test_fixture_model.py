@@ -13,6 +13,7 @@ from bench.cases import make_case
 from dragnext.metrics import colour_mask, score_drag
 from dragnext.model import load_model, model_preset
 from fixture import FIXTURE_MODEL as FIXTURE
+from fixture.export import PRESET
 from tests.scenes import CASE_SEED, dragnext_command, write_case
 
 
@@ -26,7 +27,7 @@ def test_the_fixture_model_is_sd_shaped_fp16_within_budget_and_loads_through_loa
     model = load_model(str(FIXTURE), device="cpu")
     assert isinstance(model.unet, UNet2DConditionModel)
     assert model.unet.config.cross_attention_dim == model.embed_prompt("a red disc").hidden.shape[-1]
-    assert model_preset(FIXTURE)["size"] == 64
+    assert model_preset(FIXTURE) == PRESET  # the committed preset is the one export writes
 
 
 

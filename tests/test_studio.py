@@ -408,6 +408,7 @@ def test_the_studio_command_refuses_a_missing_model_or_a_bad_key_before_it_serve
     assert "pbsi.nope" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # a real S3 server (moto) behind a proxy taken down: over a minute
 def test_a_store_that_is_down_answers_503_with_the_reason_and_the_studio_keeps_serving(
         studio, s3_store, tmp_path, monkeypatch):
     bucket, proxy, _ = s3_store
