@@ -244,6 +244,7 @@ def test_a_scale_case_scales_the_shape_about_its_centre_and_carries_the_handle_t
     assert grown is not None and shrunk is not None
 
 
+@pytest.mark.integration  # worker processes, as `--jobs 2` runs
 def test_two_jobs_give_the_same_json_as_one(tiny_model_dir, tmp_path):
     """One CPU thread in both, so the arithmetic is the same; only the times may differ."""
     import json

@@ -121,7 +121,7 @@ def test_the_run_command_with_its_progress_bar_edits_in_two_worker_processes(tmp
     assert code == 0, captured.err
     # the bar quiets Prefect's run loggers while it runs, and gives them back to the caller's process
     assert logging.getLogger("prefect.flow_runs").level == flow_runs_level
-    assert "3 succeeded in" in captured.out
+    assert "3 succeeded" in captured.out  # the tiny random model's edits also need review: it draws noise
     assert "items: 100%" in captured.err and "3/3" in captured.err  # the bar ran to the end
     records = [json.loads(p.read_text()) for p in sorted(out.glob("items/*/record.json"))]
     assert len(records) == 3
