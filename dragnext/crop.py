@@ -44,6 +44,11 @@ class Box:
     def corners(self) -> tuple[int, int, int, int]:
         return self.left, self.top, self.left + self.width, self.top + self.height
 
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, columns) of an (H, W, …) array of the input."""
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
 
 def _span(low: float, high: float, least: int, length: int) -> tuple[int, int]:
     """[low, high) grown about its centre to at least `least`, then moved (and cut) into [0, length)."""
@@ -79,7 +84,7 @@ def crop_box(item: EditItem, side: int, config: CropConfig) -> Box | None:
 
 def crop_item(item: EditItem, box: Box) -> EditItem:
     """The item as its box: image, masks and points (handles, targets, centres) moved into it."""
-    rows, cols = slice(box.top, box.top + box.height), slice(box.left, box.left + box.width)
+    rows, cols = box.slices
 
     def moved(point):
         return None if point is None else (point[0] - box.left, point[1] - box.top)
@@ -102,7 +107,7 @@ def uncrop(item: EditItem, box: Box, edited: Image.Image,
     and the input's own pixels outside it. Returns the image and the edit's weight over it."""
     width, height = item.size
     inside = np.zeros((height, width), bool)
-    inside[box.top:box.top + box.height, box.left:box.left + box.width] = True
+    inside[box.slices] = True
     full = item.image.convert("RGB")
     full.paste(edited, (box.left, box.top))
     # feathered by the box's size, not the picture's: on a big picture that would fade it all out
